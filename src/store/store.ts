@@ -1,0 +1,55 @@
+import type { Readable } from 'node:stream'
+import type { Descriptor, Digest, Reference } from '../oci/index.js'
+
+export interface AbortOptions {
+  signal?: AbortSignal
+}
+
+/** An image the node has: its normalised name and the descriptor of its root manifest or index. */
+export interface Image {
+  /** `registry/repository:tag` as normalised by `parseReference` (e.g. `docker.io/library/nginx:latest`). */
+  name: string
+  reference: Reference
+  target: Descriptor
+}
+
+export interface ContentInfo {
+  digest: Digest
+  sizeBytes: number
+  /** Known when the content is reachable from an image through a descriptor, else undefined. */
+  mediaType?: string
+}
+
+/** Inclusive byte range, as in HTTP `Range: bytes=start-end`. `end` past the last byte is clamped. */
+export interface ByteRange {
+  start: number
+  end?: number
+}
+
+export interface ReadOptions extends AbortOptions {
+  range?: ByteRange
+}
+
+export type StoreEvent =
+  /** First event of every `watch`, and again after a reconnect: the full set of images now. */
+  | { type: 'snapshot'; images: Image[] }
+  | { type: 'create' | 'update'; image: Image }
+  | { type: 'delete'; name: string }
+
+/**
+ * What this node has. Errors: `NotFoundError` (unknown image/digest), `InvalidDigestError`,
+ * `RangeNotSatisfiableError` (range start past the end), `StoreUnavailableError` (backend down).
+ */
+export interface Store {
+  images(options?: AbortOptions): Promise<Image[]>
+  /** Tag reference → descriptor of the image's root (index or manifest). */
+  resolve(reference: Reference, options?: AbortOptions): Promise<Descriptor>
+  stat(digest: Digest, options?: AbortOptions): Promise<ContentInfo>
+  /** Streams content (or a range of it). The stream errors with AbortError when the signal aborts. */
+  read(digest: Digest, options?: ReadOptions): Promise<Readable>
+  /** Digests reachable from the image that this store actually holds (index → manifests → config + layers). */
+  reachable(image: Image, options?: AbortOptions): Promise<Digest[]>
+  /** Snapshot, then live changes, until the signal aborts. After a backend reconnect, a new snapshot. */
+  watch(options?: AbortOptions): AsyncIterable<StoreEvent>
+  close(): Promise<void>
+}
