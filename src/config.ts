@@ -1,0 +1,229 @@
+import { readFile } from 'node:fs/promises'
+import { parse as parseYaml } from 'yaml'
+import { z } from 'zod'
+import { multiaddr } from '@multiformats/multiaddr'
+
+/**
+ * The one source of every setting. Commander flags (`--resolve-timeout`), env vars
+ * (`KAGAMI_RESOLVE_TIMEOUT`), the config file keys and `charts/kagami/values.schema.json` are all derived
+ * from these schemas. Precedence: defaults < file < env < flags.
+ */
+
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }
+
+/** `"20ms"`, `"1.5s"`, `"15m"`, `"1h"`, or a number of milliseconds. */
+export const duration = z
+  .union([
+    z.number().int().nonnegative(),
+    z.string().regex(/^\d+(\.\d+)?(ms|s|m|h)$/, 'a duration like "20ms", "1s", "15m" or "1h"'),
+  ])
+  .transform((v) => {
+    if (typeof v === 'number') return v
+    const [, n, unit] = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(v) as unknown as [string, string, string]
+    return Math.round(Number(n) * (UNIT_MS[unit] as number))
+  })
+
+/** `host:port`, where host is an IPv4 address, a name, or a bracketed IPv6 address; port 0–65535. */
+export const hostPort = z
+  .string()
+  .regex(/^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/, 'host:port, e.g. 127.0.0.1:30020')
+  .refine((v) => Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, 'port must be 0–65535')
+
+const multiaddrString = z.string().refine((v) => {
+  try {
+    multiaddr(v)
+    return v.startsWith('/')
+  } catch {
+    return false
+  }
+}, 'a multiaddr, e.g. /ip4/0.0.0.0/tcp/30022')
+
+/** A static multiaddr (`/ip4/…/tcp/…/p2p/…`) or `dns:<name>:<port>` (all A records of name). */
+const bootstrapEntry = z.union([
+  z.string().regex(/^dns:[A-Za-z0-9.-]+:\d{1,5}$/, 'dns:<name>:<port>'),
+  multiaddrString,
+])
+
+const registryUrl = z
+  .string()
+  .regex(/^https?:\/\/[^/\s]+\/?$/, 'a registry URL like https://docker.io or http://127.0.0.1:5000')
+
+const glob = z.string().min(1).max(512)
+
+export const runSchema = z
+  .object({
+    containerdAddress: z
+      .string()
+      .min(1)
+      .default('/run/containerd/containerd.sock')
+      .describe('containerd gRPC socket'),
+    containerdNamespace: z
+      .string()
+      .min(1)
+      .default('k8s.io')
+      .describe('containerd namespace to read images from'),
+    containerdContentDir: z
+      .string()
+      .default('/var/lib/containerd/io.containerd.content.v1.content')
+      .describe('containerd content dir, read directly when readable (fast path); empty disables it'),
+    mirrorAddress: hostPort
+      .default('127.0.0.1:30020')
+      .describe('address of the registry mirror containerd asks'),
+    peerAddress: hostPort
+      .default('0.0.0.0:30021')
+      .describe('address of the peer endpoint other nodes fetch from (serves only local content)'),
+    peerAdvertiseAddress: z
+      .union([hostPort, z.literal('')])
+      .default('')
+      .describe(
+        'host:port other nodes use to reach the peer endpoint; default: peer address (with the p2p host when bound to 0.0.0.0)',
+      ),
+    p2pAddress: multiaddrString
+      .default('/ip4/0.0.0.0/tcp/30022')
+      .describe('libp2p listen multiaddr for the DHT'),
+    bootstrap: z
+      .array(bootstrapEntry)
+      .default([])
+      .describe('bootstrap peers: multiaddrs or dns:<name>:<port>'),
+    registries: z
+      .array(registryUrl)
+      .default([])
+      .describe('registries to mirror; empty mirrors every registry containerd asks about'),
+    include: z
+      .array(glob)
+      .default([])
+      .describe('only advertise and serve repositories matching these globs (registry/repo)'),
+    exclude: z.array(glob).default([]).describe('never advertise or serve repositories matching these globs'),
+    resolveTimeout: duration
+      .prefault('20ms')
+      .describe('how long the mirror looks for a peer before answering 404'),
+    peerHeadersTimeout: duration.prefault('1s').describe('deadline for a peer to send response headers'),
+    bodyIdleTimeout: duration
+      .prefault('5s')
+      .describe('abort a peer body that makes no progress for this long'),
+    resyncInterval: duration.prefault('60s').describe('full store-to-DHT resync interval'),
+    reprovideInterval: duration.prefault('15m').describe('how often provider records are refreshed'),
+    recordValidity: duration.prefault('20m').describe('how long a provider record stays valid'),
+    stateDir: z.string().min(1).default('/var/lib/kagami').describe('persistent state (libp2p identity)'),
+    logLevel: z
+      .enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal'])
+      .default('info')
+      .describe('log level'),
+  })
+  .strict()
+
+export const configureSchema = z
+  .object({
+    configPath: z
+      .string()
+      .min(1)
+      .default('/etc/containerd/certs.d')
+      .describe('containerd registry config_path (hosts.toml dirs)'),
+    mirrorUrl: z.string().url().default('http://127.0.0.1:30020').describe('URL of the local kagami mirror'),
+    registries: z.array(registryUrl).default([]).describe('registries to write a hosts.toml for'),
+    allRegistries: z
+      .boolean()
+      .default(false)
+      .describe('also write _default/hosts.toml, mirroring every registry'),
+    dialTimeout: duration.prefault('200ms').describe('containerd dial timeout for the mirror'),
+  })
+  .strict()
+
+export type RunConfig = Readonly<z.output<typeof runSchema>>
+export type ConfigureConfig = Readonly<z.output<typeof configureSchema>>
+
+export type FieldKind = 'string' | 'array' | 'boolean'
+
+export interface FieldInfo {
+  key: string
+  flag: string
+  env: string
+  kind: FieldKind
+  description: string
+  defaultValue: unknown
+}
+
+/** Lists a schema's settings with their derived flag and env names. */
+export function fields(schema: z.ZodObject): FieldInfo[] {
+  return Object.entries(schema.shape).map(([key, type]) => {
+    const t = type as z.ZodType
+    const json = z.toJSONSchema(t, { io: 'input', unrepresentable: 'any' }) as {
+      type?: string
+      default?: unknown
+    }
+    const kind: FieldKind = json.type === 'array' ? 'array' : json.type === 'boolean' ? 'boolean' : 'string'
+    const kebab = key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)
+    return {
+      key,
+      flag: `--${kebab}`,
+      env: `KAGAMI_${kebab.replace(/-/g, '_').toUpperCase()}`,
+      kind,
+      description: t.description ?? '',
+      defaultValue: json.default,
+    }
+  })
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError'
+}
+
+/** Reads `KAGAMI_*` variables for a schema. Arrays are comma-separated. */
+export function fromEnv(schema: z.ZodObject, env: NodeJS.ProcessEnv): Record<string, unknown> {
+  const out: Record<string, unknown> = {}
+  for (const f of fields(schema)) {
+    const raw = env[f.env]
+    if (raw === undefined) continue
+    if (f.kind === 'array')
+      out[f.key] = raw
+        .split(',')
+        .map((s) => s.trim())
+        .filter((s) => s !== '')
+    else if (f.kind === 'boolean') out[f.key] = raw === 'true' || raw === '1'
+    else out[f.key] = raw
+  }
+  return out
+}
+
+export async function fromFile(path: string): Promise<Record<string, unknown>> {
+  let text: string
+  try {
+    text = await readFile(path, 'utf8')
+  } catch (err) {
+    throw new ConfigError(
+      `cannot read config file ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
+    )
+  }
+  let doc: unknown
+  try {
+    doc = parseYaml(text) // YAML is a superset of JSON
+  } catch (err) {
+    throw new ConfigError(`config file ${path} is not valid YAML/JSON: ${(err as Error).message}`)
+  }
+  if (doc === null || doc === undefined) return {}
+  if (typeof doc !== 'object' || Array.isArray(doc))
+    throw new ConfigError(`config file ${path} must hold a mapping`)
+  return doc as Record<string, unknown>
+}
+
+/** Validates merged layers (defaults < file < env < flags) and freezes the result. */
+export function parseConfig<S extends z.ZodObject>(
+  schema: S,
+  ...layers: Record<string, unknown>[]
+): Readonly<z.output<S>> {
+  const merged = Object.assign(
+    {},
+    ...layers.map((l) => Object.fromEntries(Object.entries(l).filter(([, v]) => v !== undefined))),
+  )
+  const result = schema.safeParse(merged)
+  if (!result.success) {
+    const byKey = new Map(fields(schema).map((f) => [f.key, f]))
+    const issue = result.error.issues[0] as z.core.$ZodIssue
+    const key = String(issue.path[0] ?? '')
+    const f = byKey.get(key)
+    const where =
+      f !== undefined ? `${f.flag} (${f.env})` : issue.code === 'unrecognized_keys' ? 'config' : key
+    throw new ConfigError(`invalid ${where}: ${issue.message}`)
+  }
+  return Object.freeze(result.data) as Readonly<z.output<S>>
+}
