@@ -1,0 +1,126 @@
+import { Command, CommanderError, Option } from 'commander'
+import type { z } from 'zod'
+import {
+  ConfigError,
+  configureSchema,
+  fields,
+  fromEnv,
+  fromFile,
+  parseConfig,
+  runSchema,
+  type RunConfig,
+} from './config.js'
+import { cleanup, configure } from './containerd/configure.js'
+
+export interface CliIo {
+  stdout: (line: string) => void
+  stderr: (line: string) => void
+  env: NodeJS.ProcessEnv
+}
+
+const defaultIo: CliIo = {
+  stdout: (line) => process.stdout.write(`${line}\n`),
+  stderr: (line) => process.stderr.write(`${line}\n`),
+  env: process.env,
+}
+
+/** Registers one option per schema field; defaults come from the schema, not commander. */
+function addSchemaOptions(cmd: Command, schema: z.ZodObject): Command {
+  for (const f of fields(schema)) {
+    const shown = Array.isArray(f.defaultValue) ? '' : f.defaultValue === undefined ? '' : ` (default: ${String(f.defaultValue)})`
+    const help = `${f.description}${shown}; env ${f.env}`
+    const opt =
+      f.kind === 'boolean'
+        ? new Option(f.flag, help)
+        : f.kind === 'array'
+          ? new Option(`${f.flag} <value...>`, `${help} (repeatable)`)
+          : new Option(`${f.flag} <value>`, help)
+    cmd.addOption(opt)
+  }
+  return cmd
+}
+
+async function loadConfig<S extends z.ZodObject>(
+  schema: S,
+  flags: Record<string, unknown>,
+  env: NodeJS.ProcessEnv,
+): Promise<Readonly<z.output<S>>> {
+  const { config: file, ...rest } = flags
+  const fileLayer = typeof file === 'string' ? await fromFile(file) : {}
+  return parseConfig(schema, fileLayer, fromEnv(schema, env), rest)
+}
+
+/** Runs the CLI and returns the exit code. Errors print one line naming the problem, never a stack. */
+export async function main(argv: string[], io: CliIo = defaultIo): Promise<number> {
+  let exitCode = 0
+  const program = new Command('kagami')
+    .description('Peer-to-peer container image sharing for containerd nodes')
+    .exitOverride()
+    .configureOutput({ writeOut: (s) => io.stdout(s.trimEnd()), writeErr: (s) => io.stderr(s.trimEnd()) })
+    .showSuggestionAfterError()
+
+  addSchemaOptions(
+    program
+      .command('run')
+      .description('run the daemon: read containerd, advertise on the DHT, serve the mirror and the peer endpoint')
+      .option('--config <file>', 'YAML or JSON config file (keys as in the flags, camelCase)'),
+    runSchema,
+  ).action(async (flags: Record<string, unknown>) => {
+    const config = await loadConfig(runSchema, flags, io.env)
+    const { runDaemon } = await import('./daemon.js') // keeps configure/cleanup/status free of libp2p
+    exitCode = await runDaemon(config as RunConfig, io)
+  })
+
+  addSchemaOptions(
+    program
+      .command('configure')
+      .description('write containerd hosts.toml files that put the kagami mirror first')
+      .option('--config <file>', 'YAML or JSON config file'),
+    configureSchema,
+  ).action(async (flags: Record<string, unknown>) => {
+    const config = await loadConfig(configureSchema, flags, io.env)
+    const result = await configure({
+      configPath: config.configPath,
+      mirrorUrl: config.mirrorUrl.replace(/\/$/, ''),
+      registries: config.registries,
+      allRegistries: config.allRegistries,
+      dialTimeoutMs: config.dialTimeout,
+    })
+    for (const path of result.backedUp) io.stdout(`backed up ${path}`)
+    for (const path of result.written) io.stdout(`wrote ${path}`)
+  })
+
+  program
+    .command('cleanup')
+    .description('remove the hosts.toml files kagami wrote and restore the previous ones')
+    .option('--config-path <dir>', 'containerd registry config_path', '/etc/containerd/certs.d')
+    .action(async (flags: { configPath: string }) => {
+      const result = await cleanup({ configPath: flags.configPath })
+      for (const path of result.restored) io.stdout(`restored ${path}`)
+      for (const path of result.removed) io.stdout(`removed ${path}`)
+    })
+
+  program
+    .command('status')
+    .description("show a running daemon's peers, advertised keys, hits and misses")
+    .option('--mirror-address <host:port>', 'address of the mirror', '127.0.0.1:30020')
+    .option('--json', 'print the raw JSON')
+    .action(async (flags: { mirrorAddress: string; json?: boolean }) => {
+      const { fetchStatus, formatStatus } = await import('./status.js')
+      const status = await fetchStatus(flags.mirrorAddress, { signal: AbortSignal.timeout(5000) })
+      io.stdout(flags.json === true ? JSON.stringify(status, null, 2) : formatStatus(status))
+    })
+
+  try {
+    await program.parseAsync(argv)
+    return exitCode
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // help and version exit 0; usage errors were already printed by commander
+      return err.exitCode
+    }
+    const e = err as Error
+    io.stderr(`kagami: ${e.name === 'ConfigError' || err instanceof ConfigError ? '' : 'error: '}${e.message}`)
+    return e.name === 'ConfigError' ? 2 : 1
+  }
+}
