@@ -27,7 +27,11 @@ const defaultIo: CliIo = {
 /** Registers one option per schema field; defaults come from the schema, not commander. */
 function addSchemaOptions(cmd: Command, schema: z.ZodObject): Command {
   for (const f of fields(schema)) {
-    const shown = Array.isArray(f.defaultValue) ? '' : f.defaultValue === undefined ? '' : ` (default: ${String(f.defaultValue)})`
+    const shown = Array.isArray(f.defaultValue)
+      ? ''
+      : f.defaultValue === undefined
+        ? ''
+        : ` (default: ${String(f.defaultValue)})`
     const help = `${f.description}${shown}; env ${f.env}`
     const opt =
       f.kind === 'boolean'
@@ -62,7 +66,9 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
   addSchemaOptions(
     program
       .command('run')
-      .description('run the daemon: read containerd, advertise on the DHT, serve the mirror and the peer endpoint')
+      .description(
+        'run the daemon: read containerd, advertise on the DHT, serve the mirror and the peer endpoint',
+      )
       .option('--config <file>', 'YAML or JSON config file (keys as in the flags, camelCase)'),
     runSchema,
   ).action(async (flags: Record<string, unknown>) => {
@@ -120,7 +126,9 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
       return err.exitCode
     }
     const e = err as Error
-    io.stderr(`kagami: ${e.name === 'ConfigError' || err instanceof ConfigError ? '' : 'error: '}${e.message}`)
+    io.stderr(
+      `kagami: ${e.name === 'ConfigError' || err instanceof ConfigError ? '' : 'error: '}${e.message}`,
+    )
     return e.name === 'ConfigError' ? 2 : 1
   }
 }

@@ -19,7 +19,9 @@ export async function fetchStatus(mirrorAddress: string, options: AbortOptions =
   try {
     res = await fetch(url, { signal: options.signal })
   } catch (err) {
-    throw new Error(`cannot reach kagami at ${url}: ${(err as Error).cause instanceof Error ? ((err as Error).cause as Error).message : (err as Error).message}`)
+    throw new Error(
+      `cannot reach kagami at ${url}: ${(err as Error).cause instanceof Error ? ((err as Error).cause as Error).message : (err as Error).message}`,
+    )
   }
   if (!res.ok) throw new Error(`kagami at ${url} answered ${res.status}`)
   return (await res.json()) as DaemonStatus

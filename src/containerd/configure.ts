@@ -43,7 +43,8 @@ async function writeAtomic(path: string, text: string): Promise<void> {
 export async function configure(init: ConfigureInit): Promise<ConfigureResult> {
   const targets: RegistryTarget[] = init.registries.map(registryTarget)
   if (init.allRegistries) targets.push({ dir: '_default' })
-  if (targets.length === 0) throw new Error('nothing to configure: pass --registries <url>... or --all-registries')
+  if (targets.length === 0)
+    throw new Error('nothing to configure: pass --registries <url>... or --all-registries')
   const result: ConfigureResult = { written: [], backedUp: [] }
   await mkdir(init.configPath, { recursive: true })
   for (const target of targets) {

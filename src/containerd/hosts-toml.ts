@@ -1,7 +1,8 @@
 import { parse, stringify } from 'smol-toml'
 
 /** First line of every hosts.toml kagami writes; how `configure` and `cleanup` recognise their own files. */
-export const MANAGED_MARKER = '# Managed by kagami (kagami configure). `kagami cleanup` restores the previous file.'
+export const MANAGED_MARKER =
+  '# Managed by kagami (kagami configure). `kagami cleanup` restores the previous file.'
 
 export interface RegistryTarget {
   /** Directory name under config_path: `docker.io`, `127.0.0.1:5000`, or `_default`. */
@@ -41,7 +42,9 @@ export function renderHostsToml(init: HostsTomlInit): string {
       previous = {} // an unparsable file is ignored by containerd too; it stays in the backup
     }
   }
-  const prevHosts = (typeof previous.host === 'object' && previous.host !== null ? previous.host : {}) as Record<string, unknown>
+  const prevHosts = (
+    typeof previous.host === 'object' && previous.host !== null ? previous.host : {}
+  ) as Record<string, unknown>
   const hosts: Record<string, unknown> = {
     [init.mirrorUrl]: { capabilities: ['pull', 'resolve'], dial_timeout: `${init.dialTimeoutMs}ms` },
   }

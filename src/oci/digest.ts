@@ -12,7 +12,9 @@ export function isDigest(value: string): value is Digest {
 
 export function parseDigest(value: string): Digest {
   if (!isDigest(value)) {
-    throw new InvalidDigestError(`invalid digest ${JSON.stringify(value.slice(0, 100))}: want sha256:<64 lowercase hex>`)
+    throw new InvalidDigestError(
+      `invalid digest ${JSON.stringify(value.slice(0, 100))}: want sha256:<64 lowercase hex>`,
+    )
   }
   return value
 }

@@ -37,7 +37,8 @@ export function parseDistributionPath(path: string, ns?: string): DistributionRe
     return { kind: 'blob', registry, repository, reference: { digest: parseDigest(ref) } }
   }
   if (isDigest(ref)) return { kind: 'manifest', registry, repository, reference: { digest: ref } }
-  if (ref.startsWith('sha256:') || ref.includes(':')) return { kind: 'manifest', registry, repository, reference: { digest: parseDigest(ref) } }
+  if (ref.startsWith('sha256:') || ref.includes(':'))
+    return { kind: 'manifest', registry, repository, reference: { digest: parseDigest(ref) } }
   if (!isTag(ref)) throw new InvalidReferenceError('invalid tag')
   return { kind: 'manifest', registry, repository, reference: { tag: ref } }
 }

@@ -60,7 +60,11 @@ export function parseManifest(bytes: Uint8Array | string, mediaTypeHint?: string
     (Array.isArray(d.manifests) ? MediaType.ociIndex : MediaType.ociManifest)
   if (isIndexMediaType(mediaType)) {
     if (!Array.isArray(d.manifests)) throw new InvalidManifestError('index has no manifests array')
-    return { kind: 'index', mediaType, manifests: d.manifests.map((m, i) => descriptor(m, `manifests[${i}]`)) }
+    return {
+      kind: 'index',
+      mediaType,
+      manifests: d.manifests.map((m, i) => descriptor(m, `manifests[${i}]`)),
+    }
   }
   if (isManifestMediaType(mediaType)) {
     if (!Array.isArray(d.layers)) throw new InvalidManifestError('manifest has no layers array')

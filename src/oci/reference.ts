@@ -43,7 +43,8 @@ export function normalizeRegistry(host: string): string {
 }
 
 export function parseRegistry(host: string): string {
-  if (!REGISTRY_RE.test(host)) throw new InvalidReferenceError(`invalid registry host ${JSON.stringify(host.slice(0, 300))}`)
+  if (!REGISTRY_RE.test(host))
+    throw new InvalidReferenceError(`invalid registry host ${JSON.stringify(host.slice(0, 300))}`)
   return normalizeRegistry(host)
 }
 
@@ -52,7 +53,8 @@ export function parseRegistry(host: string): string {
  * path component is a registry when it holds a `.` or `:` or is `localhost`.
  */
 export function parseReference(input: string): Reference {
-  if (input.length === 0 || input.length > 1024) throw new InvalidReferenceError('reference is empty or too long')
+  if (input.length === 0 || input.length > 1024)
+    throw new InvalidReferenceError('reference is empty or too long')
   let rest = input
   let digest: Digest | undefined
   const at = rest.indexOf('@')
@@ -69,7 +71,8 @@ export function parseReference(input: string): Reference {
   if (colon > rest.lastIndexOf('/')) {
     tag = rest.slice(colon + 1)
     rest = rest.slice(0, colon)
-    if (!isTag(tag)) throw new InvalidReferenceError(`invalid tag ${JSON.stringify(tag)} in ${JSON.stringify(input)}`)
+    if (!isTag(tag))
+      throw new InvalidReferenceError(`invalid tag ${JSON.stringify(tag)} in ${JSON.stringify(input)}`)
   }
   let registry = DOCKER_HUB
   const slash = rest.indexOf('/')
