@@ -1,0 +1,7 @@
+export * from './containerd.js'
+export * from './hosts.js'
+export * from './images.js'
+export * from './ports.js'
+export * from './process.js'
+export * from './registry.js'
+export * from './tmp.js'

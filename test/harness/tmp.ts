@@ -1,0 +1,9 @@
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+/** A temp dir under the OS temp dir; `remove()` deletes it and everything in it. */
+export async function tempDir(prefix: string): Promise<{ path: string; remove(): Promise<void> }> {
+  const path = await mkdtemp(join(tmpdir(), `kagami-${prefix}-`))
+  return { path, remove: () => rm(path, { recursive: true, force: true }) }
+}
