@@ -122,14 +122,17 @@ export async function buildImage(init: BuildImageInit): Promise<BuiltImage> {
       const diff = createHash('sha256')
       const blob = createHash('sha256')
       const blobCount = { n: 0 }
-      const stages: NodeJS.ReadWriteStream[] = [hashing(diff, { n: 0 })]
-      if (gzip) stages.push(createGzip({ level: 1 }))
-      stages.push(hashing(blob, blobCount))
-      await pipeline(
-        tarStream(`layer-${i}.bin`, size, `${seed}/${platform}/${i}`),
-        ...stages,
-        createWriteStream(tmp),
-      )
+      const tar = tarStream(`layer-${i}.bin`, size, `${seed}/${platform}/${i}`)
+      const blobHash = hashing(blob, blobCount)
+      if (gzip)
+        await pipeline(
+          tar,
+          hashing(diff, { n: 0 }),
+          createGzip({ level: 1 }),
+          blobHash,
+          createWriteStream(tmp),
+        )
+      else await pipeline(tar, hashing(diff, { n: 0 }), blobHash, createWriteStream(tmp))
       const digest = `sha256:${blob.digest('hex')}` as Digest
       await rename(tmp, join(blobsDir, digest.slice(7)))
       diffIds.push(`sha256:${diff.digest('hex')}`)
