@@ -1,0 +1,349 @@
+import { constants, createReadStream } from 'node:fs'
+import { access, stat as fsStat } from 'node:fs/promises'
+import { join } from 'node:path'
+import { Readable } from 'node:stream'
+import { setTimeout as sleep } from 'node:timers/promises'
+import * as grpc from '@grpc/grpc-js'
+import type { Logger } from 'pino'
+import {
+  type Descriptor,
+  type Digest,
+  digestHex,
+  formatReference,
+  parseDigest,
+  parseReference,
+  type Reference,
+} from '../oci/index.js'
+import { ContainerdClient, type PbEnvelope, type PbImage } from './containerd-client.js'
+import { NotFoundError, StoreUnavailableError } from './errors.js'
+import { resolveRange } from './range.js'
+import type { AbortOptions, ContentInfo, Image, ReadOptions, Store, StoreEvent } from './store.js'
+import { walkImage } from './walk.js'
+
+export interface ContainerdStoreComponents {
+  logger: Logger
+}
+
+export interface ContainerdStoreInit {
+  /** Unix socket path of containerd's gRPC API. */
+  address: string
+  namespace: string
+  /** `<root>/io.containerd.content.v1.content`; when readable, blobs are read from files (~20× faster than gRPC). */
+  contentDir?: string
+  /** Bounded reconnect backoff for `watch` after containerd goes away. */
+  reconnectMaxDelayMs?: number
+}
+
+// Large chunks: gRPC Content/Read ran at ~200 MiB/s with small windows, ~430 MiB/s with 4 MiB ones.
+const GRPC_READ_CHUNK = 4 * 1024 * 1024
+const FILE_HIGH_WATER_MARK = 1024 * 1024
+
+/** Maps gRPC failures to Store errors; NOT_FOUND is normal traffic, UNAVAILABLE means containerd is down. */
+function mapError(err: unknown, what: string): Error {
+  const code = (err as grpc.ServiceError).code
+  if (code === grpc.status.NOT_FOUND) return new NotFoundError(`${what} not found`)
+  if (code === grpc.status.UNAVAILABLE || code === grpc.status.DEADLINE_EXCEEDED) {
+    return new StoreUnavailableError(`containerd unavailable: ${(err as Error).message}`)
+  }
+  if (code === grpc.status.CANCELLED) {
+    const e = new Error(`${what}: aborted`)
+    e.name = 'AbortError'
+    return e
+  }
+  return err as Error
+}
+
+function toImage(pb: PbImage): Image | undefined {
+  if (pb.target === null) return undefined
+  let reference: Reference
+  try {
+    reference = parseReference(pb.name)
+  } catch {
+    return undefined // e.g. names containerd keeps that are not image references
+  }
+  if (reference.tag === undefined) return undefined // digest-only names have no tag to advertise
+  let digest: Digest
+  try {
+    digest = parseDigest(pb.target.digest)
+  } catch {
+    return undefined
+  }
+  return {
+    name: formatReference(reference),
+    reference,
+    target: { mediaType: pb.target.mediaType, digest, size: pb.target.size },
+  }
+}
+
+/** The node's containerd content store, over gRPC with a direct-file fast path for reads. */
+export class ContainerdStore implements Store {
+  private readonly client: ContainerdClient
+  private readonly log: Logger
+  /** Media types learned from descriptors while walking images; containerd's Info does not carry them. */
+  private readonly mediaTypes = new Map<Digest, string>()
+  private fileReads: boolean | undefined
+  private closed = false
+
+  constructor(
+    components: ContainerdStoreComponents,
+    private readonly init: ContainerdStoreInit,
+  ) {
+    this.log = components.logger.child({ component: 'containerd-store' })
+    this.client = new ContainerdClient(init.address, init.namespace)
+  }
+
+  private async canReadFiles(): Promise<boolean> {
+    if (this.fileReads === undefined) {
+      if (this.init.contentDir === undefined) this.fileReads = false
+      else {
+        this.fileReads = await access(
+          join(this.init.contentDir, 'blobs', 'sha256'),
+          constants.R_OK | constants.X_OK,
+        ).then(
+          () => true,
+          () => false,
+        )
+        this.log.info({ contentDir: this.init.contentDir, fileReads: this.fileReads }, 'content read path')
+      }
+    }
+    return this.fileReads
+  }
+
+  private blobPath(digest: Digest): string {
+    return join(this.init.contentDir as string, 'blobs', 'sha256', digestHex(digest))
+  }
+
+  async images(options: AbortOptions = {}): Promise<Image[]> {
+    try {
+      const res = await this.client.unary(
+        this.client.images.List,
+        this.client.images,
+        { filters: [] },
+        options.signal,
+      )
+      return res.images.map(toImage).filter((i): i is Image => i !== undefined)
+    } catch (err) {
+      throw mapError(err, 'images')
+    }
+  }
+
+  private async image(name: string, options: AbortOptions): Promise<Image | undefined> {
+    try {
+      const res = await this.client.unary(
+        this.client.images.Get,
+        this.client.images,
+        { name },
+        options.signal,
+      )
+      return res.image === null ? undefined : toImage(res.image)
+    } catch (err) {
+      const mapped = mapError(err, `image ${name}`)
+      if (mapped.name === 'NotFoundError') return undefined
+      throw mapped
+    }
+  }
+
+  async resolve(reference: Reference, options: AbortOptions = {}): Promise<Descriptor> {
+    const name = formatReference({ ...reference, digest: undefined })
+    // containerd keeps Docker Hub images under their normalised name, as do we
+    const image = await this.image(name, options)
+    if (image === undefined) throw new NotFoundError(`image ${name} not found`)
+    this.mediaTypes.set(image.target.digest, image.target.mediaType)
+    return image.target
+  }
+
+  async stat(digest: Digest, options: AbortOptions = {}): Promise<ContentInfo> {
+    parseDigest(digest)
+    let sizeBytes: number | undefined
+    if (await this.canReadFiles()) {
+      sizeBytes = await fsStat(this.blobPath(digest)).then(
+        (s) => s.size,
+        () => undefined,
+      )
+    }
+    if (sizeBytes === undefined) {
+      try {
+        const res = await this.client.unary(
+          this.client.content.Info,
+          this.client.content,
+          { digest },
+          options.signal,
+        )
+        if (res.info === null) throw new NotFoundError(`content ${digest} not found`)
+        sizeBytes = res.info.size
+      } catch (err) {
+        throw mapError(err, `content ${digest}`)
+      }
+    }
+    const info: ContentInfo = { digest, sizeBytes }
+    const mediaType = this.mediaTypes.get(digest)
+    if (mediaType !== undefined) info.mediaType = mediaType
+    return info
+  }
+
+  async read(digest: Digest, options: ReadOptions = {}): Promise<Readable> {
+    const { sizeBytes } = await this.stat(digest, options)
+    if (sizeBytes === 0) return Readable.from([], { objectMode: false })
+    const { start, end } = resolveRange(options.range, sizeBytes)
+    if (await this.canReadFiles()) {
+      const stream = createReadStream(this.blobPath(digest), {
+        start,
+        end,
+        highWaterMark: FILE_HIGH_WATER_MARK,
+        signal: options.signal,
+      })
+      // GC may remove the file between stat and open: fall back to gRPC, which reports NotFound properly.
+      const opened = await new Promise<boolean>((resolve) => {
+        stream.once('ready', () => resolve(true))
+        stream.once('error', () => resolve(false))
+      })
+      if (opened) return stream
+      stream.destroy()
+      options.signal?.throwIfAborted()
+    }
+    return this.grpcRead(digest, start, end - start + 1, options.signal)
+  }
+
+  private grpcRead(digest: Digest, offset: number, size: number, signal?: AbortSignal): Readable {
+    let call: grpc.ClientReadableStream<unknown> | undefined
+    let next = offset
+    const end = offset + size
+    const client = this.client
+    // One Read call per 4 MiB window keeps messages large without buffering whole blobs.
+    async function* chunks(): AsyncGenerator<Buffer> {
+      while (next < end) {
+        signal?.throwIfAborted()
+        const want = Math.min(GRPC_READ_CHUNK, end - next)
+        call = client.content.Read({ digest, offset: next, size: want }, client.metadata())
+        try {
+          for await (const msg of call as AsyncIterable<{ data: Buffer }>) {
+            next += msg.data.length
+            yield msg.data
+          }
+        } catch (err) {
+          throw mapError(err, `content ${digest}`)
+        }
+        if (next < offset + want && next < end) throw new Error(`short read of ${digest}`)
+      }
+    }
+    const stream = Readable.from(chunks(), { objectMode: false, highWaterMark: FILE_HIGH_WATER_MARK })
+    if (signal !== undefined) {
+      const onAbort = (): void => {
+        call?.cancel()
+        stream.destroy(signal.reason as Error)
+      }
+      signal.addEventListener('abort', onAbort, { once: true })
+      stream.once('close', () => signal.removeEventListener('abort', onAbort))
+    }
+    stream.once('close', () => call?.cancel())
+    return stream
+  }
+
+  private async readAll(digest: Digest, options: AbortOptions): Promise<Buffer> {
+    const chunks: Buffer[] = []
+    for await (const c of await this.read(digest, options)) chunks.push(c as Buffer)
+    return Buffer.concat(chunks)
+  }
+
+  async reachable(image: Image, options: AbortOptions = {}): Promise<Digest[]> {
+    return await walkImage(
+      image.target,
+      {
+        has: async (d, o) =>
+          this.stat(d, o).then(
+            () => true,
+            (err: Error) => {
+              if (err.name === 'NotFoundError') return false
+              throw err
+            },
+          ),
+        readAll: (d, o) => this.readAll(d, o ?? {}),
+      },
+      (d) => this.mediaTypes.set(d.digest, d.mediaType),
+      options,
+    )
+  }
+
+  /** Downloads containerd has in flight (`ctr content active`): ref, expected digest, offset and total. */
+  async ingests(
+    options: AbortOptions = {},
+  ): Promise<{ ref: string; expected: string; offset: number; total: number }[]> {
+    try {
+      const res = await this.client.unary(
+        this.client.content.ListStatuses,
+        this.client.content,
+        { filters: [] },
+        options.signal,
+      )
+      return res.statuses
+    } catch (err) {
+      throw mapError(err, 'ingests')
+    }
+  }
+
+  /**
+   * Snapshot, then image events. containerd 1.6 publishes image events by name only, so each create/update
+   * re-reads the image. When the event stream breaks (containerd restart), it reconnects with bounded
+   * backoff and starts over with a fresh snapshot.
+   */
+  async *watch(options: AbortOptions = {}): AsyncIterable<StoreEvent> {
+    const signal = options.signal
+    const maxDelay = this.init.reconnectMaxDelayMs ?? 2000
+    const stopped = (): boolean => signal?.aborted === true || this.closed
+    let delay = 100
+    while (!stopped()) {
+      const call = this.client.events.Subscribe({ filters: ['topic~="^/images/"'] }, this.client.metadata())
+      const onAbort = (): void => call.cancel()
+      signal?.addEventListener('abort', onAbort, { once: true })
+      // An error while the consumer holds the snapshot must not be unhandled; the iteration below sees it.
+      call.on('error', () => undefined)
+      try {
+        // Subscribe first, then list: an image created in between shows up in both, never in neither.
+        yield { type: 'snapshot', images: await this.images({ signal }) }
+        delay = 100
+        for await (const envelope of call as AsyncIterable<PbEnvelope>) {
+          if (envelope.namespace !== this.init.namespace || envelope.event === null) continue
+          const name = this.client.decodeImageEventName(envelope.event.value)
+          if (envelope.topic === '/images/delete') {
+            const ref = toImage({
+              name,
+              target: { mediaType: '', digest: `sha256:${'0'.repeat(64)}`, size: 0 },
+            })
+            if (ref !== undefined) yield { type: 'delete', name: ref.name }
+          } else if (envelope.topic === '/images/create' || envelope.topic === '/images/update') {
+            const image = await this.image(name, { signal })
+            if (image !== undefined)
+              yield { type: envelope.topic === '/images/create' ? 'create' : 'update', image }
+          }
+        }
+      } catch (err) {
+        if (stopped()) break
+        this.log.warn(
+          { err: (err as Error).message, delayMs: delay },
+          'containerd event stream broke; reconnecting',
+        )
+      } finally {
+        signal?.removeEventListener('abort', onAbort)
+        call.cancel()
+      }
+      try {
+        await sleep(delay, undefined, { signal })
+      } catch {
+        break
+      }
+      delay = Math.min(delay * 2, maxDelay)
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true
+    this.client.close()
+  }
+}
+
+export function containerdStore(
+  components: ContainerdStoreComponents,
+  init: ContainerdStoreInit,
+): ContainerdStore {
+  return new ContainerdStore(components, init)
+}

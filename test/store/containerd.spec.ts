@@ -1,0 +1,95 @@
+import pino from 'pino'
+import type { StoreEvent } from '../../src/store/store.js'
+import { ContainerdStore } from '../../src/store/containerd.js'
+import { storeConformance } from '../conformance/store.js'
+import { pushImage, startContainerd, startRegistry, tempDir, writeHostsDir } from '../harness/index.js'
+
+// The image goes through the real path: skopeo push to docker-registry, `ctr image pull` into containerd.
+function containerdFixture(init: { fileReads: boolean }) {
+  return async () => {
+    const registry = await startRegistry()
+    const containerd = await startContainerd({ name: 'store' })
+    const hosts = await tempDir('hosts')
+    await writeHostsDir(hosts.path, { registryHost: registry.host })
+    const store = new ContainerdStore(
+      { logger: pino({ level: 'silent' }) },
+      {
+        address: containerd.address,
+        namespace: containerd.namespace,
+        contentDir: init.fileReads ? containerd.contentDir : undefined,
+      },
+    )
+    // The conformance suite names images 127.0.0.1:5000/…; map them to this registry's port.
+    const real = (name: string): string => name.replace('127.0.0.1:5000', registry.host)
+    let pushed = false
+    return {
+      store: {
+        ...bind(store),
+        images: async (o?: { signal?: AbortSignal }) =>
+          (await store.images(o)).map((i) => ({
+            ...i,
+            name: i.name.replace(registry.host, '127.0.0.1:5000'),
+          })),
+        resolve: (ref: Parameters<ContainerdStore['resolve']>[0], o?: { signal?: AbortSignal }) =>
+          store.resolve(
+            { ...ref, registry: ref.registry === '127.0.0.1:5000' ? registry.host : ref.registry },
+            o,
+          ),
+        watch: (o?: { signal?: AbortSignal }) => renameEvents(store.watch(o), registry.host),
+        reachable: (img: Parameters<ContainerdStore['reachable']>[0], o?: { signal?: AbortSignal }) =>
+          store.reachable(img, o),
+      },
+      async seed(image, name) {
+        if (!pushed) {
+          await pushImage(image.dir, real(name))
+          pushed = true
+          await containerd.pull(real(name), { hostsDir: hosts.path })
+        } else {
+          await containerd.ctr([
+            'image',
+            'tag',
+            '--force',
+            real('127.0.0.1:5000/conformance/app:v1'),
+            real(name),
+          ])
+        }
+      },
+      async deleteImage(name) {
+        await containerd.removeImage(real(name))
+      },
+      restartBackend: () => containerd.restart(),
+      async teardown() {
+        await store.close()
+        await containerd.destroy()
+        await registry.destroy()
+        await hosts.remove()
+      },
+    }
+  }
+}
+
+function bind(store: ContainerdStore) {
+  return {
+    stat: store.stat.bind(store),
+    read: store.read.bind(store),
+    close: store.close.bind(store),
+  }
+}
+
+async function* renameEvents(
+  events: AsyncIterable<StoreEvent>,
+  host: string,
+) {
+  const fix = <T extends { name: string }>(i: T): T => ({
+    ...i,
+    name: i.name.replace(host, '127.0.0.1:5000'),
+  })
+  for await (const e of events) {
+    if (e.type === 'snapshot') yield { ...e, images: e.images.map(fix) }
+    else if (e.type === 'delete') yield fix(e)
+    else yield { ...e, image: fix(e.image) }
+  }
+}
+
+storeConformance('containerd (direct file reads)', containerdFixture({ fileReads: true }))
+storeConformance('containerd (gRPC Content/Read)', containerdFixture({ fileReads: false }))
