@@ -1,12 +1,12 @@
 import pino from 'pino'
 import type { StoreEvent } from '../../src/store/store.js'
 import { ContainerdStore } from '../../src/store/containerd.js'
-import { storeConformance } from '../conformance/store.js'
+import { type StoreFixture, storeConformance } from '../conformance/store.js'
 import { pushImage, startContainerd, startRegistry, tempDir, writeHostsDir } from '../harness/index.js'
 
 // The image goes through the real path: skopeo push to docker-registry, `ctr image pull` into containerd.
 function containerdFixture(init: { fileReads: boolean }) {
-  return async () => {
+  return async (): Promise<StoreFixture> => {
     const registry = await startRegistry()
     const containerd = await startContainerd({ name: 'store' })
     const hosts = await tempDir('hosts')
@@ -76,10 +76,7 @@ function bind(store: ContainerdStore) {
   }
 }
 
-async function* renameEvents(
-  events: AsyncIterable<StoreEvent>,
-  host: string,
-) {
+async function* renameEvents(events: AsyncIterable<StoreEvent>, host: string) {
   const fix = <T extends { name: string }>(i: T): T => ({
     ...i,
     name: i.name.replace(host, '127.0.0.1:5000'),
