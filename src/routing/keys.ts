@@ -4,7 +4,8 @@ import { sha256 } from 'multiformats/hashes/sha2'
 import type { Digest, Reference } from '../oci/index.js'
 
 /** What can be looked up: a content digest, or a tag reference (`registry/repo:tag`). */
-export type RoutingKey = { kind: 'digest'; digest: Digest } | { kind: 'tag'; registry: string; repository: string; tag: string }
+export type RoutingKey =
+  { kind: 'digest'; digest: Digest } | { kind: 'tag'; registry: string; repository: string; tag: string }
 
 export function digestKey(digest: Digest): RoutingKey {
   return { kind: 'digest', digest }

@@ -1,0 +1,350 @@
+/**
+ * Router over a libp2p Kademlia DHT (tcp + noise + yamux, identify, ping) on the `/kagami` protocol prefix, so
+ * it can never join a public DHT.
+ *
+ * Provider → HTTP endpoint: each node puts its peer endpoint URL in its identify agent version
+ * (`kagami/<version> peer-url=<url>`). Identify runs on every connection, and libp2p keeps the value in the
+ * peer store, so mapping a provider to a URL costs no extra round trip for connected peers (in a cluster
+ * of tens of nodes, every node is connected to every other through the routing table). A provider we are
+ * not connected to is dialled once (bounded by the caller's deadline) and identified.
+ */
+import { lookup } from 'node:dns/promises'
+import { anySignal } from 'any-signal'
+import { noise } from '@chainsafe/libp2p-noise'
+import { yamux } from '@chainsafe/libp2p-yamux'
+import { identify } from '@libp2p/identify'
+import type { Libp2p, PeerId, PeerInfo, PrivateKey } from '@libp2p/interface'
+import { type KadDHT, kadDHT, passthroughMapper } from '@libp2p/kad-dht'
+import { ping } from '@libp2p/ping'
+import { tcp } from '@libp2p/tcp'
+import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
+import { createLibp2p } from 'libp2p'
+import type { Logger } from 'pino'
+import { Gauge, type Registry } from 'prom-client'
+import type { AbortOptions } from '../store/store.js'
+import { ExpiringProviderDatastore } from './provider-datastore.js'
+import { keyToCid, keyToString, type RoutingKey } from './keys.js'
+import type { Peer, ResolveOptions, Router } from './router.js'
+
+export const DHT_PROTOCOL = '/kagami/kad/1.0.0'
+const AGENT_PREFIX = 'kagami/'
+const URL_MARK = ' peer-url='
+
+export interface KadDhtRouterComponents {
+  logger: Logger
+  metrics?: Registry
+}
+
+export interface KadDhtRouterInit {
+  /** libp2p listen multiaddrs, e.g. `/ip4/0.0.0.0/tcp/30022`. */
+  listen: string[]
+  /** This node's peer endpoint URL, carried to other nodes by identify. */
+  peerUrl: string
+  /** `/ip4/…/tcp/…/p2p/…` multiaddrs, or `dns:<name>:<port>` (every A record of name, e.g. a headless Service). */
+  bootstrap?: string[]
+  privateKey?: PrivateKey
+  /** How often provider records are re-published (default 15 min). */
+  reprovideIntervalMs?: number
+  /** How long a provider record stays valid (default 20 min). */
+  recordValidityMs?: number
+  /** How often bootstrap entries are dialled again while they are not connected (default 10 s). */
+  rebootstrapIntervalMs?: number
+  /** Parallel provides when advertising many keys (default 12; 64 breaks kad-dht, see design.md). */
+  advertiseConcurrency?: number
+  /** DNS lookup for `dns:` bootstrap entries (tests inject a resolver). */
+  resolveHost?: (name: string) => Promise<string[]>
+  version?: string
+}
+
+async function defaultResolveHost(name: string): Promise<string[]> {
+  return (await lookup(name, { all: true, family: 4 })).map((a) => a.address)
+}
+
+/** Parses our agent version back into the peer endpoint URL. */
+export function peerUrlFromAgent(agent: string | undefined): string | undefined {
+  if (agent === undefined || !agent.startsWith(AGENT_PREFIX)) return undefined
+  const i = agent.indexOf(URL_MARK)
+  if (i < 0) return undefined
+  const url = agent.slice(i + URL_MARK.length).trim()
+  return /^https?:\/\/[^\s/]+$/.test(url) ? url : undefined
+}
+
+export class KadDhtRouter implements Router {
+  private node: Libp2p<{ dht: KadDHT }> | undefined
+  private readonly log: Logger
+  private readonly advertised = new Set<string>()
+  /** Peer id → peer endpoint URL, learned from identify. */
+  private readonly urls = new Map<string, string>()
+  private readonly gauge: Gauge | undefined
+  private readonly peersGauge: Gauge | undefined
+  private bootstrapTimer: NodeJS.Timeout | undefined
+  private readonly stopController = new AbortController()
+
+  constructor(
+    components: KadDhtRouterComponents,
+    private readonly init: KadDhtRouterInit,
+  ) {
+    this.log = components.logger.child({ component: 'router' })
+    if (components.metrics !== undefined) {
+      this.gauge = new Gauge({
+        name: 'kagami_advertised_keys',
+        help: 'Keys (digests and tags) this node advertises on the DHT',
+        registers: [components.metrics],
+      })
+      const self = this
+      this.peersGauge = new Gauge({
+        name: 'kagami_peers',
+        help: 'Connected kagami peers',
+        registers: [components.metrics],
+        collect() {
+          this.set(self.peers().length)
+        },
+      })
+    }
+  }
+
+  get peerId(): string | undefined {
+    return this.node?.peerId.toString()
+  }
+
+  /** Listening multiaddrs with our peer id, for static bootstrap lists in tests and docs. */
+  multiaddrs(): Multiaddr[] {
+    return this.node?.getMultiaddrs() ?? []
+  }
+
+  async start(): Promise<void> {
+    const validityMs = this.init.recordValidityMs ?? 20 * 60_000
+    const intervalMs = this.init.reprovideIntervalMs ?? 15 * 60_000
+    this.node = await createLibp2p({
+      privateKey: this.init.privateKey,
+      datastore: new ExpiringProviderDatastore(validityMs),
+      addresses: { listen: this.init.listen },
+      transports: [tcp()],
+      connectionEncrypters: [noise()],
+      streamMuxers: [yamux()],
+      nodeInfo: {
+        userAgent: `${AGENT_PREFIX}${this.init.version ?? '0.1.0'}${URL_MARK}${this.init.peerUrl}`,
+      },
+      connectionManager: {
+        // Loopback and one-subnet clusters: every peer shares few source IPs; the default 5 conn/s per host
+        // resets bootstrap dials (design.md §4).
+        inboundConnectionThreshold: 1000,
+        maxIncomingPendingConnections: 100,
+      },
+      services: {
+        identify: identify(),
+        ping: ping(),
+        dht: kadDHT({
+          protocol: DHT_PROTOCOL,
+          clientMode: false,
+          // Cluster nodes talk over private addresses; keep them all.
+          peerInfoMapper: passthroughMapper,
+          // A frozen peer must not hold a lookup or provide for long.
+          networkDialTimeout: { minTimeout: 1000, maxTimeout: 2000 },
+          allowQueryWithZeroPeers: true,
+          providers: {
+            provideValidity: Math.ceil(validityMs / 1000),
+            cleanupInterval: Math.max(60, Math.ceil(intervalMs / 1000)),
+          },
+          reprovide: {
+            interval: intervalMs,
+            validity: validityMs,
+            // re-provide at every check: the remaining validity then is validity - interval
+            threshold: validityMs - intervalMs + Math.ceil(intervalMs / 2),
+          },
+        }),
+      },
+    })
+    this.node.addEventListener('peer:identify', (e) => {
+      const url = peerUrlFromAgent(e.detail.agentVersion)
+      if (url !== undefined) this.urls.set(e.detail.peerId.toString(), url)
+    })
+    // Provider records outlive a stopped node; forgetting its URL makes resolve dial it again, which a dead
+    // node refuses at once, so it is skipped instead of handed to the mirror.
+    this.node.addEventListener('peer:disconnect', (e) => this.urls.delete(e.detail.toString()))
+    this.log.info({ peerId: this.peerId, addrs: this.multiaddrs().map(String) }, 'dht started')
+    void this.bootstrap()
+    const every = this.init.rebootstrapIntervalMs ?? 10_000
+    this.bootstrapTimer = setInterval(() => void this.bootstrap(), every)
+    this.bootstrapTimer.unref()
+  }
+
+  /** Dials every bootstrap entry we are not connected to; runs at start and then periodically. */
+  private async bootstrap(): Promise<void> {
+    const node = this.node
+    if (node === undefined || (this.init.bootstrap ?? []).length === 0) return
+    const own = new Set(node.getMultiaddrs().map((m) => m.decapsulateCode(421).toString()))
+    const targets: Multiaddr[] = []
+    for (const entry of this.init.bootstrap ?? []) {
+      if (entry.startsWith('dns:')) {
+        const [, name, port] = entry.split(':') as [string, string, string]
+        try {
+          const hosts = await (this.init.resolveHost ?? defaultResolveHost)(name)
+          for (const ip of hosts)
+            targets.push(multiaddr(`/${ip.includes(':') ? 'ip6' : 'ip4'}/${ip}/tcp/${port}`))
+        } catch (err) {
+          this.log.debug({ err: (err as Error).message, name }, 'bootstrap name did not resolve')
+        }
+      } else {
+        targets.push(multiaddr(entry))
+      }
+    }
+    const connected = new Set(node.getConnections().map((c) => c.remoteAddr.decapsulateCode(421).toString()))
+    await Promise.all(
+      targets
+        .filter(
+          (t) =>
+            !own.has(t.decapsulateCode(421).toString()) && !connected.has(t.decapsulateCode(421).toString()),
+        )
+        .filter((t) => t.getComponents().find((c) => c.name === 'p2p')?.value !== node.peerId.toString())
+        .map(async (t) => {
+          const signal = anySignal([AbortSignal.timeout(3000), this.stopController.signal])
+          try {
+            await node.dial(t, { signal })
+          } catch (err) {
+            this.log.debug({ err: (err as Error).message, addr: t.toString() }, 'bootstrap dial failed')
+          } finally {
+            signal.clear()
+          }
+        }),
+    )
+  }
+
+  async stop(): Promise<void> {
+    this.stopController.abort()
+    clearInterval(this.bootstrapTimer)
+    await this.node?.stop()
+    this.node = undefined
+  }
+
+  isReady(): boolean {
+    // A lone node is ready by itself; with peers, once the routing table has any of them.
+    return this.node?.status === 'started'
+  }
+
+  private dht(): KadDHT {
+    if (this.node === undefined) throw new Error('router is not started')
+    return this.node.services.dht
+  }
+
+  /** Advertises keys with bounded concurrency, in the order given (callers put tags and manifests first). */
+  async advertise(keys: RoutingKey[], options: AbortOptions = {}): Promise<void> {
+    const dht = this.dht()
+    const queue = keys.filter((k) => !this.advertised.has(keyToString(k)))
+    for (const k of queue) this.advertised.add(keyToString(k))
+    this.gauge?.set(this.advertised.size)
+    const signal = options.signal
+    const worker = async (): Promise<void> => {
+      for (let key = queue.shift(); key !== undefined; key = queue.shift()) {
+        if (signal?.aborted === true || this.stopController.signal.aborted) return
+        if (!this.advertised.has(keyToString(key))) continue // withdrawn meanwhile
+        try {
+          for await (const _ of dht.provide(await keyToCid(key), {
+            signal: signal ?? this.stopController.signal,
+          })) {
+            // drain: provide resolves once the record is stored on the closest peers
+          }
+        } catch (err) {
+          // A lone node has nobody to store at; its local record still answers lookups.
+          this.log.debug({ err: (err as Error).message, key: keyToString(key) }, 'provide incomplete')
+        }
+      }
+    }
+    await Promise.all(Array.from({ length: this.init.advertiseConcurrency ?? 12 }, worker))
+  }
+
+  /** Stops re-providing and drops our local record, so lookups that reach us no longer return us. */
+  async withdraw(keys: RoutingKey[], options: AbortOptions = {}): Promise<void> {
+    const dht = this.dht()
+    for (const key of keys) {
+      this.advertised.delete(keyToString(key))
+      await dht.cancelReprovide(await keyToCid(key), options)
+    }
+    this.gauge?.set(this.advertised.size)
+  }
+
+  advertisedCount(): number {
+    return this.advertised.size
+  }
+
+  /** The peer endpoint URL of a provider: learned from identify, else dial it once and wait for identify. */
+  private async urlOf(peer: PeerInfo, signal: AbortSignal): Promise<string | undefined> {
+    const node = this.node
+    const id = peer.id.toString()
+    const known = this.urls.get(id)
+    if (known !== undefined || node === undefined || signal.aborted) return known
+    try {
+      const identified = new Promise<void>((resolve) => {
+        const done = (): void => {
+          node.removeEventListener('peer:identify', onIdentify)
+          signal.removeEventListener('abort', done)
+          resolve()
+        }
+        const onIdentify = (e: CustomEvent<{ peerId: PeerId }>): void => {
+          if (e.detail.peerId.equals(peer.id)) done()
+        }
+        node.addEventListener('peer:identify', onIdentify)
+        signal.addEventListener('abort', done, { once: true })
+        setTimeout(done, 1000).unref()
+      })
+      if (peer.multiaddrs.length > 0) await node.peerStore.merge(peer.id, { multiaddrs: peer.multiaddrs })
+      await node.dial(peer.id, { signal })
+      if (!this.urls.has(id)) await identified
+    } catch (err) {
+      this.log.debug({ err: (err as Error).message, peer: id }, 'provider not reachable')
+    }
+    return this.urls.get(id)
+  }
+
+  /**
+   * Yields providers as the DHT finds them: never us, each once, only with a known peer endpoint. Uses
+   * `dht.findProviders` directly (contentRouting's version keeps querying after the consumer breaks).
+   */
+  async *resolve(key: RoutingKey, options: ResolveOptions = {}): AsyncIterable<Peer> {
+    const node = this.node
+    if (node === undefined) return
+    const controller = new AbortController()
+    // any-signal, not AbortSignal.any: the long-lived stop signal would keep every request's signal alive
+    const signal = anySignal([controller.signal, this.stopController.signal, options.signal])
+    const self = node.peerId.toString()
+    const seen = new Set<string>()
+    let yielded = 0
+    try {
+      for await (const event of node.services.dht.findProviders(await keyToCid(key), { signal })) {
+        if (event.name !== 'PROVIDER') continue
+        for (const provider of event.providers) {
+          const id = provider.id.toString()
+          if (id === self || seen.has(id)) continue
+          seen.add(id)
+          const url = await this.urlOf(provider, signal)
+          if (url === undefined) continue
+          yield { id, url }
+          if (++yielded === options.limit) return
+        }
+      }
+    } catch (err) {
+      if (!signal.aborted)
+        this.log.debug({ err: (err as Error).message, key: keyToString(key) }, 'lookup failed')
+    } finally {
+      controller.abort() // the consumer broke out or we are done: end the query
+      signal.clear()
+    }
+  }
+
+  /** Connected peers whose peer endpoint we know. */
+  peers(): Peer[] {
+    const node = this.node
+    if (node === undefined) return []
+    const out = new Map<string, Peer>()
+    for (const conn of node.getConnections()) {
+      const id = conn.remotePeer.toString()
+      const url = this.urls.get(id)
+      if (url !== undefined) out.set(id, { id, url })
+    }
+    return [...out.values()]
+  }
+}
+
+export function kadDhtRouter(components: KadDhtRouterComponents, init: KadDhtRouterInit): KadDhtRouter {
+  return new KadDhtRouter(components, init)
+}
