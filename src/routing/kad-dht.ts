@@ -91,13 +91,13 @@ export class KadDhtRouter implements Router {
         help: 'Keys (digests and tags) this node advertises on the DHT',
         registers: [components.metrics],
       })
-      const self = this
+      const connectedPeers = (): number => this.peers().length
       this.peersGauge = new Gauge({
         name: 'kagami_peers',
         help: 'Connected kagami peers',
         registers: [components.metrics],
         collect() {
-          this.set(self.peers().length)
+          this.set(connectedPeers())
         },
       })
     }
