@@ -6,12 +6,12 @@ import { DOCKER_HUB, isRepositoryName, isTag, parseRegistry } from './reference.
 export type DistributionRequest =
   | { kind: 'base' }
   | {
-      kind: 'manifest' | 'blob'
+      kind: 'manifest'
       registry: string
       repository: string
-      /** A tag (manifests only) or a digest. */
       reference: { tag: string } | { digest: Digest }
     }
+  | { kind: 'blob'; registry: string; repository: string; reference: { digest: Digest } }
 
 export class UnknownRouteError extends Error {
   override name = 'UnknownRouteError'

@@ -1,0 +1,99 @@
+import {
+  acceptsMediaType,
+  type DistributionRequest,
+  type Digest,
+  isAnyManifestMediaType,
+  parseManifest,
+} from '../oci/index.js'
+import type { Store } from '../store/store.js'
+import { ManifestNotAcceptableError } from './errors.js'
+import { contentHeaders, parseRangeHeader, partialHeaders } from './headers.js'
+import type { Served } from './served.js'
+
+type ContentRequest = Extract<DistributionRequest, { kind: 'manifest' | 'blob' }>
+
+export interface ClientRequest {
+  method: 'GET' | 'HEAD'
+  accept?: string
+  range?: string
+  signal: AbortSignal
+}
+
+// Manifests are small (registries cap them at 4 MiB); anything bigger is not served as a manifest.
+export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+async function readAll(store: Store, digest: Digest, signal: AbortSignal): Promise<Buffer> {
+  const chunks: Buffer[] = []
+  for await (const c of await store.read(digest, { signal })) chunks.push(c as Buffer)
+  return Buffer.concat(chunks)
+}
+
+/** The media type of a manifest the store holds, from the store or else from the document itself. */
+async function manifestMediaType(
+  store: Store,
+  digest: Digest,
+  known: string | undefined,
+  bytes: () => Promise<Buffer>,
+): Promise<string | undefined> {
+  if (isAnyManifestMediaType(known)) return known
+  try {
+    return parseManifest(await bytes()).mediaType
+  } catch {
+    return undefined // not a manifest (a layer or config asked for on /manifests/)
+  }
+}
+
+/**
+ * Serves a request from this node's store. Throws NotFoundError (typed, from the store) when the node does
+ * not hold it, so callers decide whether to try peers.
+ */
+export async function serveLocal(store: Store, req: ContentRequest, client: ClientRequest): Promise<Served> {
+  const { signal } = client
+  if (req.kind === 'manifest') {
+    let digest: Digest
+    let mediaType: string | undefined
+    if ('tag' in req.reference) {
+      const d = await store.resolve(
+        { registry: req.registry, repository: req.repository, tag: req.reference.tag },
+        { signal },
+      )
+      digest = d.digest
+      mediaType = d.mediaType
+    } else {
+      digest = req.reference.digest
+      mediaType = (await store.stat(digest, { signal })).mediaType
+    }
+    const info = await store.stat(digest, { signal })
+    if (info.sizeBytes > MAX_MANIFEST_BYTES)
+      throw new ManifestNotAcceptableError(`${digest} is too large for a manifest`)
+    let bytes: Buffer | undefined
+    const load = async (): Promise<Buffer> => (bytes ??= await readAll(store, digest, signal))
+    mediaType = await manifestMediaType(store, digest, mediaType, load)
+    if (mediaType === undefined) throw new ManifestNotAcceptableError(`${digest} is not a manifest`)
+    if (!acceptsMediaType(client.accept, mediaType)) {
+      throw new ManifestNotAcceptableError(
+        `manifest ${digest} is ${mediaType}, which the client does not accept`,
+      )
+    }
+    const headers = contentHeaders({ digest, mediaType, sizeBytes: info.sizeBytes })
+    return {
+      source: 'local',
+      status: 200,
+      headers,
+      digest,
+      body: client.method === 'GET' ? await load() : undefined,
+    }
+  }
+
+  const digest = req.reference.digest
+  const info = await store.stat(digest, { signal })
+  const d = { digest, mediaType: 'application/octet-stream', sizeBytes: info.sizeBytes }
+  const range = info.sizeBytes === 0 ? undefined : parseRangeHeader(client.range, info.sizeBytes)
+  if (range === undefined) {
+    const body = client.method === 'GET' ? await store.read(digest, { signal }) : undefined
+    return { source: 'local', status: 200, headers: contentHeaders(d), digest, body }
+  }
+  const end = range.end ?? info.sizeBytes - 1
+  const body = client.method === 'GET' ? await store.read(digest, { signal, range }) : undefined
+  return { source: 'local', status: 206, headers: partialHeaders(d, range.start, end), digest, body }
+}
