@@ -227,30 +227,53 @@ export class KadDhtRouter implements Router {
     return this.node.services.dht
   }
 
-  /** Advertises keys with bounded concurrency, in the order given (callers put tags and manifests first). */
+  /**
+   * Advertises keys through one shared queue with bounded concurrency (kad-dht breaks at ~64 parallel
+   * provides), in the order given: callers put tags and manifests first. Resolves when these keys are out.
+   */
   async advertise(keys: RoutingKey[], options: AbortOptions = {}): Promise<void> {
-    const dht = this.dht()
-    const queue = keys.filter((k) => !this.advertised.has(keyToString(k)))
-    for (const k of queue) this.advertised.add(keyToString(k))
+    const fresh = keys.filter((k) => !this.advertised.has(keyToString(k)))
+    for (const k of fresh) this.advertised.add(keyToString(k))
     this.gauge?.set(this.advertised.size)
-    const signal = options.signal
-    const worker = async (): Promise<void> => {
-      for (let key = queue.shift(); key !== undefined; key = queue.shift()) {
-        if (signal?.aborted === true || this.stopController.signal.aborted) return
+    if (fresh.length === 0) return
+    const done = new Promise<void>((resolve) => {
+      let left = fresh.length
+      const finish = (): void => {
+        if (--left === 0) resolve()
+      }
+      for (const key of fresh) this.provideQueue.push({ key, finish, signal: options.signal })
+    })
+    while (this.workers < (this.init.advertiseConcurrency ?? 12) && this.workers < this.provideQueue.length) {
+      this.workers++
+      void this.provideWorker().finally(() => this.workers--)
+    }
+    await done
+  }
+
+  private readonly provideQueue: { key: RoutingKey; finish: () => void; signal?: AbortSignal }[] = []
+  private workers = 0
+
+  private async provideWorker(): Promise<void> {
+    for (let job = this.provideQueue.shift(); job !== undefined; job = this.provideQueue.shift()) {
+      const { key, signal } = job
+      try {
+        if (signal?.aborted === true || this.stopController.signal.aborted) continue
         if (!this.advertised.has(keyToString(key))) continue // withdrawn meanwhile
+        const s = anySignal([signal, this.stopController.signal])
         try {
-          for await (const _ of dht.provide(await keyToCid(key), {
-            signal: signal ?? this.stopController.signal,
-          })) {
+          for await (const _ of this.dht().provide(await keyToCid(key), { signal: s })) {
             // drain: provide resolves once the record is stored on the closest peers
           }
-        } catch (err) {
-          // A lone node has nobody to store at; its local record still answers lookups.
-          this.log.debug({ err: (err as Error).message, key: keyToString(key) }, 'provide incomplete')
+        } finally {
+          s.clear()
         }
+      } catch (err) {
+        // A lone node has nobody to store at; its local record still answers lookups.
+        this.log.debug({ err: (err as Error).message, key: keyToString(key) }, 'provide incomplete')
+      } finally {
+        job.finish()
       }
     }
-    await Promise.all(Array.from({ length: this.init.advertiseConcurrency ?? 12 }, worker))
   }
 
   /** Stops re-providing and drops our local record, so lookups that reach us no longer return us. */

@@ -36,7 +36,7 @@ export function seedImage(
   layerBytes = 2 * 1024 * 1024,
 ): TestImage {
   const layer = Buffer.alloc(layerBytes)
-  for (let i = 0; i < layer.length; i += 4) layer.writeUInt32LE((i * 2654435761) >>> 0, i)
+  for (let i = 0; i + 4 <= layer.length; i += 4) layer.writeUInt32LE((i * 2654435761) >>> 0, i)
   const config = Buffer.from(
     JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] } }),
   )

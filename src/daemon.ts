@@ -1,0 +1,225 @@
+import { networkInterfaces } from 'node:os'
+import type { FastifyInstance } from 'fastify'
+import { multiaddr } from '@multiformats/multiaddr'
+import { pino, type Logger } from 'pino'
+import { collectDefaultMetrics, Registry } from 'prom-client'
+import type { CliIo } from './cli.js'
+import type { RunConfig } from './config.js'
+import { loadOrCreateIdentity } from './identity.js'
+import { repositoryFilter } from './filter.js'
+import { RegistryMetrics } from './registry/metrics.js'
+import { createMirror } from './registry/mirror.js'
+import { createPeerServer } from './registry/peer.js'
+import { kadDhtRouter } from './routing/kad-dht.js'
+import { stateSync } from './state.js'
+import type { DaemonStatus } from './status.js'
+import { containerdStore } from './store/containerd.js'
+import type { Store } from './store/store.js'
+
+/** A step of start-up that must be undone on stop, in reverse order. */
+interface Stoppable {
+  name: string
+  stop(): Promise<void>
+}
+
+export interface Daemon {
+  peerId: string
+  peerUrl: string
+  mirrorUrl: string
+  stop(): Promise<void>
+}
+
+function splitHostPort(address: string): { host: string; port: number } {
+  const i = address.lastIndexOf(':')
+  return { host: address.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(address.slice(i + 1)) }
+}
+
+/** The address other nodes use for our peer endpoint, when it is bound to every interface. */
+function advertisedPeerHost(config: RunConfig): string {
+  const bound = splitHostPort(config.peerAddress).host
+  if (bound !== '0.0.0.0' && bound !== '::') return bound
+  const p2pHost = multiaddr(config.p2pAddress)
+    .getComponents()
+    .find((c) => c.name === 'ip4' || c.name === 'ip6')?.value
+  if (p2pHost !== undefined && p2pHost !== '0.0.0.0' && p2pHost !== '::') return p2pHost
+  for (const addrs of Object.values(networkInterfaces())) {
+    for (const a of addrs ?? []) if (a.family === 'IPv4' && !a.internal) return a.address
+  }
+  return '127.0.0.1'
+}
+
+async function listen(server: FastifyInstance, address: string, option: string): Promise<string> {
+  const { host, port } = splitHostPort(address)
+  try {
+    return await server.listen({ host, port })
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    const why =
+      code === 'EADDRINUSE'
+        ? 'address already in use'
+        : code === 'EADDRNOTAVAIL'
+          ? 'address not available on this host'
+          : (err as Error).message
+    throw new Error(`cannot listen on ${option} ${address}: ${why}`)
+  }
+}
+
+/** Fails fast, with the socket in the message, when containerd cannot be reached at start. */
+async function checkStore(store: Store, config: RunConfig): Promise<void> {
+  try {
+    await store.images({ signal: AbortSignal.timeout(5000) })
+  } catch (err) {
+    throw new Error(
+      `cannot reach containerd at --containerd-address ${config.containerdAddress}: ${(err as Error).message}`,
+    )
+  }
+}
+
+/** Sums a counter's values by `source` for the mirror (what `kagami status` shows). */
+async function sumBySource(registry: Registry, name: string): Promise<Record<string, number>> {
+  const out: Record<string, number> = {}
+  const values = (await registry.getSingleMetric(name)?.get())?.values ?? []
+  for (const v of values) {
+    if (v.labels.server !== 'mirror') continue
+    const source = String(v.labels.source ?? 'none')
+    out[source] = (out[source] ?? 0) + v.value
+  }
+  return out
+}
+
+/**
+ * Starts every part in dependency order: store → peer endpoint → router → state sync → mirror. Anything
+ * that fails stops what already started, so a bad flag or busy port leaves nothing behind.
+ */
+export async function startDaemon(config: RunConfig, components: { logger: Logger }): Promise<Daemon> {
+  const logger = components.logger
+  const metrics = new Registry()
+  collectDefaultMetrics({ register: metrics })
+  const registryMetrics = new RegistryMetrics(metrics)
+  const filter = repositoryFilter({ include: config.include, exclude: config.exclude })
+  const started: Stoppable[] = []
+  const startedAt = Date.now()
+  const stopAll = async (): Promise<void> => {
+    for (const part of started.reverse()) {
+      try {
+        await part.stop()
+      } catch (err) {
+        logger.warn({ err, part: part.name }, 'stop failed')
+      }
+    }
+  }
+
+  try {
+    multiaddr(config.p2pAddress) // validated by the schema; parse once more for a clear error if used directly
+    const store = containerdStore(
+      { logger },
+      {
+        address: config.containerdAddress,
+        namespace: config.containerdNamespace,
+        contentDir: config.containerdContentDir === '' ? undefined : config.containerdContentDir,
+      },
+    )
+    started.push({ name: 'store', stop: () => store.close() })
+    await checkStore(store, config)
+
+    const peerServer = createPeerServer({ store, logger, metrics: registryMetrics, filter })
+    started.push({ name: 'peer endpoint', stop: () => peerServer.close() })
+    await listen(peerServer, config.peerAddress, '--peer-address')
+    const peerPort = (peerServer.server.address() as { port: number }).port
+    const peerUrl =
+      config.peerAdvertiseAddress !== ''
+        ? `http://${config.peerAdvertiseAddress}`
+        : `http://${advertisedPeerHost(config)}:${peerPort}`
+
+    const privateKey = await loadOrCreateIdentity(config.stateDir)
+    const router = kadDhtRouter(
+      { logger, metrics },
+      {
+        listen: [config.p2pAddress],
+        peerUrl,
+        bootstrap: [...config.bootstrap],
+        privateKey,
+        reprovideIntervalMs: config.reprovideInterval,
+        recordValidityMs: config.recordValidity,
+      },
+    )
+    try {
+      await router.start()
+    } catch (err) {
+      throw new Error(`cannot start the DHT on --p2p-address ${config.p2pAddress}: ${(err as Error).message}`)
+    }
+    started.push({ name: 'router', stop: () => router.stop() })
+
+    const state = stateSync(
+      { store, router, logger },
+      { resyncIntervalMs: config.resyncInterval, include: config.include, exclude: config.exclude },
+    )
+    await state.start()
+    started.push({ name: 'state sync', stop: () => state.stop() })
+
+    const mirror = createMirror(
+      { store, router, logger, metrics: registryMetrics, filter },
+      {
+        resolveTimeoutMs: config.resolveTimeout,
+        peerHeadersTimeoutMs: config.peerHeadersTimeout,
+        bodyIdleTimeoutMs: config.bodyIdleTimeout,
+      },
+    )
+    mirror.get('/metrics', async (_req, reply) =>
+      reply.type(metrics.contentType).send(await metrics.metrics()),
+    )
+    mirror.get('/healthz', async () => ({ ok: true }))
+    mirror.get('/readyz', async (_req, reply) => {
+      const ready = router.isReady()
+      return reply.code(ready ? 200 : 503).send({ ready })
+    })
+    mirror.get('/status', async (): Promise<DaemonStatus> => {
+      const requests = await sumBySource(metrics, 'kagami_requests_total')
+      const bytes = await sumBySource(metrics, 'kagami_bytes_served_total')
+      return {
+        peerId: router.peerId ?? '',
+        peerUrl,
+        ready: router.isReady(),
+        peers: router.peers(),
+        images: (await store.images({ signal: AbortSignal.timeout(2000) })).length,
+        advertisedKeys:
+          ((await metrics.getSingleMetric('kagami_advertised_keys')?.get())?.values[0]?.value as
+            number | undefined) ?? 0,
+        requests: { local: requests.local ?? 0, peer: requests.peer ?? 0, miss: requests.miss ?? 0 },
+        bytesServed: { local: bytes.local ?? 0, peer: bytes.peer ?? 0 },
+        uptimeSeconds: (Date.now() - startedAt) / 1000,
+      }
+    })
+    started.push({ name: 'mirror', stop: () => mirror.close() })
+    const mirrorUrl = await listen(mirror, config.mirrorAddress, '--mirror-address')
+
+    logger.info({ peerId: router.peerId, peerUrl, mirrorUrl, p2p: config.p2pAddress }, 'kagami started')
+    return { peerId: router.peerId ?? '', peerUrl, mirrorUrl, stop: stopAll }
+  } catch (err) {
+    await stopAll()
+    throw err
+  }
+}
+
+/** `kagami run`: starts, then stops cleanly on SIGTERM/SIGINT (stop advertising, drain responses, exit 0). */
+export async function runDaemon(config: RunConfig, _io: CliIo): Promise<number> {
+  const logger = pino({
+    level: config.logLevel,
+    base: { component: 'kagami' },
+    redact: ['req.headers.authorization', 'headers.authorization', '*.psk', 'psk'],
+  })
+  const daemon = await startDaemon(config, { logger })
+  await new Promise<void>((resolve) => {
+    const onSignal = (signal: NodeJS.Signals): void => {
+      logger.info({ signal }, 'stopping')
+      process.off('SIGTERM', onSignal)
+      process.off('SIGINT', onSignal)
+      resolve()
+    }
+    process.on('SIGTERM', onSignal)
+    process.on('SIGINT', onSignal)
+  })
+  await daemon.stop()
+  logger.info('stopped')
+  return 0
+}
