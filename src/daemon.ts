@@ -205,7 +205,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
 export async function runDaemon(config: RunConfig, _io: CliIo): Promise<number> {
   const logger = pino({
     level: config.logLevel,
-    base: { component: 'kagami' },
+    name: 'kagami',
     redact: ['req.headers.authorization', 'headers.authorization', '*.psk', 'psk'],
   })
   const daemon = await startDaemon(config, { logger })

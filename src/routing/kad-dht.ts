@@ -47,7 +47,7 @@ export interface KadDhtRouterInit {
   reprovideIntervalMs?: number
   /** How long a provider record stays valid (default 20 min). */
   recordValidityMs?: number
-  /** How often bootstrap entries are dialled again while they are not connected (default 10 s). */
+  /** How often bootstrap entries are dialled again while they are not connected (default 5 s). */
   rebootstrapIntervalMs?: number
   /** Parallel provides when advertising many keys (default 12; 64 breaks kad-dht, see design.md). */
   advertiseConcurrency?: number
@@ -164,7 +164,7 @@ export class KadDhtRouter implements Router {
     this.node.addEventListener('peer:disconnect', (e) => this.urls.delete(e.detail.toString()))
     this.log.info({ peerId: this.peerId, addrs: this.multiaddrs().map(String) }, 'dht started')
     void this.bootstrap()
-    const every = this.init.rebootstrapIntervalMs ?? 10_000
+    const every = this.init.rebootstrapIntervalMs ?? 5_000
     this.bootstrapTimer = setInterval(() => void this.bootstrap(), every)
     this.bootstrapTimer.unref()
   }

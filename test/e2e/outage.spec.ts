@@ -1,0 +1,165 @@
+import { createHash } from 'node:crypto'
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import {
+  type BuiltImage,
+  buildImage,
+  freePort,
+  type ContainerdHandle,
+  kagamiCli,
+  type KagamiHandle,
+  pushImage,
+  type RegistryHandle,
+  startContainerd,
+  startKagami,
+  startRegistry,
+  tempDir,
+  waitFor,
+} from '../harness/index.js'
+
+const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`
+
+interface Node {
+  name: string
+  containerd: ContainerdHandle
+  kagami: KagamiHandle
+  hostsDir: string
+}
+
+/**
+ * The headline promise, with separate OS processes: docker-registry, 3 containerd, 3 `kagami run`, a real
+ * DHT, hosts.toml written by `kagami configure`. Node A pulls through the registry; the registry stops;
+ * B and C still pull, from peers.
+ */
+describe('e2e: registry outage', () => {
+  let registry: RegistryHandle
+  let image: BuiltImage
+  const nodes: Node[] = []
+  let tmp: { path: string; remove(): Promise<void> }
+  let ref: string
+
+  async function blobsMatch(node: Node, digests: string[]): Promise<void> {
+    for (const d of digests) {
+      const bytes = await readFile(join(node.containerd.contentDir, 'blobs', 'sha256', d.slice(7)))
+      expect(sha(bytes)).toBe(d)
+    }
+  }
+
+  beforeAll(async () => {
+    tmp = await tempDir('e2e')
+    registry = await startRegistry()
+    image = await buildImage({
+      dir: join(tmp.path, 'image'),
+      layers: [8_000_000, 3_000_000, 500_000],
+      platforms: ['linux/amd64', 'linux/arm64'],
+    })
+    ref = `${registry.host}/e2e/app:v1`
+    await pushImage(image.dir, ref)
+    // Every node lists every node, as the chart's headless-Service DNS name does; own addresses are skipped.
+    const p2pPorts = [await freePort(), await freePort(), await freePort()]
+    const bootstrap = p2pPorts.map((p) => `/ip4/127.0.0.1/tcp/${p}`)
+    for (const [i, name] of ['a', 'b', 'c'].entries()) {
+      const containerd = await startContainerd({ name })
+      const kagami = await startKagami({ name, containerd, bootstrap, p2pPort: p2pPorts[i] })
+      const hostsDir = join(tmp.path, `hosts-${name}`)
+      await kagamiCli([
+        'configure',
+        '--config-path',
+        hostsDir,
+        '--mirror-url',
+        kagami.mirrorUrl,
+        '--registries',
+        registry.url,
+      ])
+      nodes.push({ name, containerd, kagami, hostsDir })
+    }
+    // every node sees the others
+    for (const n of nodes)
+      await waitFor(async () => (await n.kagami.status()).peers.length >= 2, {
+        timeoutMs: 30_000,
+        what: `${n.name} peers`,
+      })
+  }, 180_000)
+
+  afterAll(async () => {
+    for (const n of nodes) {
+      await n.kagami.destroy().catch(() => undefined)
+      await n.containerd.destroy().catch(() => undefined)
+    }
+    await registry?.destroy()
+    await tmp?.remove()
+  })
+
+  const amd64 = (): BuiltImage['manifests'][number] =>
+    image.manifests.find((m) => m.platform === 'linux/amd64')!
+  const pulledDigests = (): string[] => [
+    image.root.digest,
+    amd64().descriptor.digest,
+    amd64().config.digest,
+    ...amd64().layers.map((l) => l.digest),
+  ]
+
+  it('A pulls through the registry (its mirror misses fast), then advertises the image', async () => {
+    const [a] = nodes as [Node]
+    await a.containerd.pull(ref, { hostsDir: a.hostsDir })
+    await blobsMatch(a, pulledDigests())
+    const s = await waitFor(
+      async () => {
+        const st = await a.kagami.status()
+        return st.advertisedKeys >= pulledDigests().length + 1 ? st : undefined
+      },
+      { timeoutMs: 15_000, what: 'A advertises the image' },
+    )
+    expect(s.requests.miss).toBeGreaterThan(0)
+  }, 60_000)
+
+  it('with the registry stopped, B pulls by tag and C by digest, from peers; bytes identical', async () => {
+    const [, b, c] = nodes as [Node, Node, Node]
+    await registry.stop()
+    await b.containerd.pull(ref, { hostsDir: b.hostsDir })
+    await blobsMatch(b, pulledDigests())
+    const byDigest = `${registry.host}/e2e/app@${image.root.digest}`
+    await c.containerd.pull(byDigest, { hostsDir: c.hostsDir })
+    await blobsMatch(c, pulledDigests())
+    expect((await b.kagami.status()).requests.peer).toBeGreaterThan(0)
+    expect((await c.kagami.status()).requests.peer).toBeGreaterThan(0)
+  }, 120_000)
+
+  it('A’s kagami is killed while C pulls: C completes from B', async () => {
+    const [a, b, c] = nodes as [Node, Node, Node]
+    await waitFor(async () => (await b.kagami.status()).advertisedKeys >= pulledDigests().length + 1, {
+      timeoutMs: 15_000,
+      what: 'B advertises the image',
+    })
+    await c.containerd
+      .ctr(['image', 'rm', '--sync', `${registry.host}/e2e/app@${image.root.digest}`])
+      .catch(() => undefined)
+    const pull = c.containerd.pull(ref, { hostsDir: c.hostsDir })
+    a.kagami.kill()
+    await pull
+    await blobsMatch(c, pulledDigests())
+  }, 120_000)
+
+  it('restart containerd on B and kagami on A: both advertise again within 10 s and serve', async () => {
+    const [a, b, c] = nodes as [Node, Node, Node]
+    await b.containerd.restart()
+    await a.kagami.restart()
+    const want = pulledDigests().length + 1
+    const started = Date.now()
+    await waitFor(async () => (await a.kagami.status()).advertisedKeys >= want, {
+      timeoutMs: 10_000,
+      what: 'A re-advertises',
+    })
+    await waitFor(async () => (await b.kagami.status()).advertisedKeys >= want, {
+      timeoutMs: 10_000,
+      what: 'B still advertises',
+    })
+    expect(Date.now() - started).toBeLessThan(20_000)
+    // C drops the image and pulls it again with the registry still down; B's kagami is stopped so A serves
+    await c.containerd.removeImage(ref)
+    await b.kagami.stop()
+    await c.containerd.pull(ref, { hostsDir: c.hostsDir })
+    await blobsMatch(c, pulledDigests())
+  }, 120_000)
+})
