@@ -68,7 +68,8 @@ export class StateSync {
     const { reference } = image
     if (!this.filter.allows(reference.registry, reference.repository)) return []
     const digests = await this.components.store.reachable(image, { signal: this.controller.signal })
-    return [tagKey(reference), ...digests.map(digestKey)]
+    // an image pulled by digest has no tag to advertise, only its content
+    return [...(reference.tag !== undefined ? [tagKey(reference)] : []), ...digests.map(digestKey)]
   }
 
   private async follow(): Promise<void> {

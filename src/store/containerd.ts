@@ -61,7 +61,6 @@ function toImage(pb: PbImage): Image | undefined {
   } catch {
     return undefined // e.g. names containerd keeps that are not image references
   }
-  if (reference.tag === undefined) return undefined // digest-only names have no tag to advertise
   let digest: Digest
   try {
     digest = parseDigest(pb.target.digest)

@@ -7,7 +7,10 @@ export interface AbortOptions {
 
 /** An image the node has: its normalised name and the descriptor of its root manifest or index. */
 export interface Image {
-  /** `registry/repository:tag` as normalised by `parseReference` (e.g. `docker.io/library/nginx:latest`). */
+  /**
+   * `registry/repository:tag` as normalised by `parseReference` (e.g. `docker.io/library/nginx:latest`), or
+   * `registry/repository@sha256:…` for an image pulled by digest.
+   */
   name: string
   reference: Reference
   target: Descriptor
