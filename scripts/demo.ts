@@ -68,26 +68,55 @@ async function main(): Promise<void> {
     registry = await startRegistry()
     const reg = registry
     cleanup.push(() => reg.destroy())
-    const image = await buildImage({ dir: join(tmp.path, 'image'), layers: [24_000_000, 6_000_000, 800_000], platforms: ['linux/amd64', 'linux/arm64'] })
+    const image = await buildImage({
+      dir: join(tmp.path, 'image'),
+      layers: [24_000_000, 6_000_000, 800_000],
+      platforms: ['linux/amd64', 'linux/arm64'],
+    })
     const ref = `${registry.host}/demo/app:v1`
     await pushImage(image.dir, ref)
     const amd64 = image.manifests.find((m) => m.platform === 'linux/amd64')!
-    const total = [amd64.config, ...amd64.layers].reduce((n, d) => n + d.size, amd64.descriptor.size + image.root.size)
-    console.log(`registry  ${registry.url}   image ${ref.split('/').slice(1).join('/')}: 2 platforms, 3 layers, ${mb(total)} per platform`)
+    const total = [amd64.config, ...amd64.layers].reduce(
+      (n, d) => n + d.size,
+      amd64.descriptor.size + image.root.size,
+    )
+    console.log(
+      `registry  ${registry.url}   image ${ref.split('/').slice(1).join('/')}: 2 platforms, 3 layers, ${mb(total)} per platform`,
+    )
 
     const p2pPorts = [await freePort(), await freePort(), await freePort()]
     const bootstrap = p2pPorts.map((p) => `/ip4/127.0.0.1/tcp/${p}`)
     for (const [i, name] of ['node-a', 'node-b', 'node-c'].entries()) {
       const containerd = await startContainerd({ name })
       cleanup.push(() => containerd.destroy())
-      const kagami = await startKagami({ name, containerd, bootstrap, p2pPort: p2pPorts[i], logLevel: 'debug' })
+      const kagami = await startKagami({
+        name,
+        containerd,
+        bootstrap,
+        p2pPort: p2pPorts[i],
+        logLevel: 'debug',
+      })
       cleanup.push(() => kagami.destroy())
       const hostsDir = join(tmp.path, `certs.d-${name}`)
-      await kagamiCli(['configure', '--config-path', hostsDir, '--mirror-url', kagami.mirrorUrl, '--registries', registry.url])
+      await kagamiCli([
+        'configure',
+        '--config-path',
+        hostsDir,
+        '--mirror-url',
+        kagami.mirrorUrl,
+        '--registries',
+        registry.url,
+      ])
       nodes.push({ name, containerd, kagami, hostsDir })
-      console.log(`${name}    containerd ${containerd.address.replace(tmp.path, '…')}   mirror ${kagami.mirrorUrl}   peer ${kagami.peerUrl}`)
+      console.log(
+        `${name}    containerd ${containerd.address.replace(tmp.path, '…')}   mirror ${kagami.mirrorUrl}   peer ${kagami.peerUrl}`,
+      )
     }
-    for (const n of nodes) await waitFor(async () => (await n.kagami.status()).peers.length >= 2, { timeoutMs: 30_000, what: `${n.name} to see its peers` })
+    for (const n of nodes)
+      await waitFor(async () => (await n.kagami.status()).peers.length >= 2, {
+        timeoutMs: 30_000,
+        what: `${n.name} to see its peers`,
+      })
     const names = new Map<string, string>()
     for (const n of nodes) names.set((await n.kagami.status()).peerId, n.name)
     console.log('\nall three nodes found each other on the DHT\n')
@@ -104,11 +133,15 @@ async function main(): Promise<void> {
       console.log(`${node.name}: ${what} in ${seconds} s`)
       if (viaPeers.length === 0) {
         const slowest = Math.max(0, ...misses.map((l) => l.durationMs))
-        console.log(`  every blob came from the registry (kagami answered ${misses.length} misses, slowest in ${slowest} ms)`)
+        console.log(
+          `  every blob came from the registry (kagami answered ${misses.length} misses, slowest in ${slowest} ms)`,
+        )
       }
       for (const l of viaPeers) {
         const kind = l.path.includes('/manifests/') ? 'manifest' : 'blob    '
-        console.log(`  ${kind} ${short(l.digest ?? '')}  ${mb(l.bytes ?? 0).padStart(8)}  from ${names.get(l.peer ?? '') ?? l.peer}  (${l.durationMs} ms)`)
+        console.log(
+          `  ${kind} ${short(l.digest ?? '')}  ${mb(l.bytes ?? 0).padStart(8)}  from ${names.get(l.peer ?? '') ?? l.peer}  (${l.durationMs} ms)`,
+        )
       }
       if (viaPeers.length > 0) console.log(`  ${mb(bytes)} from peers, 0 bytes from the registry`)
       console.log('')
@@ -116,7 +149,10 @@ async function main(): Promise<void> {
 
     const [a, b, c] = nodes as [Node, Node, Node]
     await pull(a, `pulled ${ref} with the registry up`, ref)
-    await waitFor(async () => ((await a.kagami.status()).advertisedKeys >= 6 ? true : undefined), { timeoutMs: 15_000, what: 'node-a to advertise' })
+    await waitFor(async () => ((await a.kagami.status()).advertisedKeys >= 6 ? true : undefined), {
+      timeoutMs: 15_000,
+      what: 'node-a to advertise',
+    })
     await registry.stop()
     console.log('■ registry stopped: from here on, an image pull can only succeed through peers\n')
     await pull(b, `pulled ${ref} by tag`, ref)
@@ -125,16 +161,21 @@ async function main(): Promise<void> {
     for (const n of [b, c]) {
       for (const d of [amd64.config, ...amd64.layers]) {
         const bytes = await readFile(join(n.containerd.contentDir, 'blobs', 'sha256', d.digest.slice(7)))
-        if (bytes.length !== d.size) throw new Error(`${n.name}: ${d.digest} has ${bytes.length} bytes, want ${d.size}`)
+        if (bytes.length !== d.size)
+          throw new Error(`${n.name}: ${d.digest} has ${bytes.length} bytes, want ${d.size}`)
       }
     }
     console.log('node-b and node-c hold byte-identical blobs (checked against the image built at the start)')
     const s = await c.kagami.status()
-    console.log(`\n$ kagami status --mirror-address ${c.kagami.mirrorAddress}\n${(await kagamiCli(['status', '--mirror-address', c.kagami.mirrorAddress])).trimEnd()}`)
+    console.log(
+      `\n$ kagami status --mirror-address ${c.kagami.mirrorAddress}\n${(await kagamiCli(['status', '--mirror-address', c.kagami.mirrorAddress])).trimEnd()}`,
+    )
     void s
   } finally {
     for (const fn of cleanup.reverse()) await fn().catch(() => undefined)
-    console.log(`\ncleaned up: processes stopped, temp dirs removed (${((Date.now() - started) / 1000).toFixed(1)} s in all)`)
+    console.log(
+      `\ncleaned up: processes stopped, temp dirs removed (${((Date.now() - started) / 1000).toFixed(1)} s in all)`,
+    )
   }
 }
 

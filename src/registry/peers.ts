@@ -3,7 +3,6 @@ import { pipeline } from 'node:stream/promises'
 import { PassThrough } from 'node:stream'
 import { anySignal } from 'any-signal'
 import type { Logger } from 'pino'
-import type { Dispatcher } from 'undici'
 import {
   acceptsMediaType,
   type DistributionRequest,
@@ -28,7 +27,6 @@ type ContentRequest = Extract<DistributionRequest, { kind: 'manifest' | 'blob' }
 
 export interface PeerFetcherComponents {
   router: Router
-  agent: Dispatcher
   logger: Logger
   metrics: RegistryMetrics
 }
@@ -142,7 +140,7 @@ export class PeerFetcher {
     path: string,
     init: { method: 'GET' | 'HEAD'; headers?: Record<string, string>; signal: AbortSignal },
   ): Promise<PeerResponse> {
-    return peerRequest(this.components.agent, peer, {
+    return peerRequest(peer, {
       ...init,
       path,
       headersTimeoutMs: this.init.peerHeadersTimeoutMs,

@@ -1,0 +1,165 @@
+/**
+ * Blob throughput and request latency, side by side in one run:
+ * - 1 GiB blob over one stream: raw loopback TCP copy (the limit) vs docker-registry vs kagami
+ *   (peer endpoint on node A → mirror on node B → curl);
+ * - time to first byte for a manifest hit via a peer, and for a miss (404).
+ */
+import '../src/polyfill.js'
+import { createReadStream } from 'node:fs'
+import { connect, createServer, type Socket } from 'node:net'
+import { join } from 'node:path'
+import {
+  buildImage,
+  freePort,
+  pushImage,
+  startContainerd,
+  startKagami,
+  startRegistry,
+  tempDir,
+  waitFor,
+  writeHostsDir,
+} from '../test/harness/index.js'
+import { curl, GiB, log, median, stats, type Stats } from './lib.js'
+
+export interface MirrorBenchResult {
+  blobBytes: number
+  runs: number
+  gibPerSecond: { rawTcp: number; registry: number; kagami: number }
+  ratios: { kagamiVsRaw: number; kagamiVsRegistry: number }
+  manifestHitTtfbMs: Stats
+  missTtfbMs: Stats
+}
+
+/** Raw loopback TCP: a server writes the file to the socket, a reader counts and discards it. */
+async function rawTcp(path: string): Promise<{ seconds: number; bytes: number }> {
+  const sockets = new Set<Socket>()
+  const server = createServer((socket) => {
+    sockets.add(socket)
+    createReadStream(path, { highWaterMark: 1024 * 1024 }).pipe(socket)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const port = (server.address() as { port: number }).port
+  try {
+    const t0 = performance.now()
+    const bytes = await new Promise<number>((resolve, reject) => {
+      let n = 0
+      const c = connect(port, '127.0.0.1')
+      c.on('data', (d: Buffer) => (n += d.length))
+      c.on('end', () => resolve(n))
+      c.on('error', reject)
+      c.setTimeout(120_000, () => c.destroy(new Error('raw TCP copy timed out')))
+    })
+    return { seconds: (performance.now() - t0) / 1000, bytes }
+  } finally {
+    for (const s of sockets) s.destroy()
+    server.close()
+  }
+}
+
+export async function benchMirror(
+  init: { blobBytes?: number; runs?: number; latencySamples?: number } = {},
+): Promise<MirrorBenchResult> {
+  const blobBytes = init.blobBytes ?? GiB
+  const runs = init.runs ?? 3
+  const cleanup: (() => Promise<void>)[] = []
+  try {
+    const tmp = await tempDir('bench-mirror')
+    cleanup.push(() => tmp.remove())
+    log(`mirror: building a ${(blobBytes / GiB).toFixed(2)} GiB single-layer image`)
+    const image = await buildImage({
+      dir: join(tmp.path, 'img'),
+      layers: [blobBytes - 1536],
+      gzip: false,
+      seed: 'bench',
+    })
+    const layer = image.manifests[0]!.layers[0]!
+    const registry = await startRegistry()
+    cleanup.push(() => registry.destroy())
+    await pushImage(image.dir, `${registry.host}/bench/big:v1`)
+    const hosts = join(tmp.path, 'hosts')
+    await writeHostsDir(hosts, { registryHost: registry.host })
+    const ca = await startContainerd({ name: 'bench-a' })
+    cleanup.push(() => ca.destroy())
+    const cb = await startContainerd({ name: 'bench-b' })
+    cleanup.push(() => cb.destroy())
+    log('mirror: pulling into node A')
+    await ca.pull(`${registry.host}/bench/big:v1`, { hostsDir: hosts, timeoutMs: 600_000 })
+    const ports = [await freePort(), await freePort()]
+    const bootstrap = ports.map((p) => `/ip4/127.0.0.1/tcp/${p}`)
+    const a = await startKagami({
+      name: 'bench-a',
+      containerd: ca,
+      bootstrap,
+      p2pPort: ports[0],
+      logLevel: 'warn',
+    })
+    cleanup.push(() => a.destroy())
+    const b = await startKagami({
+      name: 'bench-b',
+      containerd: cb,
+      bootstrap,
+      p2pPort: ports[1],
+      logLevel: 'warn',
+    })
+    cleanup.push(() => b.destroy())
+    await waitFor(async () => ((await a.status()).advertisedKeys >= 3 ? true : undefined), {
+      timeoutMs: 30_000,
+      what: 'A advertises',
+    })
+    await waitFor(async () => ((await b.status()).peers.length >= 1 ? true : undefined), {
+      timeoutMs: 30_000,
+      what: 'B sees A',
+    })
+
+    const blobPath = join(ca.contentDir, 'blobs', 'sha256', layer.digest.slice(7))
+    const ns = encodeURIComponent(registry.host)
+    const rates = { rawTcp: [] as number[], registry: [] as number[], kagami: [] as number[] }
+    for (let i = 0; i < runs; i++) {
+      const raw = await rawTcp(blobPath)
+      if (raw.bytes !== layer.size) throw new Error(`raw TCP copied ${raw.bytes} bytes, want ${layer.size}`)
+      rates.rawTcp.push(raw.bytes / raw.seconds / GiB)
+      const r = await curl(`${registry.url}/v2/bench/big/blobs/${layer.digest}`)
+      if (r.status !== 200 || r.bytes !== layer.size) throw new Error(`registry: ${r.status} ${r.bytes}`)
+      rates.registry.push(r.bytes / r.seconds / GiB)
+      const k = await curl(`${b.mirrorUrl}/v2/bench/big/blobs/${layer.digest}?ns=${ns}`)
+      if (k.status !== 200 || k.bytes !== layer.size) throw new Error(`kagami: ${k.status} ${k.bytes}`)
+      rates.kagami.push(k.bytes / k.seconds / GiB)
+      log(
+        `mirror: run ${i + 1}: raw ${rates.rawTcp.at(-1)!.toFixed(2)}, registry ${rates.registry.at(-1)!.toFixed(2)}, kagami ${rates.kagami.at(-1)!.toFixed(2)} GiB/s`,
+      )
+    }
+
+    const samples = init.latencySamples ?? 200
+    const hit: number[] = []
+    const miss: number[] = []
+    const accept = 'Accept: application/vnd.oci.image.manifest.v1+json'
+    for (let i = 0; i < samples; i++) {
+      const h = await curl(`${b.mirrorUrl}/v2/bench/big/manifests/${image.root.digest}?ns=${ns}`, [accept])
+      if (h.status !== 200) throw new Error(`manifest hit answered ${h.status}`)
+      hit.push(h.ttfbSeconds * 1000)
+      const fake = `sha256:${(i.toString(16) + 'f'.repeat(64)).slice(0, 64)}`
+      const m = await curl(`${b.mirrorUrl}/v2/bench/big/blobs/${fake}?ns=${ns}`)
+      if (m.status !== 404) throw new Error(`miss answered ${m.status}`)
+      miss.push(m.ttfbSeconds * 1000)
+    }
+    const g = { rawTcp: median(rates.rawTcp), registry: median(rates.registry), kagami: median(rates.kagami) }
+    return {
+      blobBytes: layer.size,
+      runs,
+      gibPerSecond: g,
+      ratios: { kagamiVsRaw: g.kagami / g.rawTcp, kagamiVsRegistry: g.kagami / g.registry },
+      manifestHitTtfbMs: stats(hit),
+      missTtfbMs: stats(miss),
+    }
+  } finally {
+    for (const fn of cleanup.reverse()) await fn().catch(() => undefined)
+  }
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const r = await benchMirror({
+    blobBytes: Number(process.env.BLOB_BYTES ?? GiB),
+    runs: Number(process.env.RUNS ?? 3),
+  })
+  console.log(JSON.stringify(r, null, 2))
+}
