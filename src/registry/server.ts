@@ -69,8 +69,18 @@ export function createRegistryServer(
     routerOptions: { maxParamLength: 1024 },
     bodyLimit: 1024,
     return503OnClosing: true,
-    // big socket buffers on the blob path: fewer drain round trips per GiB relayed
-    http: { highWaterMark: 4 * 1024 * 1024 },
+    // Requests Node's parser rejects (bad characters, oversized headers) still get an OCI error body.
+    clientErrorHandler: (err, socket) => {
+      if (socket.destroyed || !socket.writable) return
+      const status = (err as NodeJS.ErrnoException).code === 'HPE_HEADER_OVERFLOW' ? 431 : 400
+      const body = JSON.stringify({ errors: [{ code: 'UNSUPPORTED', message: 'malformed HTTP request' }] })
+      // a HEAD answer carries no body, even when the request line itself was the problem
+      const head =
+        (err as unknown as { rawPacket?: Buffer }).rawPacket?.subarray(0, 5).toString('latin1') === 'HEAD '
+      socket.end(
+        `HTTP/1.1 ${status} Bad Request\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${head ? '' : body}`,
+      )
+    },
     forceCloseConnections: false,
   })
 
