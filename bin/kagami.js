@@ -1,12 +1,14 @@
 #!/usr/bin/env node
-// Runs the compiled CLI when built (the container image), else the TypeScript source through tsx (a checkout).
+// In the container image (no src/), runs the compiled CLI. In a checkout, runs the TypeScript source
+// through tsx, so it is never stale; KAGAMI_FROM_DIST=1 runs the build (`npm run build`) instead.
 import { existsSync } from 'node:fs'
 
 const dist = new URL('../dist/main.js', import.meta.url)
-if (existsSync(dist) && !process.env.KAGAMI_FROM_SOURCE) {
+const source = new URL('../src/main.ts', import.meta.url)
+if (existsSync(dist) && (!existsSync(source) || process.env.KAGAMI_FROM_DIST === '1')) {
   await import(dist.href)
 } else {
   const { register } = await import('tsx/esm/api')
   register()
-  await import(new URL('../src/main.ts', import.meta.url).href)
+  await import(source.href)
 }

@@ -123,6 +123,10 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     await checkStore(store, config)
 
     const peerServer = createPeerServer({ store, logger, metrics: registryMetrics, filter })
+    // the mirror listens on 127.0.0.1 only; Prometheus scrapes the node address
+    peerServer.get('/metrics', async (_req, reply) =>
+      reply.type(metrics.contentType).send(await metrics.metrics()),
+    )
     started.push({ name: 'peer endpoint', stop: () => peerServer.close() })
     await listen(peerServer, config.peerAddress, '--peer-address')
     const peerPort = (peerServer.server.address() as { port: number }).port

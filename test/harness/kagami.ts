@@ -33,6 +33,8 @@ export interface StartKagamiInit {
   extraArgs?: string[]
   /** Log level for the daemon's log file (default info). */
   logLevel?: string
+  /** Extra environment, e.g. `KAGAMI_FROM_DIST: '1'` to run the compiled build (bench measures that). */
+  env?: NodeJS.ProcessEnv
   /** Pre-allocated libp2p port, so nodes can list each other (like the chart's DNS bootstrap) before start. */
   p2pPort?: number
 }
@@ -79,7 +81,7 @@ export async function startKagami(init: StartKagamiInit): Promise<KagamiHandle> 
       command: process.execPath,
       args,
       logPath: join(dir.path, 'kagami.log'),
-      env: { ...process.env, KAGAMI_FROM_SOURCE: '1' },
+      env: { ...process.env, ...init.env },
       cwd: ROOT,
     })
     const p = proc
@@ -127,7 +129,7 @@ export async function startKagami(init: StartKagamiInit): Promise<KagamiHandle> 
 /** Runs a kagami CLI command to completion (configure, cleanup, status). */
 export async function kagamiCli(args: string[]): Promise<string> {
   return await run(process.execPath, [BIN, ...args], {
-    env: { ...process.env, KAGAMI_FROM_SOURCE: '1' },
+    env: process.env,
     cwd: ROOT,
   })
 }
@@ -140,7 +142,7 @@ export async function kagamiExit(
   const { spawn } = await import('node:child_process')
   return await new Promise((resolve) => {
     const child = spawn(process.execPath, [BIN, ...args], {
-      env: { ...process.env, KAGAMI_FROM_SOURCE: '1' },
+      env: process.env,
       cwd: ROOT,
     })
     let stdout = ''

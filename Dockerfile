@@ -1,0 +1,32 @@
+# syntax=docker/dockerfile:1
+# kagami: build the TypeScript, keep only production dependencies, run on a slim Node 20 image.
+
+FROM node:20-bookworm-slim AS build
+WORKDIR /src
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
+COPY src ./src
+RUN npm run build && npm prune --omit=dev
+
+FROM node:20-bookworm-slim
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="kagami" \
+      org.opencontainers.image.description="Peer-to-peer container image sharing for containerd nodes" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/kagami-dev/kagami"
+ENV NODE_ENV=production
+WORKDIR /opt/kagami
+COPY --from=build /src/package.json ./
+COPY --from=build /src/node_modules ./node_modules
+COPY --from=build /src/dist ./dist
+COPY bin ./bin
+COPY proto ./proto
+RUN ln -s /opt/kagami/bin/kagami.js /usr/local/bin/kagami
+# Runs as root: the containerd socket is root:root 0660 and hosts.toml lives in root-owned dirs. The chart
+# drops every capability and mounts the root filesystem read-only; see charts/kagami/README.md.
+USER root
+EXPOSE 30020 30021 30022
+ENTRYPOINT ["kagami"]
+CMD ["run"]

@@ -1,0 +1,72 @@
+{{- define "kagami.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kagami.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kagami.labels" -}}
+app.kubernetes.io/name: {{ include "kagami.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "kagami.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kagami.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "kagami.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "kagami.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kagami.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "kagami.mirrorUrl" -}}
+{{- printf "http://127.0.0.1:%v" .Values.ports.mirror -}}
+{{- end -}}
+
+{{/* The config file: the user's `config` map plus what the chart derives. One map, rendered mechanically. */}}
+{{- define "kagami.config" -}}
+{{- $derived := dict
+  "containerdAddress" .Values.containerd.socket
+  "containerdNamespace" .Values.containerd.namespace
+  "containerdContentDir" .Values.containerd.contentDir
+  "mirrorAddress" (printf "127.0.0.1:%v" .Values.ports.mirror)
+  "peerAddress" (printf "0.0.0.0:%v" .Values.ports.peer)
+  "p2pAddress" (printf "/ip4/0.0.0.0/tcp/%v" .Values.ports.p2p)
+  "bootstrap" (list (printf "dns:%s-bootstrap.%s.svc.%s:%v" (include "kagami.fullname" .) .Release.Namespace .Values.clusterDomain .Values.ports.p2p))
+  "registries" .Values.registries
+  "stateDir" .Values.stateDir -}}
+{{- toYaml (merge (deepCopy .Values.config) $derived) -}}
+{{- end -}}
+
+{{- define "kagami.configureArgs" -}}
+- configure
+- --config-path
+- {{ .Values.containerd.configPath }}
+- --mirror-url
+- {{ include "kagami.mirrorUrl" . }}
+{{- if .Values.registries }}
+- --registries
+{{- range .Values.registries }}
+- {{ . }}
+{{- end }}
+{{- end }}
+{{- if .Values.allRegistries }}
+- --all-registries
+{{- end }}
+{{- end -}}
