@@ -72,7 +72,8 @@ export function peerUrlFromAgent(agent: string | undefined): string | undefined 
 export class KadDhtRouter implements Router {
   private node: Libp2p<{ dht: KadDHT }> | undefined
   private readonly log: Logger
-  private readonly advertised = new Set<string>()
+  /** Advertised keys by their string form. */
+  private readonly advertised = new Map<string, RoutingKey>()
   /** Peer id → peer endpoint URL, learned from identify. */
   private readonly urls = new Map<string, string>()
   private readonly gauge: Gauge | undefined
@@ -159,6 +160,16 @@ export class KadDhtRouter implements Router {
       const url = peerUrlFromAgent(e.detail.agentVersion)
       if (url !== undefined) this.urls.set(e.detail.peerId.toString(), url)
     })
+    // Keys advertised while the routing table was empty were stored only here; provide them again once the
+    // first peers are in the table, so lookups elsewhere find them locally instead of waiting for a reprovide.
+    const table = (this.node.services.dht as unknown as { routingTable: EventTarget & { size: number } }).routingTable
+    this.routingTable = table
+    table.addEventListener('peer:add', () => {
+      if (!this.providedAlone) return
+      clearTimeout(this.reprovideTimer)
+      this.reprovideTimer = setTimeout(() => void this.reprovideAll(), 1000)
+      this.reprovideTimer.unref()
+    })
     // Provider records outlive a stopped node; forgetting its URL makes resolve dial it again, which a dead
     // node refuses at once, so it is skipped instead of handed to the mirror.
     this.node.addEventListener('peer:disconnect', (e) => this.urls.delete(e.detail.toString()))
@@ -171,6 +182,16 @@ export class KadDhtRouter implements Router {
 
   /** Dials every bootstrap entry we are not connected to; runs at start and then periodically. */
   private async bootstrap(): Promise<void> {
+    try {
+      await this.dialBootstrap()
+    } finally {
+      this.bootstrapped = true
+    }
+  }
+
+  private bootstrapped = false
+
+  private async dialBootstrap(): Promise<void> {
     const node = this.node
     if (node === undefined || (this.init.bootstrap ?? []).length === 0) return
     const own = new Set(node.getMultiaddrs().map((m) => m.decapsulateCode(421).toString()))
@@ -213,13 +234,15 @@ export class KadDhtRouter implements Router {
   async stop(): Promise<void> {
     this.stopController.abort()
     clearInterval(this.bootstrapTimer)
+    clearTimeout(this.reprovideTimer)
     await this.node?.stop()
     this.node = undefined
   }
 
   isReady(): boolean {
-    // A lone node is ready by itself; with peers, once the routing table has any of them.
-    return this.node?.status === 'started'
+    // Ready once it has peers in its routing table, or once the first bootstrap round found nobody to
+    // reach (a lone node is ready by itself).
+    return this.node?.status === 'started' && (this.routingTableSize() > 0 || this.bootstrapped)
   }
 
   private dht(): KadDHT {
@@ -233,7 +256,8 @@ export class KadDhtRouter implements Router {
    */
   async advertise(keys: RoutingKey[], options: AbortOptions = {}): Promise<void> {
     const fresh = keys.filter((k) => !this.advertised.has(keyToString(k)))
-    for (const k of fresh) this.advertised.add(keyToString(k))
+    for (const k of fresh) this.advertised.set(keyToString(k), k)
+    if (this.routingTableSize() === 0 && fresh.length > 0) this.providedAlone = true
     this.gauge?.set(this.advertised.size)
     if (fresh.length === 0) return
     const done = new Promise<void>((resolve) => {
@@ -243,11 +267,37 @@ export class KadDhtRouter implements Router {
       }
       for (const key of fresh) this.provideQueue.push({ key, finish, signal: options.signal })
     })
+    this.startWorkers()
+    await done
+  }
+
+  private routingTable: { size: number } | undefined
+  /** Set when keys were provided with an empty routing table (a lone node, or before bootstrap finished). */
+  private providedAlone = false
+  private reprovideTimer: NodeJS.Timeout | undefined
+
+  /** Peers in the DHT routing table. */
+  routingTableSize(): number {
+    return this.routingTable?.size ?? 0
+  }
+
+  private async reprovideAll(): Promise<void> {
+    this.providedAlone = false
+    const fresh = [...this.advertised.values()]
+    this.log.info({ keys: fresh.length, peers: this.routingTableSize() }, 'first peers joined; providing again')
+    await new Promise<void>((resolve) => {
+      let left = fresh.length
+      if (left === 0) resolve()
+      for (const key of fresh) this.provideQueue.push({ key, finish: () => --left === 0 && resolve() })
+      this.startWorkers()
+    })
+  }
+
+  private startWorkers(): void {
     while (this.workers < (this.init.advertiseConcurrency ?? 12) && this.workers < this.provideQueue.length) {
       this.workers++
       void this.provideWorker().finally(() => this.workers--)
     }
-    await done
   }
 
   private readonly provideQueue: { key: RoutingKey; finish: () => void; signal?: AbortSignal }[] = []

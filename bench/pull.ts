@@ -1,0 +1,171 @@
+/**
+ * Image pulls with real containerd (`ctr image pull`, 5 layers, ~200 MiB): straight from the registry vs via
+ * a peer, on loopback and with the registry behind an emulated WAN (~20 ms RTT, ~100 Mbit/s).
+ */
+import '../src/polyfill.js'
+import { join } from 'node:path'
+import {
+  buildImage,
+  freePort,
+  kagamiCli,
+  pushImage,
+  startContainerd,
+  startKagami,
+  startRegistry,
+  tempDir,
+  waitFor,
+  writeHostsDir,
+  type ContainerdHandle,
+} from '../test/harness/index.js'
+import { log, median, MiB } from './lib.js'
+import { startProxy } from './proxy.js'
+
+export interface PullBenchResult {
+  imageBytes: number
+  runs: number
+  seconds: { registry: number; peer: number; wanRegistry: number; wanPeer: number }
+  ratios: { peerVsRegistry: number; wanSpeedup: number }
+}
+
+async function timedPull(c: ContainerdHandle, ref: string, hostsDir: string): Promise<number> {
+  const t0 = performance.now()
+  await c.pull(ref, { hostsDir, timeoutMs: 600_000 })
+  const s = (performance.now() - t0) / 1000
+  await c.removeImage(ref) // --sync: content is garbage-collected, so the next pull starts cold
+  return s
+}
+
+export async function benchPull(
+  init: { layerBytes?: number; runs?: number; wanRateBytesPerSecond?: number; wanDelayMs?: number } = {},
+): Promise<PullBenchResult> {
+  const layerBytes = init.layerBytes ?? 40 * MiB
+  const runs = init.runs ?? 3
+  const cleanup: (() => Promise<void>)[] = []
+  try {
+    const tmp = await tempDir('bench-pull')
+    cleanup.push(() => tmp.remove())
+    const image = await buildImage({
+      dir: join(tmp.path, 'img'),
+      layers: Array(5).fill(layerBytes),
+      seed: 'pull',
+    })
+    const imageBytes = [...image.blobs.values()].reduce((n, b) => n + b.sizeBytes, 0)
+    log(`pull: image of ${(imageBytes / MiB).toFixed(0)} MiB in 5 layers`)
+    const registry = await startRegistry()
+    cleanup.push(() => registry.destroy())
+    const ref = `${registry.host}/bench/pull:v1`
+    await pushImage(image.dir, ref)
+    const [regHost, regPort] = registry.host.split(':') as [string, string]
+    const wan = await startProxy({
+      target: { host: regHost, port: Number(regPort) },
+      rateBytesPerSecond: init.wanRateBytesPerSecond ?? 12.5e6,
+      delayMs: init.wanDelayMs ?? 10,
+    })
+    cleanup.push(() => wan.close())
+
+    const ca = await startContainerd({ name: 'pull-a' })
+    cleanup.push(() => ca.destroy())
+    const cb = await startContainerd({ name: 'pull-b' })
+    cleanup.push(() => cb.destroy())
+    const ports = [await freePort(), await freePort()]
+    const bootstrap = ports.map((p) => `/ip4/127.0.0.1/tcp/${p}`)
+    const env = { KAGAMI_FROM_DIST: '1' }
+    const a = await startKagami({
+      name: 'pull-a',
+      containerd: ca,
+      bootstrap,
+      p2pPort: ports[0],
+      logLevel: 'warn',
+      env,
+    })
+    cleanup.push(() => a.destroy())
+    const b = await startKagami({
+      name: 'pull-b',
+      containerd: cb,
+      bootstrap,
+      p2pPort: ports[1],
+      logLevel: 'warn',
+      env,
+    })
+    cleanup.push(() => b.destroy())
+    await waitFor(async () => ((await b.status()).peers.length >= 1 ? true : undefined), {
+      timeoutMs: 30_000,
+      what: 'B sees A',
+    })
+
+    // Plain: B without kagami in hosts.toml, straight from the registry (or the WAN proxy).
+    const direct = join(tmp.path, 'direct')
+    await writeHostsDir(direct, { registryHost: registry.host })
+    const directWan = join(tmp.path, 'direct-wan')
+    await writeHostsDir(directWan, { registryHost: registry.host, server: wan.url })
+    // Via kagami: the mirror first, the registry (behind the WAN, for the WAN case) as server.
+    const viaPeer = join(tmp.path, 'via-peer')
+    await kagamiCli([
+      'configure',
+      '--config-path',
+      viaPeer,
+      '--mirror-url',
+      b.mirrorUrl,
+      '--registries',
+      registry.url,
+    ])
+    const aHosts = join(tmp.path, 'a-hosts')
+    await writeHostsDir(aHosts, { registryHost: registry.host })
+    await ca.pull(ref, { hostsDir: aHosts, timeoutMs: 600_000 })
+    await waitFor(async () => ((await a.status()).advertisedKeys >= 8 ? true : undefined), {
+      timeoutMs: 30_000,
+      what: 'A advertises',
+    })
+
+    const t = {
+      registry: [] as number[],
+      peer: [] as number[],
+      wanRegistry: [] as number[],
+      wanPeer: [] as number[],
+    }
+    for (let i = 0; i < runs; i++) {
+      t.registry.push(await timedPull(cb, ref, direct))
+      t.peer.push(await timedPull(cb, ref, viaPeer))
+      log(
+        `pull: run ${i + 1}: registry ${t.registry.at(-1)!.toFixed(2)} s, via peer ${t.peer.at(-1)!.toFixed(2)} s`,
+      )
+    }
+    // WAN: one run each (a 200 MiB pull over 100 Mbit/s takes ~17 s)
+    t.wanRegistry.push(await timedPull(cb, ref, directWan))
+    // the peer path with the WAN registry as fall-back server: peers serve everything, the WAN is not used
+    const viaPeerWan = join(tmp.path, 'via-peer-wan')
+    await writeHostsDir(viaPeerWan, { registryHost: registry.host, mirrorUrl: b.mirrorUrl, server: wan.url })
+    wan.reset()
+    t.wanPeer.push(await timedPull(cb, ref, viaPeerWan))
+    log(
+      `pull: WAN registry ${t.wanRegistry[0]!.toFixed(2)} s, via peer ${t.wanPeer[0]!.toFixed(2)} s (${wan.bytesToClients()} bytes over the WAN)`,
+    )
+    const s = {
+      registry: median(t.registry),
+      peer: median(t.peer),
+      wanRegistry: median(t.wanRegistry),
+      wanPeer: median(t.wanPeer),
+    }
+    return {
+      imageBytes,
+      runs,
+      seconds: s,
+      ratios: { peerVsRegistry: s.peer / s.registry, wanSpeedup: s.wanRegistry / s.wanPeer },
+    }
+  } finally {
+    for (const fn of cleanup.reverse()) await fn().catch(() => undefined)
+  }
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  console.log(
+    JSON.stringify(
+      await benchPull({
+        layerBytes: Number(process.env.LAYER_BYTES ?? 40 * MiB),
+        runs: Number(process.env.RUNS ?? 3),
+      }),
+      null,
+      2,
+    ),
+  )
+}

@@ -1,0 +1,248 @@
+/**
+ * `npm run bench [-- scenario...]`: runs bounded scenarios with real containerd, docker-registry and
+ * `kagami run` processes on loopback; writes bench/results/<timestamp>.json, bench/results/latest.md and
+ * SVG charts. Every ratio is measured side by side in the same run.
+ */
+import '../src/polyfill.js'
+import { writeFile, mkdir } from 'node:fs/promises'
+import { cpus, totalmem } from 'node:os'
+import { fileURLToPath } from 'node:url'
+import { run } from '../test/harness/index.js'
+import { benchHerd, type HerdBenchResult } from './herd.js'
+import { log } from './lib.js'
+import { benchMemory, type MemoryBenchResult } from './memory.js'
+import { benchMirror, type MirrorBenchResult } from './mirror.js'
+import { benchPull, type PullBenchResult } from './pull.js'
+import { benchRouting, type RoutingBenchResult } from './routing.js'
+import { benchStoreRead, type StoreReadBenchResult } from './store-read.js'
+
+const RESULTS = fileURLToPath(new URL('./results/', import.meta.url))
+const ROOT = fileURLToPath(new URL('../', import.meta.url))
+
+interface Results {
+  startedAt: string
+  machine: string
+  seconds: Record<string, number>
+  mirror?: MirrorBenchResult
+  pull?: PullBenchResult
+  herd?: HerdBenchResult
+  routing?: RoutingBenchResult
+  memory?: MemoryBenchResult
+  store?: StoreReadBenchResult
+}
+
+const SCENARIOS = {
+  mirror: () => benchMirror(),
+  pull: () => benchPull(),
+  herd: () => benchHerd({ nodes: 5 }),
+  routing: () => benchRouting({ keys: 10_000, capSeconds: 240 }),
+  memory: () => benchMemory({ idleSeconds: 60 }),
+  store: () => benchStoreRead(),
+} as const
+type Scenario = keyof typeof SCENARIOS
+
+interface Row {
+  goal: string
+  measured: string
+  met: boolean | undefined
+  bar?: { label: string; value: number; baseline: number; baselineLabel: string }
+}
+
+const f = (n: number, d = 2): string => (Number.isFinite(n) ? n.toFixed(d) : 'n/a')
+
+function rows(r: Results): Row[] {
+  const out: Row[] = []
+  if (r.mirror) {
+    const m = r.mirror
+    out.push({
+      goal: 'peer blob ≥ 0.8× raw loopback TCP (1 GiB, one stream)',
+      measured: `kagami ${f(m.gibPerSecond.kagami)} GiB/s vs raw ${f(m.gibPerSecond.rawTcp)} GiB/s = ${f(m.ratios.kagamiVsRaw)}×`,
+      met: m.ratios.kagamiVsRaw >= 0.8,
+      bar: {
+        label: 'kagami',
+        value: m.gibPerSecond.kagami,
+        baseline: m.gibPerSecond.rawTcp,
+        baselineLabel: 'raw TCP',
+      },
+    })
+    out.push({
+      goal: 'peer blob ≥ 1.0× docker-registry serving the same blob',
+      measured: `kagami ${f(m.gibPerSecond.kagami)} GiB/s vs registry ${f(m.gibPerSecond.registry)} GiB/s = ${f(m.ratios.kagamiVsRegistry)}×`,
+      met: m.ratios.kagamiVsRegistry >= 1,
+      bar: {
+        label: 'kagami',
+        value: m.gibPerSecond.kagami,
+        baseline: m.gibPerSecond.registry,
+        baselineLabel: 'registry',
+      },
+    })
+    out.push({
+      goal: 'manifest hit via peer, TTFB p50 ≤ 5 ms',
+      measured: `p50 ${f(m.manifestHitTtfbMs.p50, 1)} ms, p99 ${f(m.manifestHitTtfbMs.p99, 1)} ms (n=${m.manifestHitTtfbMs.n})`,
+      met: m.manifestHitTtfbMs.p50 <= 5,
+    })
+    out.push({
+      goal: 'miss → 404, p99 ≤ 25 ms',
+      measured: `p50 ${f(m.missTtfbMs.p50, 1)} ms, p99 ${f(m.missTtfbMs.p99, 1)} ms (n=${m.missTtfbMs.n})`,
+      met: m.missTtfbMs.p99 <= 25,
+    })
+  }
+  if (r.pull) {
+    const p = r.pull
+    out.push({
+      goal: 'ctr pull via a peer ≤ 1.1× from the registry (loopback)',
+      measured: `${f(p.seconds.peer)} s vs ${f(p.seconds.registry)} s = ${f(p.ratios.peerVsRegistry)}× (${f(p.imageBytes / 2 ** 20, 0)} MiB, 5 layers)`,
+      met: p.ratios.peerVsRegistry <= 1.1,
+      bar: {
+        label: 'via peer (s)',
+        value: p.seconds.peer,
+        baseline: p.seconds.registry,
+        baselineLabel: 'registry (s)',
+      },
+    })
+    out.push({
+      goal: 'ctr pull via a peer ≥ 5× faster than a WAN registry (~20 ms RTT, ~100 Mbit/s)',
+      measured: `${f(p.seconds.wanPeer)} s vs ${f(p.seconds.wanRegistry)} s = ${f(p.ratios.wanSpeedup, 1)}× faster`,
+      met: p.ratios.wanSpeedup >= 5,
+      bar: {
+        label: 'via peer (s)',
+        value: p.seconds.wanPeer,
+        baseline: p.seconds.wanRegistry,
+        baselineLabel: 'WAN registry (s)',
+      },
+    })
+  }
+  if (r.herd) {
+    const h = r.herd
+    out.push({
+      goal: `herd: ${h.nodes} nodes pull one new image at once, upstream ≤ 1.2× the image`,
+      measured: `upstream served ${f(h.upstreamRatio)}× the image (${f(h.upstreamBytes / 2 ** 20, 0)} MiB of ${f(h.imageBytes / 2 ** 20, 0)} MiB) in ${f(h.seconds, 1)} s`,
+      met: h.upstreamRatio <= 1.2,
+    })
+  }
+  if (r.routing) {
+    const a = r.routing.advertise
+    out.push({
+      goal: 'DHT: advertise 10,000 keys (one node of 10)',
+      measured: a.capped
+        ? `${a.advertised} keys in ${f(a.seconds, 0)} s (cap reached) = ${f(a.keysPerSecond, 1)} keys/s → 10,000 ≈ ${f(10_000 / a.keysPerSecond / 60, 1)} min`
+        : `${a.advertised} keys in ${f(a.seconds, 1)} s = ${f(a.keysPerSecond, 0)} keys/s`,
+      met: undefined,
+    })
+    for (const [n, s] of Object.entries(r.routing.resolve)) {
+      out.push({
+        goal: `DHT resolve p99 ≤ 50 ms (${n})`,
+        measured: `first provider p50 ${f(s.hit.p50, 1)} ms, p99 ${f(s.hit.p99, 1)} ms (n=${s.hit.n}); miss p50 ${f(s.miss.p50, 1)} ms`,
+        met: s.hit.p99 <= 50,
+      })
+    }
+  }
+  if (r.memory) {
+    const m = r.memory
+    out.push({
+      goal: 'idle daemon RSS ≤ 80 MiB (~1,000 keys advertised)',
+      measured: `${f(m.idleRssMiB, 1)} MiB after ${m.idleSeconds} s idle with ${m.advertisedKeys} keys`,
+      met: m.idleRssMiB <= 80,
+    })
+    out.push({
+      goal: 'peak RSS serving a 1 GiB blob ≤ 120 MiB',
+      measured: `${f(m.servingPeakRssMiB, 1)} MiB`,
+      met: m.servingPeakRssMiB <= 120,
+    })
+  }
+  if (r.store) {
+    const s = r.store
+    out.push({
+      goal: 'Store read of a 1 GiB blob: direct file vs gRPC',
+      measured: `file ${f(s.gibPerSecond.file)} GiB/s, gRPC ${f(s.gibPerSecond.grpc)} GiB/s`,
+      met: undefined,
+      bar: {
+        label: 'file',
+        value: s.gibPerSecond.file,
+        baseline: s.gibPerSecond.grpc,
+        baselineLabel: 'gRPC',
+      },
+    })
+  }
+  return out
+}
+
+/** One horizontal bar pair per row that has a baseline: kagami and its baseline, on a shared scale. */
+function svg(rs: Row[]): string {
+  const bars = rs.filter((r) => r.bar !== undefined)
+  const width = 760
+  const rowH = 64
+  const height = 20 + bars.length * rowH
+  const parts = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="12">`,
+    `<rect width="100%" height="100%" fill="white"/>`,
+  ]
+  bars.forEach((r, i) => {
+    const b = r.bar!
+    const max = Math.max(b.value, b.baseline) || 1
+    const y = 10 + i * rowH
+    const w = (v: number): number => Math.max(1, (v / max) * 420)
+    const esc = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;')
+    parts.push(`<text x="10" y="${y + 12}" font-weight="bold">${esc(r.goal)}</text>`)
+    parts.push(
+      `<text x="10" y="${y + 32}">${esc(b.label)}</text><rect x="150" y="${y + 21}" width="${w(b.value)}" height="14" fill="${r.met === false ? '#d9534f' : '#2e7d32'}"/><text x="${156 + w(b.value)}" y="${y + 32}">${f(b.value)}</text>`,
+    )
+    parts.push(
+      `<text x="10" y="${y + 52}">${esc(b.baselineLabel)}</text><rect x="150" y="${y + 41}" width="${w(b.baseline)}" height="14" fill="#9e9e9e"/><text x="${156 + w(b.baseline)}" y="${y + 52}">${f(b.baseline)}</text>`,
+    )
+  })
+  parts.push('</svg>')
+  return parts.join('\n')
+}
+
+function markdown(r: Results, rs: Row[]): string {
+  const mark = (m: boolean | undefined): string => (m === undefined ? '—' : m ? '✅ met' : '❌ not met')
+  return [
+    '# kagami benchmark results',
+    '',
+    `Run ${r.startedAt} on ${r.machine}. Every ratio is measured side by side in this one run (\`npm run bench\`).`,
+    '',
+    '| goal | measured | |',
+    '|---|---|---|',
+    ...rs.map((x) => `| ${x.goal} | ${x.measured} | ${mark(x.met)} |`),
+    '',
+    '![throughput and pull time](latest.svg)',
+    '',
+    `Scenario wall times: ${Object.entries(r.seconds)
+      .map(([k, v]) => `${k} ${f(v, 0)} s`)
+      .join(', ')}.`,
+    '',
+  ].join('\n')
+}
+
+async function main(): Promise<void> {
+  const asked = process.argv.slice(2).filter((a) => a in SCENARIOS) as Scenario[]
+  const scenarios = asked.length > 0 ? asked : (Object.keys(SCENARIOS) as Scenario[])
+  log('bench: building the compiled daemon (the bench measures what the container image runs)')
+  await run('npm', ['run', 'build'], { cwd: ROOT })
+  const results: Results = {
+    startedAt: new Date().toISOString(),
+    machine: `${cpus().length} × ${cpus()[0]?.model.trim() ?? 'cpu'}, ${Math.round(totalmem() / 2 ** 30)} GiB RAM, Node ${process.version}`,
+    seconds: {},
+  }
+  for (const s of scenarios) {
+    const t0 = performance.now()
+    log(`bench: ${s}`)
+    try {
+      ;(results as unknown as Record<string, unknown>)[s] = await SCENARIOS[s]()
+    } catch (err) {
+      log(`bench: ${s} failed: ${(err as Error).message}`)
+    }
+    results.seconds[s] = (performance.now() - t0) / 1000
+  }
+  await mkdir(RESULTS, { recursive: true })
+  const stamp = results.startedAt.replace(/[:.]/g, '-')
+  const rs = rows(results)
+  await writeFile(`${RESULTS}${stamp}.json`, `${JSON.stringify(results, null, 2)}\n`)
+  await writeFile(`${RESULTS}latest.json`, `${JSON.stringify(results, null, 2)}\n`)
+  await writeFile(`${RESULTS}latest.md`, markdown(results, rs))
+  await writeFile(`${RESULTS}latest.svg`, svg(rs))
+  console.log(markdown(results, rs))
+}
+
+await main()
