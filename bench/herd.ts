@@ -4,17 +4,7 @@
  */
 import '../src/polyfill.js'
 import { join } from 'node:path'
-import {
-  buildImage,
-  freePort,
-  kagamiCli,
-  pushImage,
-  startContainerd,
-  startKagami,
-  startRegistry,
-  tempDir,
-  waitFor,
-} from '../test/harness/index.js'
+import { buildImage, pushImage, startCluster, startRegistry, tempDir } from '../test/harness/index.js'
 import { log, MiB } from './lib.js'
 import { startProxy } from './proxy.js'
 
@@ -47,43 +37,16 @@ export async function benchHerd(
     const [h, p] = registry.host.split(':') as [string, string]
     const upstream = await startProxy({ target: { host: h, port: Number(p) } })
     cleanup.push(() => upstream.close())
-    const ports = await Promise.all(Array.from({ length: n }, () => freePort()))
-    const bootstrap = ports.map((x) => `/ip4/127.0.0.1/tcp/${x}`)
-    const nodes = []
-    for (let i = 0; i < n; i++) {
-      const containerd = await startContainerd({ name: `herd-${i}` })
-      cleanup.push(() => containerd.destroy())
-      const kagami = await startKagami({
-        name: `herd-${i}`,
-        containerd,
-        bootstrap,
-        p2pPort: ports[i],
-        logLevel: 'warn',
-        env: { KAGAMI_FROM_DIST: '1' },
-      })
-      cleanup.push(() => kagami.destroy())
-      const hostsDir = join(tmp.path, `hosts-${i}`)
-      // the upstream is the counting proxy
-      await kagamiCli([
-        'configure',
-        '--config-path',
-        hostsDir,
-        '--mirror-url',
-        kagami.mirrorUrl,
-        '--registries',
-        upstream.url,
-      ])
-      nodes.push({ containerd, kagami, hostsDir })
-    }
-    for (const node of nodes) {
-      await waitFor(
-        async () => ((await node.kagami.status()).peers.length >= Math.min(n - 1, 2) ? true : undefined),
-        {
-          timeoutMs: 60_000,
-          what: 'herd peers',
-        },
-      )
-    }
+    // the upstream every node's hosts.toml names is the counting proxy
+    const cluster = await startCluster({
+      names: Array.from({ length: n }, (_, i) => `herd-${i}`),
+      registries: [upstream.url],
+      logLevel: 'warn',
+      env: { KAGAMI_FROM_DIST: '1' },
+      minPeers: Math.min(n - 1, 2),
+    })
+    cleanup.push(() => cluster.destroy())
+    const nodes = cluster.nodes
     upstream.reset()
     log(`herd: ${n} nodes pull ${(imageBytes / MiB).toFixed(0)} MiB at once`)
     const t0 = performance.now()

@@ -5,8 +5,7 @@
  * - time to first byte for a manifest hit via a peer, and for a miss (404).
  */
 import '../src/polyfill.js'
-import { createReadStream } from 'node:fs'
-import { connect, createServer, type Socket } from 'node:net'
+import { spawn } from 'node:child_process'
 import { join } from 'node:path'
 import {
   buildImage,
@@ -18,6 +17,7 @@ import {
   tempDir,
   waitFor,
   writeHostsDir,
+  run,
 } from '../test/harness/index.js'
 import { curl, GiB, log, median, stats, type Stats } from './lib.js'
 
@@ -30,29 +30,29 @@ export interface MirrorBenchResult {
   missTtfbMs: Stats
 }
 
-/** Raw loopback TCP: a server writes the file to the socket, a reader counts and discards it. */
+/**
+ * Raw loopback TCP, the limit: a server process writes the file to the socket (1 MiB reads), a reader process
+ * counts and discards it. Two processes, one hop, like curl ← docker-registry.
+ */
 async function rawTcp(path: string): Promise<{ seconds: number; bytes: number }> {
-  const sockets = new Set<Socket>()
-  const server = createServer((socket) => {
-    sockets.add(socket)
-    createReadStream(path, { highWaterMark: 1024 * 1024 }).pipe(socket)
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const port = (server.address() as { port: number }).port
+  const port = await freePort()
+  const server = spawn(process.execPath, [
+    '-e',
+    `const s = require('net').createServer((c) => require('fs').createReadStream(${JSON.stringify(path)}, { highWaterMark: 1 << 20 }).pipe(c)).listen(${port}, '127.0.0.1', () => console.log('ready'))`,
+  ])
   try {
-    const t0 = performance.now()
-    const bytes = await new Promise<number>((resolve, reject) => {
-      let n = 0
-      const c = connect(port, '127.0.0.1')
-      c.on('data', (d: Buffer) => (n += d.length))
-      c.on('end', () => resolve(n))
-      c.on('error', reject)
-      c.setTimeout(120_000, () => c.destroy(new Error('raw TCP copy timed out')))
+    await new Promise<void>((resolve, reject) => {
+      server.stdout.once('data', () => resolve())
+      server.once('exit', () => reject(new Error('raw TCP server exited')))
     })
-    return { seconds: (performance.now() - t0) / 1000, bytes }
+    const t0 = performance.now()
+    const out = await run(process.execPath, [
+      '-e',
+      `let n = 0; require('net').connect(${port}, '127.0.0.1').on('data', (d) => (n += d.length)).on('end', () => console.log(n))`,
+    ])
+    return { seconds: (performance.now() - t0) / 1000, bytes: Number(out.trim()) }
   } finally {
-    for (const s of sockets) s.destroy()
-    server.close()
+    server.kill()
   }
 }
 

@@ -8,25 +8,17 @@ import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import {
   buildImage,
-  type ContainerdHandle,
-  freePort,
+  type ClusterNode,
   kagamiCli,
-  type KagamiHandle,
   pushImage,
   type RegistryHandle,
-  startContainerd,
-  startKagami,
+  startCluster,
   startRegistry,
   tempDir,
   waitFor,
 } from '../test/harness/index.js'
 
-interface Node {
-  name: string
-  containerd: ContainerdHandle
-  kagami: KagamiHandle
-  hostsDir: string
-}
+type Node = ClusterNode
 
 const mb = (n: number): string => (n >= 1e6 ? `${(n / 1e6).toFixed(1)} MB` : `${(n / 1e3).toFixed(1)} kB`)
 const short = (d: string): string => `${d.slice(0, 19)}…`
@@ -84,39 +76,18 @@ async function main(): Promise<void> {
       `registry  ${registry.url}   image ${ref.split('/').slice(1).join('/')}: 2 platforms, 3 layers, ${mb(total)} per platform`,
     )
 
-    const p2pPorts = [await freePort(), await freePort(), await freePort()]
-    const bootstrap = p2pPorts.map((p) => `/ip4/127.0.0.1/tcp/${p}`)
-    for (const [i, name] of ['node-a', 'node-b', 'node-c'].entries()) {
-      const containerd = await startContainerd({ name })
-      cleanup.push(() => containerd.destroy())
-      const kagami = await startKagami({
-        name,
-        containerd,
-        bootstrap,
-        p2pPort: p2pPorts[i],
-        logLevel: 'debug',
-      })
-      cleanup.push(() => kagami.destroy())
-      const hostsDir = join(tmp.path, `certs.d-${name}`)
-      await kagamiCli([
-        'configure',
-        '--config-path',
-        hostsDir,
-        '--mirror-url',
-        kagami.mirrorUrl,
-        '--registries',
-        registry.url,
-      ])
-      nodes.push({ name, containerd, kagami, hostsDir })
+    const cluster = await startCluster({
+      names: ['node-a', 'node-b', 'node-c'],
+      registries: [registry.url],
+      logLevel: 'debug',
+    })
+    cleanup.push(() => cluster.destroy())
+    nodes.push(...cluster.nodes)
+    for (const n of nodes) {
       console.log(
-        `${name}    containerd ${containerd.address.replace(tmp.path, '…')}   mirror ${kagami.mirrorUrl}   peer ${kagami.peerUrl}`,
+        `${n.name}    containerd ${n.containerd.address}   mirror ${n.kagami.mirrorUrl}   peer ${n.kagami.peerUrl}`,
       )
     }
-    for (const n of nodes)
-      await waitFor(async () => (await n.kagami.status()).peers.length >= 2, {
-        timeoutMs: 30_000,
-        what: `${n.name} to see its peers`,
-      })
     const names = new Map<string, string>()
     for (const n of nodes) names.set((await n.kagami.status()).peerId, n.name)
     console.log('\nall three nodes found each other on the DHT\n')

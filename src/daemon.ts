@@ -110,7 +110,6 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
   }
 
   try {
-    multiaddr(config.p2pAddress) // validated by the schema; parse once more for a clear error if used directly
     const store = containerdStore(
       { logger },
       {

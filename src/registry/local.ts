@@ -30,8 +30,6 @@ async function readAll(store: Store, digest: Digest, signal: AbortSignal): Promi
 
 /** The media type of a manifest the store holds, from the store or else from the document itself. */
 async function manifestMediaType(
-  store: Store,
-  digest: Digest,
   known: string | undefined,
   bytes: () => Promise<Buffer>,
 ): Promise<string | undefined> {
@@ -61,14 +59,14 @@ export async function serveLocal(store: Store, req: ContentRequest, client: Clie
       mediaType = d.mediaType
     } else {
       digest = req.reference.digest
-      mediaType = (await store.stat(digest, { signal })).mediaType
     }
     const info = await store.stat(digest, { signal })
+    mediaType ??= info.mediaType
     if (info.sizeBytes > MAX_MANIFEST_BYTES)
       throw new ManifestNotAcceptableError(`${digest} is too large for a manifest`)
     let bytes: Buffer | undefined
     const load = async (): Promise<Buffer> => (bytes ??= await readAll(store, digest, signal))
-    mediaType = await manifestMediaType(store, digest, mediaType, load)
+    mediaType = await manifestMediaType(mediaType, load)
     if (mediaType === undefined) throw new ManifestNotAcceptableError(`${digest} is not a manifest`)
     if (!acceptsMediaType(client.accept, mediaType)) {
       throw new ManifestNotAcceptableError(

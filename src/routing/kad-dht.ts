@@ -9,6 +9,7 @@
  * not connected to is dialled once (bounded by the caller's deadline) and identified.
  */
 import { lookup } from 'node:dns/promises'
+import { setMaxListeners } from 'node:events'
 import { anySignal } from 'any-signal'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
@@ -22,11 +23,14 @@ import { createLibp2p } from 'libp2p'
 import type { Logger } from 'pino'
 import { Gauge, type Registry } from 'prom-client'
 import type { AbortOptions } from '../store/store.js'
+import { KeyExchange } from './key-exchange.js'
 import { ExpiringProviderDatastore } from './provider-datastore.js'
 import { keyToCid, keyToString, type RoutingKey } from './keys.js'
 import type { Peer, ResolveOptions, Router } from './router.js'
 
 export const DHT_PROTOCOL = '/kagami/kad/1.0.0'
+/** kad-dht's default k: a routing table below it holds every node the DHT has seen. */
+const K_BUCKET_SIZE = 20
 const AGENT_PREFIX = 'kagami/'
 const URL_MARK = ' peer-url='
 
@@ -54,6 +58,8 @@ export interface KadDhtRouterInit {
   /** DNS lookup for `dns:` bootstrap entries (tests inject a resolver). */
   resolveHost?: (name: string) => Promise<string[]>
   version?: string
+  /** Exchange key lists with connected peers (default true); false leaves lookups to the DHT alone. */
+  keyExchange?: boolean
 }
 
 async function defaultResolveHost(name: string): Promise<string[]> {
@@ -86,6 +92,8 @@ export class KadDhtRouter implements Router {
     private readonly init: KadDhtRouterInit,
   ) {
     this.log = components.logger.child({ component: 'router' })
+    // every in-flight provide and lookup listens on the stop signal (and removes itself when done)
+    setMaxListeners(Infinity, this.stopController.signal)
     if (components.metrics !== undefined) {
       this.gauge = new Gauge({
         name: 'kagami_advertised_keys',
@@ -156,18 +164,23 @@ export class KadDhtRouter implements Router {
         }),
       },
     })
+    if (this.init.keyExchange !== false) {
+      this.exchange = new KeyExchange(this.node, () => this.advertised.keys(), this.log)
+      await this.exchange.start()
+    }
     this.node.addEventListener('peer:identify', (e) => {
       const url = peerUrlFromAgent(e.detail.agentVersion)
       if (url !== undefined) this.urls.set(e.detail.peerId.toString(), url)
     })
     // Keys advertised while the routing table was empty were stored only here; provide them again once the
     // first peers are in the table, so lookups elsewhere find them locally instead of waiting for a reprovide.
-    const table = (this.node.services.dht as unknown as { routingTable: EventTarget & { size: number } }).routingTable
+    const table = (this.node.services.dht as unknown as { routingTable: EventTarget & { size: number } })
+      .routingTable
     this.routingTable = table
     table.addEventListener('peer:add', () => {
       if (!this.providedAlone) return
       clearTimeout(this.reprovideTimer)
-      this.reprovideTimer = setTimeout(() => void this.reprovideAll(), 1000)
+      this.reprovideTimer = setTimeout(() => this.reprovideAll(), 1000)
       this.reprovideTimer.unref()
     })
     // Provider records outlive a stopped node; forgetting its URL makes resolve dial it again, which a dead
@@ -235,6 +248,7 @@ export class KadDhtRouter implements Router {
     this.stopController.abort()
     clearInterval(this.bootstrapTimer)
     clearTimeout(this.reprovideTimer)
+    this.exchange?.stop()
     await this.node?.stop()
     this.node = undefined
   }
@@ -251,26 +265,27 @@ export class KadDhtRouter implements Router {
   }
 
   /**
-   * Advertises keys through one shared queue with bounded concurrency (kad-dht breaks at ~64 parallel
-   * provides), in the order given: callers put tags and manifests first. Resolves when these keys are out.
+   * Advertises keys: connected peers learn them at once through the key exchange; DHT provides follow in
+   * one shared background queue with bounded concurrency (kad-dht breaks at ~64 parallel provides), in the
+   * order given (callers put tags and manifests first).
    */
   async advertise(keys: RoutingKey[], options: AbortOptions = {}): Promise<void> {
     const fresh = keys.filter((k) => !this.advertised.has(keyToString(k)))
     for (const k of fresh) this.advertised.set(keyToString(k), k)
-    if (this.routingTableSize() === 0 && fresh.length > 0) this.providedAlone = true
     this.gauge?.set(this.advertised.size)
     if (fresh.length === 0) return
-    const done = new Promise<void>((resolve) => {
-      let left = fresh.length
-      const finish = (): void => {
-        if (--left === 0) resolve()
-      }
-      for (const key of fresh) this.provideQueue.push({ key, finish, signal: options.signal })
-    })
+    this.exchange?.changed()
+    if (this.routingTableSize() === 0) this.providedAlone = true
+    for (const key of fresh) this.provideQueue.push({ key, signal: options.signal })
     this.startWorkers()
-    await done
   }
 
+  /** DHT provides still queued or running (the key exchange has already told connected peers). */
+  pendingProvides(): number {
+    return this.provideQueue.length + this.workers
+  }
+
+  private exchange: KeyExchange | undefined
   private routingTable: { size: number } | undefined
   /** Set when keys were provided with an empty routing table (a lone node, or before bootstrap finished). */
   private providedAlone = false
@@ -281,16 +296,15 @@ export class KadDhtRouter implements Router {
     return this.routingTable?.size ?? 0
   }
 
-  private async reprovideAll(): Promise<void> {
+  private reprovideAll(): void {
     this.providedAlone = false
-    const fresh = [...this.advertised.values()]
-    this.log.info({ keys: fresh.length, peers: this.routingTableSize() }, 'first peers joined; providing again')
-    await new Promise<void>((resolve) => {
-      let left = fresh.length
-      if (left === 0) resolve()
-      for (const key of fresh) this.provideQueue.push({ key, finish: () => --left === 0 && resolve() })
-      this.startWorkers()
-    })
+    const keys = [...this.advertised.values()]
+    this.log.info(
+      { keys: keys.length, peers: this.routingTableSize() },
+      'first peers joined; providing again',
+    )
+    for (const key of keys) this.provideQueue.push({ key })
+    this.startWorkers()
   }
 
   private startWorkers(): void {
@@ -300,7 +314,7 @@ export class KadDhtRouter implements Router {
     }
   }
 
-  private readonly provideQueue: { key: RoutingKey; finish: () => void; signal?: AbortSignal }[] = []
+  private readonly provideQueue: { key: RoutingKey; signal?: AbortSignal }[] = []
   private workers = 0
 
   private async provideWorker(): Promise<void> {
@@ -320,8 +334,6 @@ export class KadDhtRouter implements Router {
       } catch (err) {
         // A lone node has nobody to store at; its local record still answers lookups.
         this.log.debug({ err: (err as Error).message, key: keyToString(key) }, 'provide incomplete')
-      } finally {
-        job.finish()
       }
     }
   }
@@ -333,6 +345,7 @@ export class KadDhtRouter implements Router {
       this.advertised.delete(keyToString(key))
       await dht.cancelReprovide(await keyToCid(key), options)
     }
+    this.exchange?.changed()
     this.gauge?.set(this.advertised.size)
   }
 
@@ -383,6 +396,18 @@ export class KadDhtRouter implements Router {
     const seen = new Set<string>()
     let yielded = 0
     try {
+      // Connected peers that announced the key: known without a network round trip.
+      for (const id of this.exchange?.holders(keyToString(key)) ?? []) {
+        const url = this.urls.get(id)
+        if (url === undefined || id === self || seen.has(id)) continue
+        seen.add(id)
+        yield { id, url }
+        if (++yielded === options.limit) return
+      }
+      // A small cluster is a full mesh: when every routing-table peer has sent us its key list, nobody else
+      // can have the key, and a miss is answered now instead of after a DHT query.
+      const table = this.routingTableSize()
+      if (this.exchange !== undefined && table < K_BUCKET_SIZE && table <= this.exchange.peerCount()) return
       for await (const event of node.services.dht.findProviders(await keyToCid(key), { signal })) {
         if (event.name !== 'PROVIDER') continue
         for (const provider of event.providers) {

@@ -5,27 +5,17 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   type BuiltImage,
   buildImage,
-  freePort,
-  type ContainerdHandle,
-  kagamiCli,
-  type KagamiHandle,
+  type Cluster,
+  type ClusterNode,
   pushImage,
   type RegistryHandle,
-  startContainerd,
-  startKagami,
+  startCluster,
   startRegistry,
   tempDir,
   waitFor,
 } from '../harness/index.js'
 
 const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`
-
-interface Node {
-  name: string
-  containerd: ContainerdHandle
-  kagami: KagamiHandle
-  hostsDir: string
-}
 
 /**
  * The headline promise, with separate OS processes: docker-registry, 3 containerd, 3 `kagami run`, a real
@@ -35,11 +25,12 @@ interface Node {
 describe('e2e: registry outage', () => {
   let registry: RegistryHandle
   let image: BuiltImage
-  const nodes: Node[] = []
+  const nodes: ClusterNode[] = []
+  let cluster: Cluster | undefined
   let tmp: { path: string; remove(): Promise<void> }
   let ref: string
 
-  async function blobsMatch(node: Node, digests: string[]): Promise<void> {
+  async function blobsMatch(node: ClusterNode, digests: string[]): Promise<void> {
     for (const d of digests) {
       const bytes = await readFile(join(node.containerd.contentDir, 'blobs', 'sha256', d.slice(7)))
       expect(sha(bytes)).toBe(d)
@@ -56,37 +47,12 @@ describe('e2e: registry outage', () => {
     })
     ref = `${registry.host}/e2e/app:v1`
     await pushImage(image.dir, ref)
-    // Every node lists every node, as the chart's headless-Service DNS name does; own addresses are skipped.
-    const p2pPorts = [await freePort(), await freePort(), await freePort()]
-    const bootstrap = p2pPorts.map((p) => `/ip4/127.0.0.1/tcp/${p}`)
-    for (const [i, name] of ['a', 'b', 'c'].entries()) {
-      const containerd = await startContainerd({ name })
-      const kagami = await startKagami({ name, containerd, bootstrap, p2pPort: p2pPorts[i] })
-      const hostsDir = join(tmp.path, `hosts-${name}`)
-      await kagamiCli([
-        'configure',
-        '--config-path',
-        hostsDir,
-        '--mirror-url',
-        kagami.mirrorUrl,
-        '--registries',
-        registry.url,
-      ])
-      nodes.push({ name, containerd, kagami, hostsDir })
-    }
-    // every node sees the others
-    for (const n of nodes)
-      await waitFor(async () => (await n.kagami.status()).peers.length >= 2, {
-        timeoutMs: 30_000,
-        what: `${n.name} peers`,
-      })
+    cluster = await startCluster({ names: ['a', 'b', 'c'], registries: [registry.url] })
+    nodes.push(...cluster.nodes)
   }, 180_000)
 
   afterAll(async () => {
-    for (const n of nodes) {
-      await n.kagami.destroy().catch(() => undefined)
-      await n.containerd.destroy().catch(() => undefined)
-    }
+    await cluster?.destroy()
     await registry?.destroy()
     await tmp?.remove()
   })
@@ -101,7 +67,7 @@ describe('e2e: registry outage', () => {
   ]
 
   it('A pulls through the registry (its mirror misses fast), then advertises the image', async () => {
-    const [a] = nodes as [Node]
+    const [a] = nodes as [ClusterNode]
     await a.containerd.pull(ref, { hostsDir: a.hostsDir })
     await blobsMatch(a, pulledDigests())
     const s = await waitFor(
@@ -115,7 +81,7 @@ describe('e2e: registry outage', () => {
   }, 60_000)
 
   it('with the registry stopped, B pulls by tag and C by digest, from peers; bytes identical', async () => {
-    const [, b, c] = nodes as [Node, Node, Node]
+    const [, b, c] = nodes as [ClusterNode, ClusterNode, ClusterNode]
     await registry.stop()
     await b.containerd.pull(ref, { hostsDir: b.hostsDir })
     await blobsMatch(b, pulledDigests())
@@ -127,7 +93,7 @@ describe('e2e: registry outage', () => {
   }, 120_000)
 
   it('A’s kagami is killed while C pulls: C completes from B', async () => {
-    const [a, b, c] = nodes as [Node, Node, Node]
+    const [a, b, c] = nodes as [ClusterNode, ClusterNode, ClusterNode]
     await waitFor(async () => (await b.kagami.status()).advertisedKeys >= pulledDigests().length + 1, {
       timeoutMs: 15_000,
       what: 'B advertises the image',
@@ -142,7 +108,7 @@ describe('e2e: registry outage', () => {
   }, 120_000)
 
   it('restart containerd on B and kagami on A: both advertise again within 10 s and serve', async () => {
-    const [a, b, c] = nodes as [Node, Node, Node]
+    const [a, b, c] = nodes as [ClusterNode, ClusterNode, ClusterNode]
     await b.containerd.restart()
     await a.kagami.restart()
     const want = pulledDigests().length + 1

@@ -121,3 +121,16 @@ export async function run(
     )
   })
 }
+
+/** Retries an assertion until it passes or the deadline: DHT state converges, it is not instantaneous. */
+export async function eventually(check: () => Promise<void>, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    try {
+      return await check()
+    } catch (err) {
+      if (Date.now() > deadline) throw err
+      await sleep(100)
+    }
+  }
+}

@@ -5,7 +5,7 @@ import type { RouterFixture } from '../conformance/router.js'
 /** N real kad-dht nodes on 127.0.0.1, each bootstrapping from the first (short record validity for tests). */
 export async function kadDhtNetwork(
   n: number,
-  init: { recordValidityMs?: number; reprovideIntervalMs?: number } = {},
+  init: { recordValidityMs?: number; reprovideIntervalMs?: number; keyExchange?: boolean } = {},
 ): Promise<RouterFixture & { routers: KadDhtRouter[] }> {
   const logger = pino({ level: process.env.KAGAMI_TEST_LOG ?? 'silent' })
   const routers: KadDhtRouter[] = []
@@ -24,6 +24,7 @@ export async function kadDhtNetwork(
           recordValidityMs: init.recordValidityMs ?? 4000,
           reprovideIntervalMs: init.reprovideIntervalMs ?? 1000,
           rebootstrapIntervalMs: 1000,
+          keyExchange: init.keyExchange,
         },
       )
       await r.start()

@@ -11,6 +11,7 @@ import { kadDhtNetwork } from '../routing/kad-dht-fixture.js'
 import { seedImage } from '../registry/fixtures.js'
 import {
   buildImage,
+  eventually,
   pushImage,
   startContainerd,
   startRegistry,
@@ -24,18 +25,6 @@ async function resolves(router: Router, key: RoutingKey): Promise<string[]> {
   const out: string[] = []
   for await (const p of router.resolve(key, { signal: AbortSignal.timeout(1500) })) out.push(p.url)
   return out
-}
-
-async function eventually(check: () => Promise<void>, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    try {
-      return await check()
-    } catch (err) {
-      if (Date.now() > deadline) throw err
-      await new Promise((r) => setTimeout(r, 100))
-    }
-  }
 }
 
 describe('state sync (memory store + memory router)', () => {

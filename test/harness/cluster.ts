@@ -1,0 +1,83 @@
+import { join } from 'node:path'
+import { type ContainerdHandle, startContainerd } from './containerd.js'
+import { kagamiCli, type KagamiHandle, startKagami } from './kagami.js'
+import { freePort } from './ports.js'
+import { waitFor } from './process.js'
+import { tempDir } from './tmp.js'
+
+export interface ClusterNode {
+  name: string
+  containerd: ContainerdHandle
+  kagami: KagamiHandle
+  /** containerd hosts dir written by `kagami configure` (mirror first), for `ctr pull --hosts-dir`. */
+  hostsDir: string
+}
+
+export interface Cluster {
+  nodes: ClusterNode[]
+  destroy(): Promise<void>
+}
+
+export interface StartClusterInit {
+  names: string[]
+  /** Registry URLs `kagami configure` writes hosts.toml for (upstream as `server`). */
+  registries: string[]
+  logLevel?: string
+  env?: NodeJS.ProcessEnv
+  /** Wait until each node sees this many peers (default: all others). */
+  minPeers?: number
+}
+
+/**
+ * N nodes, each a private containerd plus a `kagami run` process, listing each other as bootstrap peers the
+ * way the chart's headless-Service DNS name does, with hosts.toml written by `kagami configure`.
+ */
+export async function startCluster(init: StartClusterInit): Promise<Cluster> {
+  const dir = await tempDir('cluster')
+  const nodes: ClusterNode[] = []
+  const destroy = async (): Promise<void> => {
+    for (const n of nodes.reverse()) {
+      await n.kagami.destroy().catch(() => undefined)
+      await n.containerd.destroy().catch(() => undefined)
+    }
+    await dir.remove()
+  }
+  try {
+    const ports = await Promise.all(init.names.map(() => freePort()))
+    const bootstrap = ports.map((p) => `/ip4/127.0.0.1/tcp/${p}`)
+    for (const [i, name] of init.names.entries()) {
+      const containerd = await startContainerd({ name })
+      const node = { name, containerd } as ClusterNode
+      nodes.push(node)
+      node.kagami = await startKagami({
+        name,
+        containerd,
+        bootstrap,
+        p2pPort: ports[i],
+        logLevel: init.logLevel,
+        env: init.env,
+      })
+      node.hostsDir = join(dir.path, `certs.d-${name}`)
+      await kagamiCli([
+        'configure',
+        '--config-path',
+        node.hostsDir,
+        '--mirror-url',
+        node.kagami.mirrorUrl,
+        '--registries',
+        ...init.registries,
+      ])
+    }
+    const want = init.minPeers ?? init.names.length - 1
+    for (const n of nodes) {
+      await waitFor(async () => (await n.kagami.status()).peers.length >= want, {
+        timeoutMs: 60_000,
+        what: `${n.name} to see ${want} peers`,
+      })
+    }
+  } catch (err) {
+    await destroy()
+    throw err
+  }
+  return { nodes: [...nodes], destroy }
+}
