@@ -49,7 +49,6 @@ export async function startKagami(init: StartKagamiInit): Promise<KagamiHandle> 
   ]
   const mirrorAddress = `127.0.0.1:${mirrorPort}`
   const args = [
-    BIN,
     'run',
     '--containerd-address',
     init.containerd.address,
@@ -77,8 +76,9 @@ export async function startKagami(init: StartKagamiInit): Promise<KagamiHandle> 
   }
   let peerId = ''
   const start = async (): Promise<void> => {
+    // run the bin directly, so its shebang (node flags) applies as it does in the container image
     proc = startProcess({
-      command: process.execPath,
+      command: BIN,
       args,
       logPath: join(dir.path, 'kagami.log'),
       env: { ...process.env, ...init.env },
@@ -128,7 +128,7 @@ export async function startKagami(init: StartKagamiInit): Promise<KagamiHandle> 
 
 /** Runs a kagami CLI command to completion (configure, cleanup, status). */
 export async function kagamiCli(args: string[]): Promise<string> {
-  return await run(process.execPath, [BIN, ...args], {
+  return await run(BIN, args, {
     env: process.env,
     cwd: ROOT,
   })
@@ -141,7 +141,7 @@ export async function kagamiExit(
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const { spawn } = await import('node:child_process')
   return await new Promise((resolve) => {
-    const child = spawn(process.execPath, [BIN, ...args], {
+    const child = spawn(BIN, args, {
       env: process.env,
       cwd: ROOT,
     })
