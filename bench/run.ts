@@ -4,7 +4,7 @@
  * SVG charts. Every ratio is measured side by side in the same run.
  */
 import '../src/polyfill.js'
-import { writeFile, mkdir } from 'node:fs/promises'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { cpus, totalmem } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { run } from '../test/harness/index.js'
@@ -213,15 +213,26 @@ function markdown(r: Results, rs: Row[]): string {
   ].join('\n')
 }
 
+async function readPrevious(): Promise<Partial<Results>> {
+  try {
+    return JSON.parse(await readFile(`${RESULTS}latest.json`, 'utf8')) as Partial<Results>
+  } catch {
+    return {}
+  }
+}
+
 async function main(): Promise<void> {
   const asked = process.argv.slice(2).filter((a) => a in SCENARIOS) as Scenario[]
   const scenarios = asked.length > 0 ? asked : (Object.keys(SCENARIOS) as Scenario[])
   log('bench: building the compiled daemon (the bench measures what the container image runs)')
   await run('npm', ['run', 'build'], { cwd: ROOT })
+  // a subset run (`npm run bench -- mirror`) keeps the other scenarios' latest results
+  const previous = asked.length > 0 ? await readPrevious() : {}
   const results: Results = {
+    ...previous,
     startedAt: new Date().toISOString(),
     machine: `${cpus().length} × ${cpus()[0]?.model.trim() ?? 'cpu'}, ${Math.round(totalmem() / 2 ** 30)} GiB RAM, Node ${process.version}`,
-    seconds: {},
+    seconds: { ...((previous as Partial<Results>).seconds ?? {}) },
   }
   for (const s of scenarios) {
     const t0 = performance.now()

@@ -8,6 +8,7 @@ import { connect, type Socket } from 'node:net'
 import { Readable } from 'node:stream'
 import type { Peer } from '../routing/router.js'
 import { DeadlineExceededError, PeerUnavailableError } from './errors.js'
+import { BLOB_BUFFER_BYTES } from './served.js'
 
 export interface PeerRequestInit {
   method: 'GET' | 'HEAD'
@@ -30,7 +31,6 @@ export interface PeerResponse {
   latencyMs: number
 }
 
-const READ_BYTES = 4 * 1024 * 1024
 const MAX_HEADER_BYTES = 64 * 1024
 const HEADER_END = Buffer.from('\r\n\r\n')
 
@@ -123,7 +123,7 @@ export function peerRequest(peer: Peer, init: PeerRequestInit): Promise<PeerResp
       }
       remaining = length
       body = new Readable({
-        highWaterMark: READ_BYTES,
+        highWaterMark: BLOB_BUFFER_BYTES,
         read: () => socket.resume(),
         destroy: (err, cb) => {
           if (remaining > 0) socket.destroy()
@@ -147,7 +147,7 @@ export function peerRequest(peer: Peer, init: PeerRequestInit): Promise<PeerResp
       port: Number(url.port === '' ? 80 : url.port),
       noDelay: true,
       onread: {
-        buffer: Buffer.allocUnsafe(READ_BYTES),
+        buffer: Buffer.allocUnsafe(BLOB_BUFFER_BYTES),
         callback: (n: number, buf: Uint8Array): boolean => {
           // the read buffer is reused: copy what we pass on
           const chunk = Buffer.from(buf.subarray(0, n))

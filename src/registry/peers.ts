@@ -20,7 +20,7 @@ import type { RegistryMetrics } from './metrics.js'
 import { peerRequest, type PeerResponse } from './peer-client.js'
 import { HedgeDelay, PeerSource, race } from './race.js'
 import { resumableBody, startsAt } from './resume.js'
-import type { Served } from './served.js'
+import { BLOB_BUFFER_BYTES, type Served } from './served.js'
 import { verifyBytes, VerifyDigest } from './verify.js'
 
 type ContentRequest = Extract<DistributionRequest, { kind: 'manifest' | 'blob' }>
@@ -284,7 +284,7 @@ export class PeerFetcher {
         ),
     })
     // Only a whole blob can be checked against its digest.
-    const out = new PassThrough({ highWaterMark: 1024 * 1024 })
+    const out = new PassThrough({ highWaterMark: BLOB_BUFFER_BYTES })
     const piped =
       range === undefined ? pipeline(body, new VerifyDigest(digest.digest), out) : pipeline(body, out)
     piped

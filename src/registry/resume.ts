@@ -1,5 +1,6 @@
 import { Readable } from 'node:stream'
 import type { PeerResponse } from './peer-client.js'
+import { BLOB_BUFFER_BYTES } from './served.js'
 
 export interface ResumeInit {
   first: PeerResponse
@@ -43,7 +44,7 @@ export function resumableBody(init: ResumeInit): Readable {
       }
     }
   }
-  const stream = Readable.from(chunks(), { objectMode: false, highWaterMark: 1024 * 1024 })
+  const stream = Readable.from(chunks(), { objectMode: false, highWaterMark: BLOB_BUFFER_BYTES })
   return stream
 }
 

@@ -14,7 +14,7 @@ import { errorResponse, MethodNotAllowedError, type Target } from './errors.js'
 import { type ClientRequest, serveLocal } from './local.js'
 import type { RegistryMetrics, Source } from './metrics.js'
 import type { PeerFetcher } from './peers.js'
-import type { Served } from './served.js'
+import { BLOB_BUFFER_BYTES, type Served } from './served.js'
 
 export interface RegistryServerComponents {
   store: Store
@@ -69,6 +69,9 @@ export function createRegistryServer(
     routerOptions: { maxParamLength: 1024 },
     bodyLimit: 1024,
     return503OnClosing: true,
+    // Socket write buffers sized for blobs: with Node's 16 KiB default, serving a file ran at ~0.3 GiB/s
+    // here, with 4 MiB at ~1.3–1.9 GiB/s (as fast as docker-registry).
+    http: { highWaterMark: BLOB_BUFFER_BYTES },
     // Requests Node's parser rejects (bad characters, oversized headers) still get an OCI error body.
     clientErrorHandler: (err, socket) => {
       if (socket.destroyed || !socket.writable) return
@@ -141,7 +144,8 @@ export function createRegistryServer(
     const ns = typeof query.ns === 'string' ? query.ns : undefined
     let req: DistributionRequest
     try {
-      req = parseDistributionPath(decodeURIComponentSafe(request.url), ns)
+      // The raw path: an encoded `%2e%2e` or `%2f` is not a name character, so it is rejected, never decoded.
+      req = parseDistributionPath(request.url, ns)
     } catch (err) {
       if (request.kagami !== undefined && /\/manifests\//.test(request.url)) request.kagami.kind = 'manifest'
       else if (request.kagami !== undefined && /\/blobs\//.test(request.url)) request.kagami.kind = 'blob'
@@ -190,13 +194,6 @@ export function createRegistryServer(
   app.route({ method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'], url: '/v2', handler })
   app.route({ method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'], url: '/v2/*', handler })
   return app
-}
-
-function decodeURIComponentSafe(url: string): string {
-  const q = url.indexOf('?')
-  const path = q >= 0 ? url.slice(0, q) : url
-  // Paths are matched raw: an encoded `%2e%2e` or `%2f` is not a valid name character and is rejected.
-  return path
 }
 
 /** Aborts when the client goes away, so peer fetches and store reads stop with it. */

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto'
 import { Transform, type TransformCallback } from 'node:stream'
 import type { Digest } from '../oci/index.js'
 import { DigestMismatchError } from './errors.js'
+import { BLOB_BUFFER_BYTES } from './served.js'
 
 /**
  * Streams bytes through while hashing them, always holding back the latest chunk: the last bytes go out
@@ -14,7 +15,7 @@ export class VerifyDigest extends Transform {
   bytes = 0
 
   constructor(private readonly expected: Digest) {
-    super({ highWaterMark: 1024 * 1024 })
+    super({ highWaterMark: BLOB_BUFFER_BYTES })
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {

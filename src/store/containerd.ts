@@ -36,7 +36,7 @@ export interface ContainerdStoreInit {
 
 // Large chunks: gRPC Content/Read ran at ~200 MiB/s with small windows, ~430 MiB/s with 4 MiB ones.
 const GRPC_READ_CHUNK = 4 * 1024 * 1024
-const FILE_HIGH_WATER_MARK = 1024 * 1024
+const FILE_HIGH_WATER_MARK = 4 * 1024 * 1024
 
 /** Maps gRPC failures to Store errors; NOT_FOUND is normal traffic, UNAVAILABLE means containerd is down. */
 function mapError(err: unknown, what: string): Error {
@@ -155,9 +155,13 @@ export class ContainerdStore implements Store {
     parseDigest(digest)
     let sizeBytes: number | undefined
     if (await this.canReadFiles()) {
+      // committed content lives exactly here: a missing file is a miss, with no gRPC round trip
       sizeBytes = await fsStat(this.blobPath(digest)).then(
         (s) => s.size,
-        () => undefined,
+        (err: NodeJS.ErrnoException) => {
+          if (err.code === 'ENOENT') throw new NotFoundError(`content ${digest} not found`)
+          return undefined
+        },
       )
     }
     if (sizeBytes === undefined) {
