@@ -79,6 +79,8 @@ export class ContainerdClient {
     const target = address.startsWith('unix:') ? address : `unix://${address}`
     const options: grpc.ClientOptions = {
       'grpc.max_receive_message_length': 64 * 1024 * 1024,
+      // HTTP/2's default 64 KiB window stalls Content/Read on WINDOW_UPDATEs; 8 MiB doubled gRPC reads here
+      'grpc-node.flow_control_window': 8 * 1024 * 1024,
       // reconnect quickly after a containerd restart
       'grpc.initial_reconnect_backoff_ms': 100,
       'grpc.max_reconnect_backoff_ms': 2000,

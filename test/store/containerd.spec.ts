@@ -17,6 +17,8 @@ function containerdFixture(init: { fileReads: boolean }) {
         address: containerd.address,
         namespace: containerd.namespace,
         contentDir: init.fileReads ? containerd.contentDir : undefined,
+        // an odd call size, so whole-blob and range reads cross several Content/Read calls
+        grpcReadChunkBytes: 1_000_003,
       },
     )
     // The conformance suite names images 127.0.0.1:5000/…; map them to this registry's port.
