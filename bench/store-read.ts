@@ -11,12 +11,15 @@ import {
   tempDir,
   writeHostsDir,
 } from '../test/harness/index.js'
-import { GiB, log, median } from './lib.js'
+import { GiB, log, median, stats } from './lib.js'
 
 export interface StoreReadBenchResult {
   blobBytes: number
   runs: number
+  /** Medians (what bench/run.ts reports). */
   gibPerSecond: { file: number; grpc: number }
+  /** Min / median / max over the runs, and every run, per path. */
+  stats: Record<'file' | 'grpc', { min: number; median: number; max: number; runs: number[] }>
 }
 
 async function drain(
@@ -75,10 +78,15 @@ export async function benchStoreRead(
         `store: run ${i + 1}: file ${rates.file.at(-1)!.toFixed(2)} GiB/s, gRPC ${rates.grpc.at(-1)!.toFixed(2)} GiB/s`,
       )
     }
+    const summary = (r: number[]) => {
+      const st = stats(r)
+      return { min: st.min, median: st.p50, max: st.max, runs: r }
+    }
     return {
       blobBytes: layer.size,
       runs,
       gibPerSecond: { file: median(rates.file), grpc: median(rates.grpc) },
+      stats: { file: summary(rates.file), grpc: summary(rates.grpc) },
     }
   } finally {
     for (const fn of cleanup.reverse()) await fn().catch(() => undefined)
@@ -86,7 +94,21 @@ export async function benchStoreRead(
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
+  const r = await benchStoreRead({
+    blobBytes: Number(process.env.BLOB_BYTES ?? GiB),
+    runs: Number(process.env.RUNS ?? 3),
+  })
+  console.log(JSON.stringify(r, null, 2))
+  const row = (name: string, s: StoreReadBenchResult['stats']['file']): string =>
+    `| ${name} | ${s.min.toFixed(2)} | ${s.median.toFixed(2)} | ${s.max.toFixed(2)} |`
   console.log(
-    JSON.stringify(await benchStoreRead({ blobBytes: Number(process.env.BLOB_BYTES ?? GiB) }), null, 2),
+    [
+      `\nStore read of a ${(r.blobBytes / GiB).toFixed(2)} GiB blob, ${r.runs} runs (GiB/s)`,
+      '| path | min | median | max |',
+      '|---|---|---|---|',
+      row('direct file', r.stats.file),
+      row('gRPC Content/Read', r.stats.grpc),
+      `file ÷ gRPC (medians): ${(r.stats.file.median / r.stats.grpc.median).toFixed(1)}×`,
+    ].join('\n'),
   )
 }

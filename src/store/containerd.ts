@@ -189,7 +189,8 @@ export class ContainerdStore implements Store {
 
   async read(digest: Digest, options: ReadOptions = {}): Promise<Readable> {
     const { sizeBytes } = await this.stat(digest, options)
-    if (sizeBytes === 0) return Readable.from([], { objectMode: false })
+    // an empty blob reads as empty; any range of it is unsatisfiable (as in the memory store)
+    if (sizeBytes === 0 && options.range === undefined) return Readable.from([], { objectMode: false })
     const { start, end } = resolveRange(options.range, sizeBytes)
     if (await this.canReadFiles()) {
       const stream = createReadStream(this.blobPath(digest), {
