@@ -1,4 +1,7 @@
+import { join } from 'node:path'
 import pino from 'pino'
+import { describe, expect, it } from 'vitest'
+import type { Digest } from '../../src/oci/index.js'
 import type { StoreEvent } from '../../src/store/store.js'
 import { ContainerdStore } from '../../src/store/containerd.js'
 import { type StoreFixture, storeConformance } from '../conformance/store.js'
@@ -92,3 +95,26 @@ async function* renameEvents(events: AsyncIterable<StoreEvent>, host: string) {
 
 storeConformance('containerd (direct file reads)', containerdFixture({ fileReads: true }))
 storeConformance('containerd (gRPC Content/Read)', containerdFixture({ fileReads: false }))
+
+describe('containerd store: backend down', () => {
+  it('a missing socket is StoreUnavailableError, not a hang', async () => {
+    const dir = await tempDir('no-containerd')
+    const store = new ContainerdStore(
+      { logger: pino({ level: 'silent' }) },
+      { address: join(dir.path, 'containerd.sock'), namespace: 'k8s.io' },
+    )
+    try {
+      const signal = AbortSignal.timeout(20_000)
+      await expect(store.images({ signal })).rejects.toMatchObject({ name: 'StoreUnavailableError' })
+      await expect(store.stat(`sha256:${'a'.repeat(64)}` as Digest, { signal })).rejects.toMatchObject({
+        name: 'StoreUnavailableError',
+      })
+      await expect(store.read(`sha256:${'a'.repeat(64)}` as Digest, { signal })).rejects.toMatchObject({
+        name: 'StoreUnavailableError',
+      })
+    } finally {
+      await store.close()
+      await dir.remove()
+    }
+  })
+})
