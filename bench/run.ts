@@ -23,6 +23,8 @@ interface Results {
   startedAt: string
   machine: string
   seconds: Record<string, number>
+  /** When each scenario was measured (a subset run keeps the others' latest results). */
+  measuredAt?: Record<string, string>
   mirror?: MirrorBenchResult
   pull?: PullBenchResult
   herd?: HerdBenchResult
@@ -198,7 +200,11 @@ function markdown(r: Results, rs: Row[]): string {
   return [
     '# kagami benchmark results',
     '',
-    `Run ${r.startedAt} on ${r.machine}. Every ratio is measured side by side in this one run (\`npm run bench\`).`,
+    `Measured on ${r.machine} with \`npm run bench\`. Each ratio compares contenders measured side by side in the same scenario run.`,
+    '',
+    `Scenario runs: ${Object.entries(r.measuredAt ?? {})
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ')}.`,
     '',
     '| goal | measured | |',
     '|---|---|---|',
@@ -222,6 +228,15 @@ async function readPrevious(): Promise<Partial<Results>> {
 }
 
 async function main(): Promise<void> {
+  if (process.argv.includes('--report')) {
+    // re-render the report from the latest results without measuring
+    const latest = (await readPrevious()) as Results
+    const rs = rows(latest)
+    await writeFile(`${RESULTS}latest.md`, markdown(latest, rs))
+    await writeFile(`${RESULTS}latest.svg`, svg(rs))
+    console.log(markdown(latest, rs))
+    return
+  }
   const asked = process.argv.slice(2).filter((a) => a in SCENARIOS) as Scenario[]
   const scenarios = asked.length > 0 ? asked : (Object.keys(SCENARIOS) as Scenario[])
   log('bench: building the compiled daemon (the bench measures what the container image runs)')
@@ -233,6 +248,7 @@ async function main(): Promise<void> {
     startedAt: new Date().toISOString(),
     machine: `${cpus().length} × ${cpus()[0]?.model.trim() ?? 'cpu'}, ${Math.round(totalmem() / 2 ** 30)} GiB RAM, Node ${process.version}`,
     seconds: { ...((previous as Partial<Results>).seconds ?? {}) },
+    measuredAt: { ...((previous as Partial<Results>).measuredAt ?? {}) },
   }
   for (const s of scenarios) {
     const t0 = performance.now()
@@ -243,6 +259,7 @@ async function main(): Promise<void> {
       log(`bench: ${s} failed: ${(err as Error).message}`)
     }
     results.seconds[s] = (performance.now() - t0) / 1000
+    results.measuredAt![s] = new Date().toISOString()
   }
   await mkdir(RESULTS, { recursive: true })
   const stamp = results.startedAt.replace(/[:.]/g, '-')

@@ -112,7 +112,6 @@ describe('e2e: registry outage', () => {
     await b.containerd.restart()
     await a.kagami.restart()
     const want = pulledDigests().length + 1
-    const started = Date.now()
     await waitFor(async () => (await a.kagami.status()).advertisedKeys >= want, {
       timeoutMs: 10_000,
       what: 'A re-advertises',
@@ -121,7 +120,6 @@ describe('e2e: registry outage', () => {
       timeoutMs: 10_000,
       what: 'B still advertises',
     })
-    expect(Date.now() - started).toBeLessThan(20_000)
     // C drops the image and pulls it again with the registry still down; B's kagami is stopped so A serves
     await c.containerd.removeImage(ref)
     await b.kagami.stop()
