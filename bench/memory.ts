@@ -7,14 +7,13 @@ import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import {
   buildImage,
-  freePort,
   pushImage,
-  startContainerd,
-  startKagami,
   startRegistry,
   tempDir,
   waitFor,
   writeHostsDir,
+  type ClusterNode,
+  startCluster,
 } from '../test/harness/index.js'
 import { curl, GiB, log, MiB } from './lib.js'
 
@@ -59,10 +58,16 @@ export async function benchMemory(
     await pushImage(big.dir, `${registry.host}/bench/big:v1`)
     const hosts = join(tmp.path, 'hosts')
     await writeHostsDir(hosts, { registryHost: registry.host })
-    const ca = await startContainerd({ name: 'mem-a' })
-    cleanup.push(() => ca.destroy())
-    const cb = await startContainerd({ name: 'mem-b' })
-    cleanup.push(() => cb.destroy())
+    const cluster = await startCluster({
+      names: ['mem-a', 'mem-b'],
+      registries: [registry.url],
+      logLevel: 'warn',
+      env: { KAGAMI_FROM_DIST: '1' },
+    })
+    cleanup.push(() => cluster.destroy())
+    const [na, nb] = cluster.nodes as [ClusterNode, ClusterNode]
+    const ca = na.containerd
+    const [a, b] = [na.kagami, nb.kagami]
     log('memory: pulling ~1,000 blobs and a 1 GiB blob into node A')
     await ca.pull(`${registry.host}/bench/many:v1`, {
       hostsDir: hosts,
@@ -70,27 +75,6 @@ export async function benchMemory(
       timeoutMs: 600_000,
     })
     await ca.pull(`${registry.host}/bench/big:v1`, { hostsDir: hosts, timeoutMs: 600_000 })
-    const ports = [await freePort(), await freePort()]
-    const bootstrap = ports.map((x) => `/ip4/127.0.0.1/tcp/${x}`)
-    const env = { KAGAMI_FROM_DIST: '1' }
-    const a = await startKagami({
-      name: 'mem-a',
-      containerd: ca,
-      bootstrap,
-      p2pPort: ports[0],
-      logLevel: 'warn',
-      env,
-    })
-    cleanup.push(() => a.destroy())
-    const b = await startKagami({
-      name: 'mem-b',
-      containerd: cb,
-      bootstrap,
-      p2pPort: ports[1],
-      logLevel: 'warn',
-      env,
-    })
-    cleanup.push(() => b.destroy())
     const status = await waitFor(
       async () => {
         const s = await a.status()

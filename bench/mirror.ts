@@ -11,13 +11,13 @@ import {
   buildImage,
   freePort,
   pushImage,
-  startContainerd,
-  startKagami,
   startRegistry,
   tempDir,
   waitFor,
   writeHostsDir,
   run,
+  type ClusterNode,
+  startCluster,
 } from '../test/harness/index.js'
 import { curl, GiB, log, median, stats, type Stats } from './lib.js'
 
@@ -90,30 +90,18 @@ export async function benchMirror(
     await pushImage(image.dir, `${registry.host}/bench/big:v1`)
     const hosts = join(tmp.path, 'hosts')
     await writeHostsDir(hosts, { registryHost: registry.host })
-    const ca = await startContainerd({ name: 'bench-a' })
-    cleanup.push(() => ca.destroy())
-    const cb = await startContainerd({ name: 'bench-b' })
-    cleanup.push(() => cb.destroy())
+    const cluster = await startCluster({
+      names: ['bench-a', 'bench-b'],
+      registries: [registry.url],
+      logLevel: 'warn',
+      env: { KAGAMI_FROM_DIST: '1' },
+    })
+    cleanup.push(() => cluster.destroy())
+    const [na, nb] = cluster.nodes as [ClusterNode, ClusterNode]
+    const ca = na.containerd
+    const [a, b] = [na.kagami, nb.kagami]
     log('mirror: pulling into node A')
     await ca.pull(`${registry.host}/bench/big:v1`, { hostsDir: hosts, timeoutMs: 600_000 })
-    const ports = [await freePort(), await freePort()]
-    const bootstrap = ports.map((p) => `/ip4/127.0.0.1/tcp/${p}`)
-    const a = await startKagami({
-      name: 'bench-a',
-      containerd: ca,
-      bootstrap,
-      p2pPort: ports[0],
-      logLevel: 'warn',
-    })
-    cleanup.push(() => a.destroy())
-    const b = await startKagami({
-      name: 'bench-b',
-      containerd: cb,
-      bootstrap,
-      p2pPort: ports[1],
-      logLevel: 'warn',
-    })
-    cleanup.push(() => b.destroy())
     await waitFor(async () => ((await a.status()).advertisedKeys >= 3 ? true : undefined), {
       timeoutMs: 30_000,
       what: 'A advertises',

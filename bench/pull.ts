@@ -6,16 +6,14 @@ import '../src/polyfill.js'
 import { join } from 'node:path'
 import {
   buildImage,
-  freePort,
-  kagamiCli,
   pushImage,
-  startContainerd,
-  startKagami,
   startRegistry,
   tempDir,
   waitFor,
   writeHostsDir,
   type ContainerdHandle,
+  type ClusterNode,
+  startCluster,
 } from '../test/harness/index.js'
 import { log, median, MiB } from './lib.js'
 import { startProxy } from './proxy.js'
@@ -63,31 +61,16 @@ export async function benchPull(
     })
     cleanup.push(() => wan.close())
 
-    const ca = await startContainerd({ name: 'pull-a' })
-    cleanup.push(() => ca.destroy())
-    const cb = await startContainerd({ name: 'pull-b' })
-    cleanup.push(() => cb.destroy())
-    const ports = [await freePort(), await freePort()]
-    const bootstrap = ports.map((p) => `/ip4/127.0.0.1/tcp/${p}`)
-    const env = { KAGAMI_FROM_DIST: '1' }
-    const a = await startKagami({
-      name: 'pull-a',
-      containerd: ca,
-      bootstrap,
-      p2pPort: ports[0],
+    const cluster = await startCluster({
+      names: ['pull-a', 'pull-b'],
+      registries: [registry.url],
       logLevel: 'warn',
-      env,
+      env: { KAGAMI_FROM_DIST: '1' },
     })
-    cleanup.push(() => a.destroy())
-    const b = await startKagami({
-      name: 'pull-b',
-      containerd: cb,
-      bootstrap,
-      p2pPort: ports[1],
-      logLevel: 'warn',
-      env,
-    })
-    cleanup.push(() => b.destroy())
+    cleanup.push(() => cluster.destroy())
+    const [na, nb] = cluster.nodes as [ClusterNode, ClusterNode]
+    const [ca, cb] = [na.containerd, nb.containerd]
+    const [a, b] = [na.kagami, nb.kagami]
     await waitFor(async () => ((await b.status()).peers.length >= 1 ? true : undefined), {
       timeoutMs: 30_000,
       what: 'B sees A',
@@ -98,17 +81,8 @@ export async function benchPull(
     await writeHostsDir(direct, { registryHost: registry.host })
     const directWan = join(tmp.path, 'direct-wan')
     await writeHostsDir(directWan, { registryHost: registry.host, server: wan.url })
-    // Via kagami: the mirror first, the registry (behind the WAN, for the WAN case) as server.
-    const viaPeer = join(tmp.path, 'via-peer')
-    await kagamiCli([
-      'configure',
-      '--config-path',
-      viaPeer,
-      '--mirror-url',
-      b.mirrorUrl,
-      '--registries',
-      registry.url,
-    ])
+    // Via kagami: B's hosts.toml from `kagami configure` (the mirror first, the registry as server).
+    const viaPeer = nb.hostsDir
     const aHosts = join(tmp.path, 'a-hosts')
     await writeHostsDir(aHosts, { registryHost: registry.host })
     await ca.pull(ref, { hostsDir: aHosts, timeoutMs: 600_000 })
