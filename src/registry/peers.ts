@@ -91,6 +91,12 @@ export class PeerFetcher {
     const lookup = new AbortController()
     const lookupSignal = anySignal([lookup.signal, client.signal])
     const source = new PeerSource(this.components.router.resolve(keyFor(req), { signal: lookupSignal }))
+    // Ends the lookup; for a blob only once its body is done, since a resume may need more peers.
+    const done = (): void => {
+      lookup.abort()
+      lookupSignal.clear()
+      void source.close()
+    }
     const started = performance.now()
     const firstDeadline = anySignal([AbortSignal.timeout(this.init.resolveTimeoutMs), client.signal])
     let first: Peer | undefined
@@ -104,15 +110,8 @@ export class PeerFetcher {
       (performance.now() - started) / 1000,
     )
     if (first === undefined) {
-      lookup.abort()
-      lookupSignal.clear()
-      void source.close()
+      done()
       return undefined
-    }
-    const done = (): void => {
-      lookup.abort()
-      lookupSignal.clear()
-      void source.close()
     }
     try {
       const served =
