@@ -20,6 +20,8 @@ export interface PeerRequestInit {
   headersTimeoutMs: number
   /** Abort a body that makes no progress for this long. */
   bodyIdleTimeoutMs: number
+  /** Socket read size: big for blobs, small for manifests (default BLOB_BUFFER_BYTES). */
+  readBufferBytes?: number
 }
 
 export interface PeerResponse {
@@ -123,7 +125,7 @@ export function peerRequest(peer: Peer, init: PeerRequestInit): Promise<PeerResp
       }
       remaining = length
       body = new Readable({
-        highWaterMark: BLOB_BUFFER_BYTES,
+        highWaterMark: init.readBufferBytes ?? BLOB_BUFFER_BYTES,
         read: () => socket.resume(),
         destroy: (err, cb) => {
           if (remaining > 0) socket.destroy()
@@ -147,7 +149,7 @@ export function peerRequest(peer: Peer, init: PeerRequestInit): Promise<PeerResp
       port: Number(url.port === '' ? 80 : url.port),
       noDelay: true,
       onread: {
-        buffer: Buffer.allocUnsafe(BLOB_BUFFER_BYTES),
+        buffer: Buffer.allocUnsafe(init.readBufferBytes ?? BLOB_BUFFER_BYTES),
         callback: (n: number, buf: Uint8Array): boolean => {
           // the read buffer is reused: copy what we pass on
           const chunk = Buffer.from(buf.subarray(0, n))

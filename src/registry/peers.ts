@@ -137,7 +137,12 @@ export class PeerFetcher {
   private request(
     peer: Peer,
     path: string,
-    init: { method: 'GET' | 'HEAD'; headers?: Record<string, string>; signal: AbortSignal },
+    init: {
+      method: 'GET' | 'HEAD'
+      headers?: Record<string, string>
+      signal: AbortSignal
+      readBufferBytes?: number
+    },
   ): Promise<PeerResponse> {
     return peerRequest(peer, {
       ...init,
@@ -164,7 +169,13 @@ export class PeerFetcher {
       source,
       first,
       async (peer, signal) => {
-        const res = await this.request(peer, path, { method: 'GET', headers, signal })
+        // manifests are small: no 4 MiB read buffer per request
+        const res = await this.request(peer, path, {
+          method: 'GET',
+          headers,
+          signal,
+          readBufferBytes: 64 * 1024,
+        })
         const bytes = await readBounded(res.body, MAX_MANIFEST_BYTES)
         const claimed =
           'digest' in req.reference ? req.reference.digest : res.headers['docker-content-digest']
