@@ -3,7 +3,7 @@ import js from '@eslint/js'
 import tseslint from 'typescript-eslint'
 
 export default tseslint.config(
-  { ignores: ['node_modules/', 'dist/', 'bench/results/', 'charts/', '.tmp/'] },
+  { ignores: ['node_modules/', 'dist/', 'bench/results/', 'charts/', '.tmp/', 'bench/.*'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
