@@ -24,7 +24,8 @@ import { curl, GiB, log, median, stats, type Stats } from './lib.js'
 export interface MirrorBenchResult {
   blobBytes: number
   runs: number
-  gibPerSecond: { rawTcp: number; registry: number; kagami: number }
+  /** `peerDirect`: curl straight from node A's peer endpoint (one hop), to split the relay's cost from the peer's. */
+  gibPerSecond: { rawTcp: number; registry: number; kagami: number; peerDirect: number }
   ratios: { kagamiVsRaw: number; kagamiVsRegistry: number }
   manifestHitTtfbMs: Stats
   missTtfbMs: Stats
@@ -113,7 +114,12 @@ export async function benchMirror(
 
     const blobPath = join(ca.contentDir, 'blobs', 'sha256', layer.digest.slice(7))
     const ns = encodeURIComponent(registry.host)
-    const rates = { rawTcp: [] as number[], registry: [] as number[], kagami: [] as number[] }
+    const rates = {
+      rawTcp: [] as number[],
+      registry: [] as number[],
+      kagami: [] as number[],
+      peerDirect: [] as number[],
+    }
     for (let i = 0; i < runs; i++) {
       const raw = await rawTcp(blobPath)
       if (raw.bytes !== layer.size) throw new Error(`raw TCP copied ${raw.bytes} bytes, want ${layer.size}`)
@@ -124,8 +130,11 @@ export async function benchMirror(
       const k = await curl(`${b.mirrorUrl}/v2/bench/big/blobs/${layer.digest}?ns=${ns}`)
       if (k.status !== 200 || k.bytes !== layer.size) throw new Error(`kagami: ${k.status} ${k.bytes}`)
       rates.kagami.push(k.bytes / k.seconds / GiB)
+      const p = await curl(`${a.peerUrl}/v2/bench/big/blobs/${layer.digest}?ns=${ns}`)
+      if (p.status !== 200 || p.bytes !== layer.size) throw new Error(`peer: ${p.status} ${p.bytes}`)
+      rates.peerDirect.push(p.bytes / p.seconds / GiB)
       log(
-        `mirror: run ${i + 1}: raw ${rates.rawTcp.at(-1)!.toFixed(2)}, registry ${rates.registry.at(-1)!.toFixed(2)}, kagami ${rates.kagami.at(-1)!.toFixed(2)} GiB/s`,
+        `mirror: run ${i + 1}: raw ${rates.rawTcp.at(-1)!.toFixed(2)}, registry ${rates.registry.at(-1)!.toFixed(2)}, kagami ${rates.kagami.at(-1)!.toFixed(2)}, peer direct ${rates.peerDirect.at(-1)!.toFixed(2)} GiB/s`,
       )
     }
 
@@ -142,7 +151,12 @@ export async function benchMirror(
       if (m.status !== 404) throw new Error(`miss answered ${m.status}`)
       miss.push(m.ttfbSeconds * 1000)
     }
-    const g = { rawTcp: median(rates.rawTcp), registry: median(rates.registry), kagami: median(rates.kagami) }
+    const g = {
+      rawTcp: median(rates.rawTcp),
+      registry: median(rates.registry),
+      kagami: median(rates.kagami),
+      peerDirect: median(rates.peerDirect),
+    }
     return {
       blobBytes: layer.size,
       runs,
