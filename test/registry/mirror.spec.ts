@@ -217,3 +217,16 @@ describe('mirror: peers', () => {
     expect(sha(r.body)).toBe(good.image.manifestDigest)
   })
 })
+
+// Leak check: every mirror, peer endpoint and misbehaving peer opened above is closed again. Counted by
+// listening servers only: fetch()'s global keep-alive pool may hold client sockets for a few seconds.
+const servers = (): number => process.getActiveResourcesInfo().filter((r) => r === 'TCPServerWrap').length
+let serversBefore = 0
+beforeAll(() => {
+  serversBefore = servers()
+})
+afterAll(async () => {
+  const deadline = Date.now() + 5_000
+  while (servers() > serversBefore && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+  expect(servers()).toBe(serversBefore)
+})
