@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises'
 import { networkInterfaces } from 'node:os'
 import type { FastifyInstance } from 'fastify'
 import { multiaddr } from '@multiformats/multiaddr'
@@ -7,14 +8,15 @@ import type { CliIo } from './cli.js'
 import type { RunConfig } from './config.js'
 import { loadOrCreateIdentity } from './identity.js'
 import { repositoryFilter } from './filter.js'
-import { RegistryMetrics } from './registry/metrics.js'
+import { RegistryMetrics, registerNodeGauges } from './registry/metrics.js'
 import { createMirror } from './registry/mirror.js'
 import { createPeerServer } from './registry/peer.js'
 import { kadDhtRouter } from './routing/kad-dht.js'
 import { stateSync } from './state.js'
-import type { DaemonStatus } from './status.js'
 import { containerdStore } from './store/containerd.js'
 import type { Store } from './store/store.js'
+import { StatusCollector } from './ui/collect.js'
+import { registerStatusRoutes } from './ui/routes.js'
 
 /** A step of start-up that must be undone on stop, in reverse order. */
 interface Stoppable {
@@ -75,16 +77,16 @@ async function checkStore(store: Store, config: RunConfig): Promise<void> {
   }
 }
 
-/** Sums a counter's values by `source` for the mirror (what `kagami status` shows). */
-async function sumBySource(registry: Registry, name: string): Promise<Record<string, number>> {
-  const out: Record<string, number> = {}
-  const values = (await registry.getSingleMetric(name)?.get())?.values ?? []
-  for (const v of values) {
-    if (v.labels.server !== 'mirror') continue
-    const source = String(v.labels.source ?? 'none')
-    out[source] = (out[source] ?? 0) + v.value
+/** The version in package.json (next to src/ and dist/), shown on the status page. */
+async function packageVersion(): Promise<string> {
+  try {
+    const pkg = JSON.parse(await readFile(new URL('../package.json', import.meta.url), 'utf8')) as {
+      version?: string
+    }
+    return pkg.version ?? 'unknown'
+  } catch {
+    return 'unknown'
   }
-  return out
 }
 
 /**
@@ -153,6 +155,11 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     }
     started.push({ name: 'router', stop: () => router.stop() })
 
+    registerNodeGauges(metrics, {
+      containerdConnected: () => store.connected(),
+      pendingProvides: () => router.pendingProvides(),
+    })
+
     const state = stateSync(
       { store, router, logger },
       { resyncIntervalMs: config.resyncInterval, include: config.include, exclude: config.exclude },
@@ -176,23 +183,27 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
       const ready = router.isReady()
       return reply.code(ready ? 200 : 503).send({ ready })
     })
-    mirror.get('/status', async (): Promise<DaemonStatus> => {
-      const requests = await sumBySource(metrics, 'kagami_requests_total')
-      const bytes = await sumBySource(metrics, 'kagami_bytes_served_total')
-      return {
-        peerId: router.peerId ?? '',
-        peerUrl,
-        ready: router.isReady(),
-        peers: router.peers(),
-        images: (await store.images({ signal: AbortSignal.timeout(2000) })).length,
-        advertisedKeys:
-          ((await metrics.getSingleMetric('kagami_advertised_keys')?.get())?.values[0]?.value as
-            number | undefined) ?? 0,
-        requests: { local: requests.local ?? 0, peer: requests.peer ?? 0, miss: requests.miss ?? 0 },
-        bytesServed: { local: bytes.local ?? 0, peer: bytes.peer ?? 0 },
-        uptimeSeconds: (Date.now() - startedAt) / 1000,
-      }
-    })
+    // /status, /status/holders and /ui: built from the components' own state, localhost only
+    registerStatusRoutes(
+      mirror,
+      new StatusCollector(
+        {
+          router,
+          store,
+          state,
+          activity: registryMetrics.activity,
+          containerdConnected: () => store.connected(),
+        },
+        {
+          peerUrl,
+          version: await packageVersion(),
+          startedAt,
+          containerdAddress: config.containerdAddress,
+          containerdNamespace: config.containerdNamespace,
+          bootstrap: config.bootstrap,
+        },
+      ),
+    )
     started.push({ name: 'mirror', stop: () => mirror.close() })
     const mirrorUrl = await listen(mirror, config.mirrorAddress, '--mirror-address')
 

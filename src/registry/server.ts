@@ -43,6 +43,9 @@ declare module 'fastify' {
 }
 
 const EMPTY = Buffer.alloc(0)
+/** Paths that are probes (kubelet), scrapes (Prometheus) or the status page, never registry traffic. */
+const NOT_REGISTRY_TRAFFIC = /^\/(?:healthz|readyz|metrics|status|ui|favicon\.ico)(?:[/?]|$)/
+const REPOSITORY_IN_PATH = /^\/v2\/(.+?)\/(?:manifests|blobs)\//
 const API_VERSION = { 'docker-distribution-api-version': 'registry/2.0' }
 
 function send(reply: FastifyReply, served: Served): FastifyReply {
@@ -87,20 +90,48 @@ export function createRegistryServer(
     forceCloseConnections: false,
   })
 
-  app.addHook('onRequest', async (request) => {
+  // Per request: when it started and when its first byte went out (TTFB), kept off the request object.
+  const timing = new WeakMap<FastifyRequest, { startMs: number; firstByteMs?: number }>()
+
+  app.addHook('onRequest', async (request, reply) => {
+    // Probes, scrapes and the status page are not registry traffic: no counters, no "recent requests".
+    if (NOT_REGISTRY_TRAFFIC.test(request.url)) return
     metrics.inflight.inc({ server: init.server })
+    metrics.activity.begin(request, {
+      server: init.server,
+      method: request.method,
+      path: request.url.slice(0, 300),
+    })
     request.kagami = { kind: 'other' }
+    const t: { startMs: number; firstByteMs?: number } = { startMs: performance.now() }
+    timing.set(request, t)
+    onFirstWrite(reply, () => (t.firstByteMs = performance.now()))
   })
 
   app.addHook('onResponse', async (request, reply) => {
+    const k = request.kagami
+    if (k === undefined) return
     metrics.inflight.dec({ server: init.server })
-    const k = request.kagami ?? { kind: 'other' }
+    metrics.activity.end(request)
     const source = k.source ?? (reply.statusCode === 404 ? 'miss' : undefined)
-    metrics.requests.inc({
+    const t = timing.get(request)
+    // bytes count only for a body that went out whole (an aborted or failed stream sent less)
+    const bytes =
+      request.method === 'GET' && reply.statusCode < 300 && reply.raw.writableFinished ? (k.bytes ?? 0) : 0
+    metrics.observe({
       server: init.server,
       kind: k.kind,
-      source: source ?? 'none',
-      status: String(reply.statusCode),
+      source,
+      status: reply.statusCode,
+      registry: k.ns,
+      method: request.method,
+      ref: k.digest,
+      repository: REPOSITORY_IN_PATH.exec(request.url)?.[1],
+      peer: k.peer,
+      bytes,
+      durationSeconds: reply.elapsedTime / 1000,
+      ttfbSeconds: t?.firstByteMs !== undefined ? Math.max(0, t.firstByteMs - t.startMs) / 1000 : undefined,
+      remoteAddress: request.socket?.remoteAddress,
     })
     const line = {
       method: request.method,
@@ -186,14 +217,35 @@ export function createRegistryServer(
     Object.assign(request.kagami, { source: served.source, digest: served.digest, peer: served.peer })
     const length = Number(served.headers['content-length'])
     if (request.method === 'GET' && Number.isFinite(length)) request.kagami.bytes = length
-    if (request.method === 'GET')
-      metrics.bytes.inc({ server: init.server, source: served.source }, Number.isFinite(length) ? length : 0)
     return send(reply, served)
   }
 
   app.route({ method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'], url: '/v2', handler })
   app.route({ method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'], url: '/v2/*', handler })
   return app
+}
+
+/**
+ * Calls `onFirst` when the response writes its first bytes (headers go out with them): the time to first
+ * byte. Wraps `write`/`end` only until that first call, so the blob path pays nothing per chunk.
+ */
+function onFirstWrite(reply: FastifyReply, onFirst: () => void): void {
+  const res = reply.raw as unknown as Record<'write' | 'end', (...args: unknown[]) => unknown>
+  const write = res.write
+  const end = res.end
+  const restore = (): void => {
+    onFirst()
+    res.write = write
+    res.end = end
+  }
+  res.write = function (this: unknown, ...args: unknown[]) {
+    restore()
+    return write.apply(this, args)
+  }
+  res.end = function (this: unknown, ...args: unknown[]) {
+    restore()
+    return end.apply(this, args)
+  }
 }
 
 /** Aborts when the client goes away, so peer fetches and store reads stop with it. */

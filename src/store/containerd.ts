@@ -85,6 +85,8 @@ export class ContainerdStore implements Store {
   private readonly mediaTypes = new Map<Digest, string>()
   private fileReads: boolean | undefined
   private closed = false
+  /** The event stream is up and its snapshot was read: the status page and a gauge show it. */
+  private streamUp = false
 
   constructor(
     components: ContainerdStoreComponents,
@@ -309,7 +311,9 @@ export class ContainerdStore implements Store {
       call.on('error', () => undefined)
       try {
         // Subscribe first, then list: an image created in between shows up in both, never in neither.
-        yield { type: 'snapshot', images: await this.images({ signal }) }
+        const images = await this.images({ signal })
+        this.streamUp = true
+        yield { type: 'snapshot', images }
         delay = 100
         for await (const envelope of call as AsyncIterable<PbEnvelope>) {
           if (envelope.namespace !== this.init.namespace || envelope.event === null) continue
@@ -327,12 +331,14 @@ export class ContainerdStore implements Store {
           }
         }
       } catch (err) {
+        this.streamUp = false
         if (stopped()) break
         this.log.warn(
           { err: (err as Error).message, delayMs: delay },
           'containerd event stream broke; reconnecting',
         )
       } finally {
+        this.streamUp = false
         signal?.removeEventListener('abort', onAbort)
         call.cancel()
       }
@@ -343,6 +349,11 @@ export class ContainerdStore implements Store {
       }
       delay = Math.min(delay * 2, maxDelay)
     }
+  }
+
+  /** True while `watch` holds a live event stream (false before the first snapshot and while reconnecting). */
+  connected(): boolean {
+    return this.streamUp && !this.closed
   }
 
   async close(): Promise<void> {
