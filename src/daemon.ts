@@ -1,4 +1,3 @@
-import { readFile } from 'node:fs/promises'
 import { networkInterfaces } from 'node:os'
 import type { FastifyInstance } from 'fastify'
 import { multiaddr } from '@multiformats/multiaddr'
@@ -17,6 +16,7 @@ import { containerdStore } from './store/containerd.js'
 import type { Store } from './store/store.js'
 import { StatusCollector } from './ui/collect.js'
 import { registerStatusRoutes } from './ui/routes.js'
+import { VERSION } from './version.js'
 
 /** A step of start-up that must be undone on stop, in reverse order. */
 interface Stoppable {
@@ -74,18 +74,6 @@ async function checkStore(store: Store, config: RunConfig): Promise<void> {
     throw new Error(
       `cannot reach containerd at --containerd-address ${config.containerdAddress}: ${(err as Error).message}`,
     )
-  }
-}
-
-/** The version in package.json (next to src/ and dist/), shown on the status page. */
-async function packageVersion(): Promise<string> {
-  try {
-    const pkg = JSON.parse(await readFile(new URL('../package.json', import.meta.url), 'utf8')) as {
-      version?: string
-    }
-    return pkg.version ?? 'unknown'
-  } catch {
-    return 'unknown'
   }
 }
 
@@ -196,7 +184,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
         },
         {
           peerUrl,
-          version: await packageVersion(),
+          version: VERSION,
           startedAt,
           containerdAddress: config.containerdAddress,
           containerdNamespace: config.containerdNamespace,

@@ -42,7 +42,7 @@ const STYLE = `
 body{margin:0}header{background:#1f2a37;color:#fff;padding:10px 18px;display:flex;gap:14px;align-items:center;flex-wrap:wrap}
 header h1{font-size:18px;margin:0 8px 0 0;font-weight:600}header code{color:#cfe}
 main{padding:12px 18px;display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:12px}
-section{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:10px 14px;min-width:0}
+section{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:10px 14px;min-width:0;overflow-x:auto}
 section.wide{grid-column:1/-1}h2{font-size:15px;margin:0 0 8px}
 table{border-collapse:collapse;width:100%;font-size:13px}th,td{text-align:left;padding:3px 8px 3px 0;border-bottom:1px solid #eef0f2;vertical-align:top;white-space:nowrap}
 td.wrap{white-space:normal;word-break:break-all}th{color:#667;font-weight:500}
@@ -91,7 +91,7 @@ function peers(s: DaemonStatus, now: number): string {
 <td>${p.connected ? badge(true, 'connected') : badge(false, 'gone', true)}</td><td>${esc(formatAgo(p.lastSeen, now))}</td>
 <td>${p.keys}</td><td>${esc(formatBytes(p.bytesFrom))} <span class="muted">/ ${p.requestsFrom} req</span></td><td>${esc(formatAgo(p.lastFetchAt, now))}</td></tr>`,
   )
-  return `<section id="peers"><h2>Peers (${s.peers.filter((p) => p.connected).length} connected)</h2>
+  return `<section id="peers" class="wide"><h2>Peers (${s.peers.filter((p) => p.connected).length} connected)</h2>
 ${rows.length === 0 ? '<p class="muted">No peer seen since start.</p>' : `<table><tr><th>peer</th><th>address</th><th>state</th><th>last seen</th><th>keys</th><th>fetched from it</th><th>last fetch</th></tr>${rows.join('')}</table>`}</section>`
 }
 
@@ -102,7 +102,7 @@ function images(s: DaemonStatus): string {
     ) => `<tr><td class="wrap">${i.names.map((n) => esc(n)).join('<br>')}</td><td title="${esc(i.digest)}"><code>${esc(shortDigest(i.digest))}</code></td>
 <td>${i.advertised ? badge(true, `advertised · ${i.keys} keys`) : badge(false, 'not advertised', true)}</td></tr>`,
   )
-  return `<section id="images"><h2>Images held (${s.images})</h2>
+  return `<section id="images" class="wide"><h2>Images held (${s.images})</h2>
 ${rows.length === 0 ? '<p class="muted">containerd holds no image in this namespace.</p>' : `<table><tr><th>names (tags)</th><th>digest</th><th>advertised</th></tr>${rows.join('')}</table>`}</section>`
 }
 
