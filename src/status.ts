@@ -23,7 +23,7 @@ export interface PeerStatus {
 }
 
 export interface ImageStatus {
-  /** Digest of the image's root (index or manifest). */
+  /** Digest of the image's root (index or manifest); '' when containerd could not be asked. */
   digest: string
   /** Every name this node holds the root under (`registry/repo:tag`, or `registry/repo@digest`). */
   names: string[]
@@ -50,6 +50,8 @@ export interface DaemonStatus {
   /** Number of images in containerd. */
   images: number
   imageList: ImageStatus[]
+  /** False when containerd could not be asked: imageList is then what state sync last advertised. */
+  imagesFromContainerd: boolean
   advertisedKeys: number
   pendingProvides: number
   /** Mirror requests since start by source. */

@@ -107,6 +107,7 @@ export class StatusCollector {
       peers,
       images: images?.length ?? state.images().length,
       imageList: imageList(images, state),
+      imagesFromContainerd: images !== undefined,
       advertisedKeys: router.advertisedCount(),
       pendingProvides: router.pendingProvides(),
       requests: { local: t.local, peer: t.peer, miss: t.miss },
@@ -208,8 +209,17 @@ export class StatusCollector {
   }
 }
 
-/** Images grouped by root digest, each with every name it is held under. */
+/**
+ * Images grouped by root digest, each with every name it is held under. Without containerd's list (it is
+ * down), the names state sync last advertised, digests unknown.
+ */
 function imageList(images: Image[] | undefined, state: StatusStateSync): ImageStatus[] {
+  if (images === undefined) {
+    return state
+      .images()
+      .map((i) => ({ digest: '', names: [i.name], keys: i.keys, advertised: i.keys > 0 }))
+      .sort((a, b) => (a.names[0] ?? '').localeCompare(b.names[0] ?? ''))
+  }
   const keysByName = new Map(state.images().map((i) => [i.name, i.keys]))
   const byDigest = new Map<string, ImageStatus>()
   for (const image of images ?? []) {

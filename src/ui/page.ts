@@ -102,7 +102,10 @@ function images(s: DaemonStatus): string {
     ) => `<tr><td class="wrap">${i.names.map((n) => esc(n)).join('<br>')}</td><td title="${esc(i.digest)}"><code>${esc(shortDigest(i.digest))}</code></td>
 <td>${i.advertised ? badge(true, `advertised · ${i.keys} keys`) : badge(false, 'not advertised', true)}</td></tr>`,
   )
-  return `<section id="images" class="wide"><h2>Images held (${s.images})</h2>
+  const stale = s.imagesFromContainerd
+    ? ''
+    : `<p>${badge(false, 'containerd unreachable', true)} <span class="muted">what this node advertised last:</span></p>`
+  return `<section id="images" class="wide"><h2>Images held (${s.images})</h2>${stale}
 ${rows.length === 0 ? '<p class="muted">containerd holds no image in this namespace.</p>' : `<table><tr><th>names (tags)</th><th>digest</th><th>advertised</th></tr>${rows.join('')}</table>`}</section>`
 }
 

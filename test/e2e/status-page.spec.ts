@@ -213,4 +213,40 @@ describe('e2e: status page, CLI and metrics on a 2-node cluster', () => {
     const missing = [...used].filter((n) => !exposed.has(n))
     expect(missing).toEqual([])
   })
+
+  it('containerd stops on B: the page, /status and the gauge say so and why; it comes back on its own', async () => {
+    await b.containerd.stop()
+    try {
+      const down = await waitFor(
+        async () => {
+          const st = await b.kagami.status()
+          return st.containerd.connected ? undefined : st
+        },
+        { timeoutMs: 20_000, what: "B's status to show containerd disconnected" },
+      )
+      expect(down.ready).toBe(false)
+      expect(down.notReady.join(' ')).toMatch(/containerd is not connected/)
+      expect(await scrape(b)).toMatch(/^kagami_containerd_connected 0$/m)
+      const page = await browser!.newPage({ viewport: { width: 1280, height: 900 } })
+      try {
+        await page.goto(`${b.kagami.mirrorUrl}/ui`)
+        const header = await page.locator('header').textContent()
+        expect(header).toContain('NOT READY')
+        expect(header).toContain('containerd DISCONNECTED')
+        await expect(page.locator('#node .reasons').textContent()).resolves.toMatch(/containerd/)
+        // the images it last advertised are still listed, marked as such
+        await expect(page.locator('#images').textContent()).resolves.toContain(ref)
+        await expect(page.locator('#images').textContent()).resolves.toContain('containerd unreachable')
+        await page.screenshot({ path: join(ARTIFACTS, 'status-page-containerd-down.png') })
+      } finally {
+        await page.close()
+      }
+    } finally {
+      await b.containerd.restart()
+    }
+    await waitFor(async () => (await b.kagami.status()).containerd.connected || undefined, {
+      timeoutMs: 20_000,
+      what: 'B to reconnect to containerd',
+    })
+  }, 60_000)
 })
