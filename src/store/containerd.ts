@@ -40,6 +40,7 @@ export interface ContainerdStoreInit {
 // flow-control window in containerd-client.ts). Memory stays bounded by that window, not by the call size.
 const GRPC_READ_CHUNK = 64 * 1024 * 1024
 const FILE_HIGH_WATER_MARK = 4 * 1024 * 1024
+const FILE_READS_RECHECK_MS = 1000
 
 /** Maps gRPC failures to Store errors; NOT_FOUND is normal traffic, UNAVAILABLE means containerd is down. */
 function mapError(err: unknown, what: string): Error {
@@ -84,6 +85,7 @@ export class ContainerdStore implements Store {
   /** Media types learned from descriptors while walking images; containerd's Info does not carry them. */
   private readonly mediaTypes = new Map<Digest, string>()
   private fileReads: boolean | undefined
+  private fileReadsCheckedAt = 0
   private closed = false
 
   constructor(
@@ -94,21 +96,27 @@ export class ContainerdStore implements Store {
     this.client = new ContainerdClient(init.address, init.namespace)
   }
 
+  /**
+   * Whether blobs can be read from files. Decided again while the answer is no: on a brand-new node the
+   * content dir appears only with the first content containerd stores, and a daemon that started before
+   * then must not stay on the ~7× slower gRPC path. A yes is final (the dir is never removed under us).
+   */
   private async canReadFiles(): Promise<boolean> {
-    if (this.fileReads === undefined) {
-      if (this.init.contentDir === undefined) this.fileReads = false
-      else {
-        this.fileReads = await access(
-          join(this.init.contentDir, 'blobs', 'sha256'),
-          constants.R_OK | constants.X_OK,
-        ).then(
-          () => true,
-          () => false,
-        )
-        this.log.info({ contentDir: this.init.contentDir, fileReads: this.fileReads }, 'content read path')
-      }
-    }
-    return this.fileReads
+    if (this.fileReads === true || this.init.contentDir === undefined) return this.fileReads === true
+    const now = performance.now()
+    if (this.fileReads === false && now - this.fileReadsCheckedAt < FILE_READS_RECHECK_MS) return false
+    this.fileReadsCheckedAt = now
+    const readable = await access(
+      join(this.init.contentDir, 'blobs', 'sha256'),
+      constants.R_OK | constants.X_OK,
+    ).then(
+      () => true,
+      () => false,
+    )
+    if (readable !== this.fileReads)
+      this.log.info({ contentDir: this.init.contentDir, fileReads: readable }, 'content read path')
+    this.fileReads = readable
+    return readable
   }
 
   private blobPath(digest: Digest): string {
