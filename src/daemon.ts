@@ -134,7 +134,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
         ? `http://${config.peerAdvertiseAddress}`
         : `http://${advertisedPeerHost(config)}:${peerPort}`
 
-    const privateKey = await loadOrCreateIdentity(config.stateDir)
+    const privateKey = await loadOrCreateIdentity(config.stateDir, logger)
     const router = kadDhtRouter(
       { logger, metrics },
       {
