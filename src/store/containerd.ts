@@ -10,6 +10,7 @@ import {
   type Digest,
   digestHex,
   formatReference,
+  isDigest,
   parseDigest,
   parseReference,
   type Reference,
@@ -17,7 +18,7 @@ import {
 import { ContainerdClient, type PbEnvelope, type PbImage } from './containerd-client.js'
 import { NotFoundError, StoreUnavailableError } from './errors.js'
 import { resolveRange } from './range.js'
-import type { AbortOptions, ContentInfo, Image, ReadOptions, Store, StoreEvent } from './store.js'
+import type { AbortOptions, ContentInfo, Image, Ingest, ReadOptions, Store, StoreEvent } from './store.js'
 import { walkImage } from './walk.js'
 
 export interface ContainerdStoreComponents {
@@ -282,10 +283,7 @@ export class ContainerdStore implements Store {
     )
   }
 
-  /** Downloads containerd has in flight (`ctr content active`): ref, expected digest, offset and total. */
-  async ingests(
-    options: AbortOptions = {},
-  ): Promise<{ ref: string; expected: string; offset: number; total: number }[]> {
+  async ingests(options: AbortOptions = {}): Promise<Ingest[]> {
     try {
       const res = await this.client.unary(
         this.client.content.ListStatuses,
@@ -293,9 +291,26 @@ export class ContainerdStore implements Store {
         { filters: [] },
         options.signal,
       )
-      return res.statuses
+      const out: Ingest[] = []
+      for (const s of res.statuses) {
+        // containerd 1.6 keeps the expected digest only while the writer is open; pulls name their ingests
+        // `<kind>-sha256:<hex>` (remotes.MakeRefKey), which says it too
+        const expected = isDigest(s.expected) ? s.expected : /sha256:[0-9a-f]{64}$/.exec(s.ref)?.[0]
+        if (expected === undefined || !isDigest(expected)) continue
+        out.push({ ref: s.ref, expected, offsetBytes: s.offset, totalBytes: s.total })
+      }
+      return out
     } catch (err) {
       throw mapError(err, 'ingests')
+    }
+  }
+
+  async abortIngest(ref: string, options: AbortOptions = {}): Promise<void> {
+    try {
+      await this.client.unary(this.client.content.Abort, this.client.content, { ref }, options.signal)
+    } catch (err) {
+      const mapped = mapError(err, `ingest ${ref}`)
+      if (mapped.name !== 'NotFoundError') throw mapped
     }
   }
 

@@ -1,3 +1,4 @@
+import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import pino from 'pino'
 import { describe, expect, it } from 'vitest'
@@ -8,6 +9,7 @@ import { type StoreFixture, storeConformance } from '../conformance/store.js'
 import {
   buildImage,
   pushImage,
+  run,
   startContainerd,
   startRegistry,
   tempDir,
@@ -69,6 +71,15 @@ function containerdFixture(init: { fileReads: boolean }) {
       async deleteImage(name) {
         await containerd.removeImage(real(name))
       },
+      async startIngest(ref, partial, totalBytes, expected) {
+        // `ctr content ingest` with a short stdin fails at commit and leaves the partial ingest behind
+        const file = join(hosts.path, 'partial')
+        await writeFile(file, partial)
+        await run('sh', [
+          '-c',
+          `ctr --address ${containerd.address} -n ${containerd.namespace} content ingest --expected-size ${totalBytes} --expected-digest ${expected} ${ref} < ${file} || true`,
+        ])
+      },
       restartBackend: () => containerd.restart(),
       async teardown() {
         await store.close()
@@ -83,6 +94,8 @@ function containerdFixture(init: { fileReads: boolean }) {
 function bind(store: ContainerdStore) {
   return {
     stat: store.stat.bind(store),
+    ingests: store.ingests.bind(store),
+    abortIngest: store.abortIngest.bind(store),
     read: store.read.bind(store),
     close: store.close.bind(store),
   }
