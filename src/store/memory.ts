@@ -47,6 +47,15 @@ export class MemoryStore implements Store {
     return digest
   }
 
+  /** Synchronous checks for test fixtures. */
+  holds(digest: Digest): boolean {
+    return this.blobs.has(digest)
+  }
+
+  hasImage(name: string): boolean {
+    return this.imageMap.has(formatReference(parseReference(name)))
+  }
+
   removeContent(digest: Digest): void {
     this.blobs.delete(digest)
   }
