@@ -38,11 +38,21 @@ const multiaddrString = z.string().refine((v) => {
   }
 }, 'a multiaddr, e.g. /ip4/0.0.0.0/tcp/30022')
 
-/** A static multiaddr (`/ip4/…/tcp/…/p2p/…`) or `dns:<name>:<port>` (all A records of name). */
-const bootstrapEntry = z.union([
-  z.string().regex(/^dns:[A-Za-z0-9.-]+:\d{1,5}$/, 'dns:<name>:<port>'),
-  multiaddrString,
-])
+/** A static multiaddr (`/ip4/…/tcp/…/p2p/…`) or `dns:<name>:<port>` (all addresses of name). */
+const bootstrapEntry = z
+  .string()
+  .regex(/^(dns:[A-Za-z0-9.-]+:\d{1,5}|\/.+)$/, 'a multiaddr or dns:<name>:<port>')
+  .superRefine((v, ctx) => {
+    if (!v.startsWith('dns:')) {
+      if (!multiaddrString.safeParse(v).success)
+        ctx.addIssue({ code: 'custom', message: 'a multiaddr or dns:<name>:<port>' })
+      return
+    }
+    const m = /^dns:[A-Za-z0-9.-]+:(\d{1,5})$/.exec(v)
+    if (m === null) ctx.addIssue({ code: 'custom', message: 'dns:<name>:<port>' })
+    else if (Number(m[1]) < 1 || Number(m[1]) > 65535)
+      ctx.addIssue({ code: 'custom', message: 'dns:<name>:<port> with a port from 1 to 65535' })
+  })
 
 const registryUrl = z
   .string()

@@ -9,9 +9,11 @@ import { loadOrCreateIdentity } from './identity.js'
 import { repositoryFilter } from './filter.js'
 import { RegistryMetrics, registerNodeGauges } from './registry/metrics.js'
 import { createMirror } from './registry/mirror.js'
+import { CorruptReports } from './registry/corrupt-report.js'
 import { createPeerServer } from './registry/peer.js'
 import { kadDhtRouter } from './routing/kad-dht.js'
-import { stateSync } from './state.js'
+import type { RoutingKey } from './routing/keys.js'
+import { type StateSync, stateSync } from './state.js'
 import { containerdStore } from './store/containerd.js'
 import type { Store } from './store/store.js'
 import { StatusCollector } from './ui/collect.js'
@@ -111,7 +113,23 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     started.push({ name: 'store', stop: () => store.close() })
     await checkStore(store, config)
 
-    const peerServer = createPeerServer({ store, logger, metrics: registryMetrics, filter })
+    // The servers answer only with what state sync advertises; it starts after the router, which needs the
+    // peer endpoint's URL, so until then they answer nothing locally.
+    let state: StateSync | undefined = undefined
+    const advertises = (key: RoutingKey): boolean => state?.advertises(key) ?? false
+    const reports = new CorruptReports({
+      store,
+      logger,
+      onCorrupt: (digest) => void state?.quarantine(digest),
+    })
+    const peerServer = createPeerServer({
+      store,
+      advertises,
+      reports,
+      logger,
+      metrics: registryMetrics,
+      filter,
+    })
     // the mirror listens on 127.0.0.1 only; Prometheus scrapes the node address
     peerServer.get('/metrics', async (_req, reply) =>
       reply.type(metrics.contentType).send(await metrics.metrics()),
@@ -124,7 +142,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
         ? `http://${config.peerAdvertiseAddress}`
         : `http://${advertisedPeerHost(config)}:${peerPort}`
 
-    const privateKey = await loadOrCreateIdentity(config.stateDir)
+    const privateKey = await loadOrCreateIdentity(config.stateDir, logger)
     const router = kadDhtRouter(
       { logger, metrics },
       {
@@ -148,15 +166,16 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
       pendingProvides: () => router.pendingProvides(),
     })
 
-    const state = stateSync(
+    const sync = stateSync(
       { store, router, logger },
       { resyncIntervalMs: config.resyncInterval, include: config.include, exclude: config.exclude },
     )
-    await state.start()
-    started.push({ name: 'state sync', stop: () => state.stop() })
+    state = sync
+    await sync.start()
+    started.push({ name: 'state sync', stop: () => sync.stop() })
 
     const mirror = createMirror(
-      { store, router, logger, metrics: registryMetrics, filter },
+      { store, advertises, router, logger, metrics: registryMetrics, filter },
       {
         resolveTimeoutMs: config.resolveTimeout,
         peerHeadersTimeoutMs: config.peerHeadersTimeout,
@@ -178,7 +197,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
         {
           router,
           store,
-          state,
+          state: sync,
           activity: registryMetrics.activity,
           containerdConnected: () => store.connected(),
         },

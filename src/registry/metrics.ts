@@ -14,6 +14,7 @@ export const PEER_FAILURE_REASONS = [
   'DeadlineExceededError',
   'DigestMismatchError',
   'ManifestNotAcceptableError',
+  'RangeNotSatisfiableError',
   'AbortError',
 ] as const
 

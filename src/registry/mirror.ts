@@ -3,12 +3,14 @@ import type { Logger } from 'pino'
 import type { RepositoryFilter } from '../filter.js'
 import type { Router } from '../routing/router.js'
 import type { Store } from '../store/store.js'
+import type { Advertises } from './local.js'
 import type { RegistryMetrics } from './metrics.js'
 import { PeerFetcher } from './peers.js'
 import { createRegistryServer } from './server.js'
 
 export interface MirrorComponents {
   store: Store
+  advertises: Advertises
   router: Router
   logger: Logger
   metrics: RegistryMetrics
@@ -26,7 +28,12 @@ export interface MirrorInit {
 /** The mirror containerd asks (bind it to 127.0.0.1): local content, then peers, then a fast 404. */
 export function createMirror(components: MirrorComponents, init: MirrorInit): FastifyInstance {
   const peers = new PeerFetcher(
-    { router: components.router, logger: components.logger, metrics: components.metrics },
+    {
+      router: components.router,
+      store: components.store,
+      logger: components.logger,
+      metrics: components.metrics,
+    },
     init,
   )
   return createRegistryServer({ ...components, peers }, { server: 'mirror' })
