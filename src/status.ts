@@ -45,8 +45,10 @@ export interface DaemonStatus {
   /** Things an operator should know that do not make the node unready (e.g. no peers). */
   warnings: string[]
   containerd: { connected: boolean; address: string; namespace: string }
-  /** Connected peers first, then recently disconnected ones. */
+  /** Connected peers (harness and scripts wait on `peers.length`). */
   peers: PeerStatus[]
+  /** Peers seen since start that are no longer connected, most recent first. */
+  gonePeers: PeerStatus[]
   /** Number of images in containerd. */
   images: number
   imageList: ImageStatus[]
@@ -167,17 +169,18 @@ export function formatStatus(s: DaemonStatus): string {
     `bytes served:    ${formatBytes(s.bytesServed.local)} local, ${formatBytes(s.bytesServed.peer)} from peers`,
     `served to peers: ${s.servedToPeers.requests} requests, ${formatBytes(s.servedToPeers.bytes)}`,
     ...s.warnings.map((w) => `warning:         ${w}`),
-    `peers (${s.peers.filter((p) => p.connected).length} connected):`,
-    ...s.peers.filter((p) => p.connected).map((p) => `  ${p.id}  ${p.url}`),
+    `peers (${s.peers.length} connected, ${s.gonePeers.length} gone):`,
+    ...s.peers.map((p) => `  ${p.id}  ${p.url}`),
   ]
   return lines.join('\n')
 }
 
 export function formatPeers(s: DaemonStatus, nowMs: number = Date.now()): string {
-  if (s.peers.length === 0) return 'no peers seen since start'
+  const all = [...s.peers, ...s.gonePeers]
+  if (all.length === 0) return 'no peers seen since start'
   return table([
     ['PEER', 'ADDRESS', 'STATE', 'LAST SEEN', 'KEYS', 'FETCHED FROM', 'LAST FETCH'],
-    ...s.peers.map((p) => [
+    ...all.map((p) => [
       p.id,
       p.url,
       p.connected ? 'connected' : 'gone',

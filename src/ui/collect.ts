@@ -85,6 +85,7 @@ export class StatusCollector {
       }
     })
     const connectedPeers = peers.filter((p) => p.connected).length
+    const gonePeers = peers.filter((p) => !p.connected).slice(0, 50)
     const notReady = this.notReady()
     const warnings: string[] = []
     if (connectedPeers === 0 && this.init.bootstrap.length > 0)
@@ -104,7 +105,8 @@ export class StatusCollector {
         address: this.init.containerdAddress,
         namespace: this.init.containerdNamespace,
       },
-      peers,
+      peers: peers.filter((p) => p.connected),
+      gonePeers,
       images: images?.length ?? state.images().length,
       imageList: imageList(images, state),
       imagesFromContainerd: images !== undefined,

@@ -58,7 +58,7 @@ button{font:inherit;padding:5px 12px}.chart{margin:0 0 8px}.chart figcaption{fon
 `
 
 function node(s: DaemonStatus): string {
-  const connected = s.peers.filter((p) => p.connected).length
+  const connected = s.peers.length
   return `<section id="node"><h2>This node</h2><dl>
 <dt>peer id</dt><dd><code>${esc(s.peerId)}</code></dd>
 <dt>version</dt><dd>${esc(s.version)}</dd>
@@ -86,12 +86,12 @@ function traffic(s: DaemonStatus): string {
 }
 
 function peers(s: DaemonStatus, now: number): string {
-  const rows = s.peers.map(
+  const rows = [...s.peers, ...s.gonePeers].map(
     (p) => `<tr><td title="${esc(p.id)}"><code>${esc(short(p.id))}</code></td><td>${esc(p.url)}</td>
 <td>${p.connected ? badge(true, 'connected') : badge(false, 'gone', true)}</td><td>${esc(formatAgo(p.lastSeen, now))}</td>
 <td>${p.keys}</td><td>${esc(formatBytes(p.bytesFrom))} <span class="muted">/ ${p.requestsFrom} req</span></td><td>${esc(formatAgo(p.lastFetchAt, now))}</td></tr>`,
   )
-  return `<section id="peers" class="wide"><h2>Peers (${s.peers.filter((p) => p.connected).length} connected)</h2>
+  return `<section id="peers" class="wide"><h2>Peers (${s.peers.length} connected${s.gonePeers.length > 0 ? `, ${s.gonePeers.length} gone` : ''})</h2>
 ${rows.length === 0 ? '<p class="muted">No peer seen since start.</p>' : `<table><tr><th>peer</th><th>address</th><th>state</th><th>last seen</th><th>keys</th><th>fetched from it</th><th>last fetch</th></tr>${rows.join('')}</table>`}</section>`
 }
 
@@ -169,7 +169,7 @@ export function renderLive(s: DaemonStatus, now: number = Date.now()): string {
 }
 
 function header(s: DaemonStatus): string {
-  const connected = s.peers.filter((p) => p.connected).length
+  const connected = s.peers.length
   return `<h1>kagami</h1><span>node <code title="${esc(s.peerId)}">${esc(short(s.peerId))}</code></span>
 ${s.ready ? badge(true, 'READY') : badge(false, 'NOT READY')}
 ${badge(s.containerd.connected, s.containerd.connected ? 'containerd connected' : 'containerd DISCONNECTED')}

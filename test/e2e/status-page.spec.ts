@@ -1,4 +1,4 @@
-import { mkdir } from 'node:fs/promises'
+import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { type Browser, chromium } from 'playwright-core'
@@ -166,6 +166,10 @@ describe('e2e: status page, CLI and metrics on a 2-node cluster', () => {
       await fetch(`${b.kagami.mirrorUrl}/ui`)
     }
     const after = await scrape(b)
+    // kept as artifacts: what a Prometheus scrape of each node looks like after a peer pull
+    await mkdir(ARTIFACTS, { recursive: true })
+    await writeFile(join(ARTIFACTS, 'metrics-b.txt'), after)
+    await writeFile(join(ARTIFACTS, 'metrics-a.txt'), await scrape(a))
     const sumRequests = (text: string): number =>
       text
         .split('\n')
@@ -248,5 +252,22 @@ describe('e2e: status page, CLI and metrics on a 2-node cluster', () => {
       timeoutMs: 20_000,
       what: 'B to reconnect to containerd',
     })
+  }, 60_000)
+
+  it("A's kagami stops: B lists it as gone, says it is isolated, and kagami_peers drops to 0", async () => {
+    const aId = (await a.kagami.status()).peerId
+    await a.kagami.stop()
+    const st = await waitFor(
+      async () => {
+        const s = await b.kagami.status()
+        return s.gonePeers.some((p) => p.id === aId) ? s : undefined
+      },
+      { timeoutMs: 20_000, what: 'B to see A gone' },
+    )
+    expect(st.peers).toEqual([])
+    expect(st.warnings.join(' ')).toMatch(/isolated/)
+    expect(await scrape(b)).toMatch(/^kagami_peers 0$/m)
+    const peers = await kagamiCli(['status', '--mirror-address', b.kagami.mirrorAddress, '--peers'])
+    expect(peers.split('\n').find((l) => l.startsWith(aId))).toMatch(/ gone /)
   }, 60_000)
 })

@@ -112,6 +112,7 @@ describe('status page and CLI formatting', () => {
         lastFetchAt: 0,
       },
     ],
+    gonePeers: [],
     images: 1,
     imageList: [
       { digest: 'sha256:' + 'b'.repeat(64), names: ['docker.io/library/x:"1"'], keys: 4, advertised: true },
