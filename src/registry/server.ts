@@ -92,34 +92,26 @@ export function createRegistryServer(
     forceCloseConnections: false,
   })
 
-  // Per request: when it started and when its first byte went out (TTFB), kept off the request object.
-  const timing = new WeakMap<FastifyRequest, { startMs: number; firstByteMs?: number }>()
+  // Per request: when it started, when its first byte went out (TTFB), whether it was counted.
+  const timing = new WeakMap<FastifyRequest, { startMs: number; firstByteMs?: number; done: boolean }>()
 
-  app.addHook('onRequest', async (request, reply) => {
-    // Probes, scrapes and the status page are not registry traffic: no counters, no "recent requests".
-    if (NOT_REGISTRY_TRAFFIC.test(request.url)) return
-    metrics.inflight.inc({ server: init.server })
-    metrics.activity.begin(request, {
-      server: init.server,
-      method: request.method,
-      path: request.url.slice(0, 300),
-    })
-    request.kagami = { kind: 'other' }
-    const t: { startMs: number; firstByteMs?: number } = { startMs: performance.now() }
-    timing.set(request, t)
-    onFirstWrite(reply, () => (t.firstByteMs = performance.now()))
-  })
-
-  app.addHook('onResponse', async (request, reply) => {
+  /**
+   * Counts and logs one finished request, once. fastify's onResponse runs on 'finish' only; a client that
+   * goes away mid-body (containerd cancelling a pull) ends with 'close' alone, so that path calls this too:
+   * otherwise the in-flight gauge and the status page's in-flight list would keep it forever.
+   */
+  const finished = (request: FastifyRequest, reply: FastifyReply): void => {
     const k = request.kagami
-    if (k === undefined) return
+    const t = timing.get(request)
+    if (k === undefined || t === undefined || t.done) return
+    t.done = true
     metrics.inflight.dec({ server: init.server })
     metrics.activity.end(request)
+    const complete = reply.raw.writableFinished
     const source = k.source ?? (reply.statusCode === 404 ? 'miss' : undefined)
-    const t = timing.get(request)
     // bytes count only for a body that went out whole (an aborted or failed stream sent less)
-    const bytes =
-      request.method === 'GET' && reply.statusCode < 300 && reply.raw.writableFinished ? (k.bytes ?? 0) : 0
+    const bytes = request.method === 'GET' && reply.statusCode < 300 && complete ? (k.bytes ?? 0) : 0
+    const durationMs = performance.now() - t.startMs
     metrics.observe({
       server: init.server,
       kind: k.kind,
@@ -131,8 +123,8 @@ export function createRegistryServer(
       repository: REPOSITORY_IN_PATH.exec(request.url)?.[1],
       peer: k.peer,
       bytes,
-      durationSeconds: reply.elapsedTime / 1000,
-      ttfbSeconds: t?.firstByteMs !== undefined ? Math.max(0, t.firstByteMs - t.startMs) / 1000 : undefined,
+      durationSeconds: durationMs / 1000,
+      ttfbSeconds: t.firstByteMs !== undefined ? Math.max(0, t.firstByteMs - t.startMs) / 1000 : undefined,
       remoteAddress: request.socket?.remoteAddress,
     })
     const line = {
@@ -143,12 +135,34 @@ export function createRegistryServer(
       digest: k.digest,
       peer: k.peer,
       bytes: k.bytes,
-      durationMs: Math.round(reply.elapsedTime * 10) / 10,
+      durationMs: Math.round(durationMs * 10) / 10,
+      ...(complete ? {} : { aborted: true }),
     }
     // A miss is normal traffic (containerd falls through), so it logs at debug.
-    if (source === 'miss' || reply.statusCode < 400) request.log.debug(line, 'request')
+    if (source === 'miss' || (reply.statusCode < 400 && complete)) request.log.debug(line, 'request')
     else request.log.info(line, 'request')
+  }
+
+  app.addHook('onRequest', async (request, reply) => {
+    // Probes, scrapes and the status page are not registry traffic: no counters, no "recent requests".
+    if (NOT_REGISTRY_TRAFFIC.test(request.url)) return
+    metrics.inflight.inc({ server: init.server })
+    metrics.activity.begin(request, {
+      server: init.server,
+      method: request.method,
+      path: request.url.slice(0, 300),
+    })
+    request.kagami = { kind: 'other' }
+    const t: { startMs: number; firstByteMs?: number; done: boolean } = {
+      startMs: performance.now(),
+      done: false,
+    }
+    timing.set(request, t)
+    onFirstWrite(reply, () => (t.firstByteMs = performance.now()))
+    reply.raw.once('close', () => finished(request, reply))
   })
+
+  app.addHook('onResponse', async (request, reply) => finished(request, reply))
 
   app.setErrorHandler((err, request, reply) => {
     const target =

@@ -50,7 +50,8 @@ export function registerStatusRoutes(
       .type('text/html; charset=utf-8')
       .header('cache-control', 'no-store')
       .header('x-content-type-options', 'nosniff')
-    if (query(request, 'live') === '1') return reply.send(renderLiveDocument(status))
+    if (query(request, 'live') === '1')
+      return reply.header('content-security-policy', "default-src 'none'").send(renderLiveDocument(status))
     const q = query(request, 'q')
     const holders =
       q === '' ? undefined : await collector.holders(q, { signal: AbortSignal.timeout(timeoutMs) })
