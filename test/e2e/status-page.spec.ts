@@ -155,6 +155,8 @@ describe('e2e: status page, CLI and metrics on a 2-node cluster', () => {
     const summary = await kagamiCli(['status', '--mirror-address', b.kagami.mirrorAddress])
     expect(summary).toMatch(/ready:\s+yes/)
     expect(summary).toMatch(/containerd:\s+connected/)
+    await mkdir(ARTIFACTS, { recursive: true })
+    await writeFile(join(ARTIFACTS, 'kagami-status.txt'), [summary, peers, out].join('\n\n'))
   })
 
   it('metrics: peer traffic with the registry label, histograms by source, probes not counted', async () => {
