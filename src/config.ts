@@ -115,6 +115,16 @@ export const runSchema = z
     reprovideInterval: duration.prefault('15m').describe('how often provider records are refreshed'),
     recordValidity: duration.prefault('20m').describe('how long a provider record stays valid'),
     stateDir: z.string().min(1).default('/var/lib/kagami').describe('persistent state (libp2p identity)'),
+    pskFile: z
+      .string()
+      .default('')
+      .describe(
+        'private-network key shared by the cluster (64 hex chars or a libp2p swarm.key); empty = open network, for development only',
+      ),
+    peerAuth: z
+      .enum(['required', 'off'])
+      .default('required')
+      .describe('peer endpoint requests must be signed by a connected member; off only for benchmarks'),
     logLevel: z
       .enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal'])
       .default('info')

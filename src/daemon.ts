@@ -5,13 +5,16 @@ import { pino, type Logger } from 'pino'
 import { collectDefaultMetrics, Registry } from 'prom-client'
 import type { CliIo } from './cli.js'
 import type { RunConfig } from './config.js'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { loadOrCreateIdentity } from './identity.js'
+import { PeerAuth } from './trust/peer-auth.js'
+import { loadPsk } from './trust/psk.js'
 import { repositoryFilter } from './filter.js'
 import { RegistryMetrics } from './registry/metrics.js'
 import { createMirror } from './registry/mirror.js'
 import { CorruptReports } from './registry/corrupt-report.js'
 import { createPeerServer } from './registry/peer.js'
-import { kadDhtRouter } from './routing/kad-dht.js'
+import { type KadDhtRouter, kadDhtRouter } from './routing/kad-dht.js'
 import type { RoutingKey } from './routing/keys.js'
 import { type StateSync, stateSync } from './state.js'
 import type { DaemonStatus } from './status.js'
@@ -123,6 +126,17 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     started.push({ name: 'store', stop: () => store.close() })
     await checkStore(store, config)
 
+    const psk = config.pskFile === '' ? undefined : await loadPsk(config.pskFile)
+    if (psk === undefined)
+      logger.warn(
+        'open network: any host that reaches the p2p port can join and fetch; set --psk-file (the chart does)',
+      )
+    const privateKey = await loadOrCreateIdentity(config.stateDir, logger)
+    const self = peerIdFromPrivateKey(privateKey).toString()
+    // The router starts after the peer endpoint (it announces the endpoint's URL): until then nobody is a member.
+    let members: KadDhtRouter | undefined = undefined
+    const peerAuth = new PeerAuth({ privateKey, self, isMember: (id) => members?.isConnected(id) ?? false })
+
     // The servers answer only with what state sync advertises; it starts after the router, which needs the
     // peer endpoint's URL, so until then they answer nothing locally.
     let state: StateSync | undefined = undefined
@@ -136,6 +150,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
       store,
       advertises,
       reports,
+      auth: config.peerAuth === 'required' ? peerAuth : undefined,
       logger,
       metrics: registryMetrics,
       filter,
@@ -152,7 +167,6 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
         ? `http://${config.peerAdvertiseAddress}`
         : `http://${advertisedPeerHost(config)}:${peerPort}`
 
-    const privateKey = await loadOrCreateIdentity(config.stateDir, logger)
     const router = kadDhtRouter(
       { logger, metrics },
       {
@@ -160,6 +174,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
         peerUrl,
         bootstrap: [...config.bootstrap],
         privateKey,
+        psk,
         reprovideIntervalMs: config.reprovideInterval,
         recordValidityMs: config.recordValidity,
       },
@@ -170,6 +185,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
       throw new Error(`cannot start the DHT on --p2p-address ${config.p2pAddress}: ${(err as Error).message}`)
     }
     started.push({ name: 'router', stop: () => router.stop() })
+    members = router
 
     const sync = stateSync(
       { store, router, logger },
@@ -180,7 +196,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     started.push({ name: 'state sync', stop: () => sync.stop() })
 
     const mirror = createMirror(
-      { store, advertises, router, logger, metrics: registryMetrics, filter },
+      { store, advertises, router, signer: peerAuth, logger, metrics: registryMetrics, filter },
       {
         resolveTimeoutMs: config.resolveTimeout,
         peerHeadersTimeoutMs: config.peerHeadersTimeout,
@@ -201,6 +217,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
       return {
         peerId: router.peerId ?? '',
         peerUrl,
+        network: psk === undefined ? 'open' : 'private',
         ready: router.isReady(),
         peers: router.peers(),
         images: (await store.images({ signal: AbortSignal.timeout(2000) })).length,

@@ -14,7 +14,7 @@ import { digestKey, type RoutingKey, tagKey } from '../routing/keys.js'
 import type { Peer, Router } from '../routing/router.js'
 import type { Store } from '../store/store.js'
 import { ManifestNotAcceptableError, PeerUnavailableError } from './errors.js'
-import { reportCorrupt } from './corrupt-report.js'
+import { CORRUPT_REPORT_PATH, reportCorrupt } from './corrupt-report.js'
 import { contentHeaders, parseRangeHeader, partialHeaders } from './headers.js'
 import type { ClientRequest } from './local.js'
 import { MAX_MANIFEST_BYTES } from './local.js'
@@ -28,8 +28,18 @@ import { verifyBytes, VerifyDigest } from './verify.js'
 
 type ContentRequest = Extract<DistributionRequest, { kind: 'manifest' | 'blob' }>
 
+/** Signs requests to peer endpoints (trust/peer-auth.ts). */
+export interface RequestSigner {
+  sign(method: string, path: string, audience: string): Promise<string>
+}
+
+/** Marks a request made by a kagami node; a mirror refuses such requests, so nothing is relayed twice. */
+export const HOP_HEADER = 'x-kagami-hop'
+
 export interface PeerFetcherComponents {
   router: Router
+  /** Without it, requests go unsigned (peers that require auth answer 401). */
+  signer?: RequestSigner
   /** This node's containerd: the size a pull expects comes from its download in progress. */
   store: Store
   logger: Logger
@@ -155,7 +165,10 @@ export class PeerFetcher {
     this.suspects.add(digest, peer.id)
     this.components.metrics.peerFailures.inc({ reason: err.name })
     this.log.warn({ peer: peer.id, url: peer.url, digest, err: err.message }, 'peer sent corrupt content')
-    void reportCorrupt(peer, digest, { signal: AbortSignal.timeout(REPORT_TIMEOUT_MS) })
+    const signal = AbortSignal.timeout(REPORT_TIMEOUT_MS)
+    void this.signed(peer, `${CORRUPT_REPORT_PATH}${digest}`, 'POST')
+      .then((headers) => reportCorrupt(peer, digest, { headers: { ...headers, [HOP_HEADER]: '1' }, signal }))
+      .catch(() => undefined)
   }
 
   /** The size containerd expects for a blob it is pulling now (its ingest), if it says so in time. */
@@ -188,15 +201,25 @@ export class PeerFetcher {
       readBufferBytes?: number
     },
   ): Promise<PeerResponse> {
-    return peerRequest(peer, {
-      ...init,
-      path,
-      headersTimeoutMs: this.init.peerHeadersTimeoutMs,
-      bodyIdleTimeoutMs: this.init.bodyIdleTimeoutMs,
-    }).then((res) => {
-      this.hedge.observe(res.latencyMs)
-      return res
-    })
+    return this.signed(peer, path, init.method)
+      .then((auth) =>
+        peerRequest(peer, {
+          ...init,
+          headers: { ...init.headers, ...auth, [HOP_HEADER]: '1' },
+          path,
+          headersTimeoutMs: this.init.peerHeadersTimeoutMs,
+          bodyIdleTimeoutMs: this.init.bodyIdleTimeoutMs,
+        }),
+      )
+      .then((res) => {
+        this.hedge.observe(res.latencyMs)
+        return res
+      })
+  }
+
+  private async signed(peer: Peer, path: string, method: string): Promise<Record<string, string>> {
+    const signer = this.components.signer
+    return signer === undefined ? {} : { authorization: await signer.sign(method, path, peer.id) }
   }
 
   /** Manifests are small: fetch whole, verify against the digest asked for (or the peer's digest for a tag). */
