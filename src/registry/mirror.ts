@@ -39,7 +39,12 @@ export function createMirror(components: MirrorComponents, init: MirrorInit): Fa
     },
     init,
   )
-  const app = createRegistryServer({ ...components, peers }, { server: 'mirror' })
+  // containerd pulls a few layers at a time per image: generous limits, separate from the peer endpoint's,
+  // so a saturated peer endpoint never starves the node's own pulls
+  const app = createRegistryServer(
+    { ...components, peers },
+    { server: 'mirror', maxDownloads: 64, maxConnections: 1024 },
+  )
   // A peer URL pointing at a mirror (ours or another node's) must not turn one request into a chain.
   app.addHook('onRequest', async (request, reply) => {
     if (request.headers[HOP_HEADER] === undefined) return
