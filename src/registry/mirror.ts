@@ -25,6 +25,8 @@ export interface MirrorInit {
   peerHeadersTimeoutMs: number
   bodyIdleTimeoutMs: number
   hedgeDelayMs?: number
+  floorBytesPerSecond?: number
+  floorWindowMs?: number
 }
 
 /** The mirror containerd asks (bind it to 127.0.0.1): local content, then peers, then a fast 404. */

@@ -55,6 +55,9 @@ export interface PeerFetcherInit {
   hedgeDelayMs?: number
   /** How long a peer that sent bytes failing a digest is skipped for that digest (default 30 min). */
   suspectTtlMs?: number
+  /** Throughput floor for a peer body (default 1 MiB/s over 5 s of waiting, see resume.ts). */
+  floorBytesPerSecond?: number
+  floorWindowMs?: number
 }
 
 /** Budget for asking containerd which size a pull expects; without an answer the peer's length is checked by the digest alone. */
@@ -390,6 +393,8 @@ export class PeerFetcher {
       end: sizeBytes - 1,
       reopen,
       signal: client.signal,
+      floorBytesPerSecond: this.init.floorBytesPerSecond,
+      floorWindowMs: this.init.floorWindowMs,
       onResume: (from, offset, err) => {
         this.slow(from.peer, digest, err)
         this.log.warn(
