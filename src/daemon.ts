@@ -10,11 +10,14 @@ import { repositoryFilter } from './filter.js'
 import { RegistryMetrics } from './registry/metrics.js'
 import { createMirror } from './registry/mirror.js'
 import { createPeerServer } from './registry/peer.js'
+import { TagResolver } from './registry/tags.js'
 import { kadDhtRouter } from './routing/kad-dht.js'
 import { stateSync } from './state.js'
 import type { DaemonStatus } from './status.js'
 import { containerdStore } from './store/containerd.js'
 import type { Store } from './store/store.js'
+import { UpstreamClient } from './upstream/client.js'
+import { Endpoints } from './upstream/endpoints.js'
 
 /** A step of start-up that must be undone on stop, in reverse order. */
 interface Stoppable {
@@ -160,8 +163,16 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     await state.start()
     started.push({ name: 'state sync', stop: () => state.stop() })
 
+    // `--registries` gives each upstream its scheme and TLS settings; tags are asked there first.
+    const upstream = new UpstreamClient(
+      { endpoints: await Endpoints.load(config.registries), logger, metrics },
+      { tagTimeoutMs: config.upstreamTagTimeout, backoffMs: config.upstreamBackoff },
+    )
+    started.push({ name: 'upstream client', stop: async () => upstream.close() })
+    const tags = new TagResolver({ upstream, logger, metrics }, { policy: config.resolveTagsFromPeers })
+
     const mirror = createMirror(
-      { store, router, logger, metrics: registryMetrics, filter },
+      { store, router, logger, metrics: registryMetrics, filter, tags },
       {
         resolveTimeoutMs: config.resolveTimeout,
         peerHeadersTimeoutMs: config.peerHeadersTimeout,

@@ -6,6 +6,7 @@ import type { Store } from '../store/store.js'
 import type { RegistryMetrics } from './metrics.js'
 import { PeerFetcher } from './peers.js'
 import { createRegistryServer } from './server.js'
+import type { TagResolver } from './tags.js'
 
 export interface MirrorComponents {
   store: Store
@@ -13,6 +14,8 @@ export interface MirrorComponents {
   logger: Logger
   metrics: RegistryMetrics
   filter?: RepositoryFilter
+  /** Tags resolve upstream first when present; without it a tag is served as local or peers have it. */
+  tags?: TagResolver
 }
 
 export interface MirrorInit {

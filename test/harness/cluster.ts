@@ -20,8 +20,13 @@ export interface Cluster {
 
 export interface StartClusterInit {
   names: string[]
-  /** Registry URLs `kagami configure` writes hosts.toml for (upstream as `server`). */
+  /**
+   * Registry URLs `kagami configure` writes hosts.toml for (upstream as `server`), also passed to
+   * `kagami run --registries` as the chart does (scheme and TLS for asking upstream about tags).
+   */
   registries: string[]
+  /** Extra `kagami run` flags for every node. */
+  extraArgs?: string[]
   logLevel?: string
   env?: NodeJS.ProcessEnv
   /** Wait until each node sees this many peers (default: all others). */
@@ -56,6 +61,7 @@ export async function startCluster(init: StartClusterInit): Promise<Cluster> {
         p2pPort: ports[i],
         logLevel: init.logLevel,
         env: init.env,
+        extraArgs: [...init.registries.flatMap((r) => ['--registries', r]), ...(init.extraArgs ?? [])],
       })
       node.hostsDir = join(dir.path, `certs.d-${name}`)
       await kagamiCli([
