@@ -259,3 +259,16 @@ describe('upstream client: https with the CA or insecure setting of the registry
     c.close()
   })
 })
+
+// Leak check: every server this file opens (registries, token server, mirrors, stubs) is closed again.
+// Counted by listening servers only: keep-alive client pools may hold sockets for a few seconds.
+const servers = (): number => process.getActiveResourcesInfo().filter((r) => r === 'TCPServerWrap').length
+let serversBefore = 0
+beforeAll(() => {
+  serversBefore = servers()
+})
+afterAll(async () => {
+  const deadline = Date.now() + 5_000
+  while (servers() > serversBefore && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+  expect(servers()).toBe(serversBefore)
+})
