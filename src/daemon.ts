@@ -4,7 +4,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { pino, type Logger } from 'pino'
 import { collectDefaultMetrics, Registry } from 'prom-client'
 import type { CliIo } from './cli.js'
-import type { RunConfig } from './config.js'
+import { ConfigError, type RunConfig } from './config.js'
 import { loadOrCreateIdentity } from './identity.js'
 import { repositoryFilter } from './filter.js'
 import { RegistryMetrics } from './registry/metrics.js'
@@ -113,6 +113,14 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
   }
 
   try {
+    // `--registries` first: a bad CA file is a config error, reported before anything starts
+    const endpoints = await Endpoints.load(config.registries).catch((err: Error) => {
+      throw err.name === 'UpstreamConfigError'
+        ? new ConfigError(`invalid --registries (KAGAMI_REGISTRIES): ${err.message}`)
+        : err
+    })
+    started.push({ name: 'upstream endpoints', stop: async () => endpoints.close() })
+
     const store = containerdStore(
       { logger },
       {
@@ -165,10 +173,9 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
 
     // `--registries` gives each upstream its scheme and TLS settings; tags are asked there first.
     const upstream = new UpstreamClient(
-      { endpoints: await Endpoints.load(config.registries), logger, metrics },
+      { endpoints, logger, metrics },
       { tagTimeoutMs: config.upstreamTagTimeout, backoffMs: config.upstreamBackoff },
     )
-    started.push({ name: 'upstream client', stop: async () => upstream.close() })
     const tags = new TagResolver({ upstream, logger, metrics }, { policy: config.resolveTagsFromPeers })
 
     const mirror = createMirror(

@@ -7,6 +7,7 @@ import {
   type Cluster,
   type ClusterNode,
   eventually,
+  kagamiExit,
   pushImage,
   type RegistryHandle,
   startCluster,
@@ -247,4 +248,18 @@ describe('e2e: tags resolve upstream first, peers only as a fallback', () => {
       digest: images.new!.root.digest,
     })
   }, 120_000)
+})
+
+describe('kagami run --registries is read (issue #15 item 8)', () => {
+  it('an unreadable CA file of a listed registry: exit 2 naming the option, before anything starts', async () => {
+    const r = await kagamiExit([
+      'run',
+      '--registries',
+      'https://registry.corp:5000?ca=/nonexistent/corp-ca.pem',
+      '--containerd-address',
+      '/nonexistent/containerd.sock',
+    ])
+    expect(r.code).toBe(2)
+    expect(r.stderr).toMatch(/--registries .*\/nonexistent\/corp-ca\.pem/)
+  })
 })
