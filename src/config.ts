@@ -38,11 +38,21 @@ const multiaddrString = z.string().refine((v) => {
   }
 }, 'a multiaddr, e.g. /ip4/0.0.0.0/tcp/30022')
 
-/** A static multiaddr (`/ip4/…/tcp/…/p2p/…`) or `dns:<name>:<port>` (all A records of name). */
-const bootstrapEntry = z.union([
-  z.string().regex(/^dns:[A-Za-z0-9.-]+:\d{1,5}$/, 'dns:<name>:<port>'),
-  multiaddrString,
-])
+/** A static multiaddr (`/ip4/…/tcp/…/p2p/…`) or `dns:<name>:<port>` (all addresses of name). */
+const bootstrapEntry = z
+  .string()
+  .regex(/^(dns:[A-Za-z0-9.-]+:\d{1,5}|\/.+)$/, 'a multiaddr or dns:<name>:<port>')
+  .superRefine((v, ctx) => {
+    if (!v.startsWith('dns:')) {
+      if (!multiaddrString.safeParse(v).success)
+        ctx.addIssue({ code: 'custom', message: 'a multiaddr or dns:<name>:<port>' })
+      return
+    }
+    const m = /^dns:[A-Za-z0-9.-]+:(\d{1,5})$/.exec(v)
+    if (m === null) ctx.addIssue({ code: 'custom', message: 'dns:<name>:<port>' })
+    else if (Number(m[1]) < 1 || Number(m[1]) > 65535)
+      ctx.addIssue({ code: 'custom', message: 'dns:<name>:<port> with a port from 1 to 65535' })
+  })
 
 // `?ca=<file>` and `?insecure=true` carry a registry's TLS settings for `run` (src/upstream/endpoints.ts).
 const registryUrl = z
@@ -123,6 +133,16 @@ export const runSchema = z
     reprovideInterval: duration.prefault('15m').describe('how often provider records are refreshed'),
     recordValidity: duration.prefault('20m').describe('how long a provider record stays valid'),
     stateDir: z.string().min(1).default('/var/lib/kagami').describe('persistent state (libp2p identity)'),
+    pskFile: z
+      .string()
+      .default('')
+      .describe(
+        'private-network key shared by the cluster (64 hex chars or a libp2p swarm.key); empty = open network, for development only',
+      ),
+    peerAuth: z
+      .enum(['required', 'off'])
+      .default('required')
+      .describe('peer endpoint requests must be signed by a connected member; off only for benchmarks'),
     logLevel: z
       .enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal'])
       .default('info')

@@ -5,14 +5,19 @@ import { pino, type Logger } from 'pino'
 import { collectDefaultMetrics, Registry } from 'prom-client'
 import type { CliIo } from './cli.js'
 import { ConfigError, type RunConfig } from './config.js'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { loadOrCreateIdentity } from './identity.js'
+import { PeerAuth } from './trust/peer-auth.js'
+import { loadPsk } from './trust/psk.js'
 import { repositoryFilter } from './filter.js'
 import { RegistryMetrics } from './registry/metrics.js'
 import { createMirror } from './registry/mirror.js'
+import { CorruptReports } from './registry/corrupt-report.js'
 import { createPeerServer } from './registry/peer.js'
 import { TagResolver } from './registry/tags.js'
-import { kadDhtRouter } from './routing/kad-dht.js'
-import { stateSync } from './state.js'
+import { type KadDhtRouter, kadDhtRouter } from './routing/kad-dht.js'
+import type { RoutingKey } from './routing/keys.js'
+import { type StateSync, stateSync } from './state.js'
 import type { DaemonStatus } from './status.js'
 import { containerdStore } from './store/containerd.js'
 import type { Store } from './store/store.js'
@@ -132,7 +137,35 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     started.push({ name: 'store', stop: () => store.close() })
     await checkStore(store, config)
 
-    const peerServer = createPeerServer({ store, logger, metrics: registryMetrics, filter })
+    const psk = config.pskFile === '' ? undefined : await loadPsk(config.pskFile)
+    if (psk === undefined)
+      logger.warn(
+        'open network: any host that reaches the p2p port can join and fetch; set --psk-file (the chart does)',
+      )
+    const privateKey = await loadOrCreateIdentity(config.stateDir, logger)
+    const self = peerIdFromPrivateKey(privateKey).toString()
+    // The router starts after the peer endpoint (it announces the endpoint's URL): until then nobody is a member.
+    let members: KadDhtRouter | undefined = undefined
+    const peerAuth = new PeerAuth({ privateKey, self, isMember: (id) => members?.isConnected(id) ?? false })
+
+    // The servers answer only with what state sync advertises; it starts after the router, which needs the
+    // peer endpoint's URL, so until then they answer nothing locally.
+    let state: StateSync | undefined = undefined
+    const advertises = (key: RoutingKey): boolean => state?.advertises(key) ?? false
+    const reports = new CorruptReports({
+      store,
+      logger,
+      onCorrupt: (digest) => void state?.quarantine(digest),
+    })
+    const peerServer = createPeerServer({
+      store,
+      advertises,
+      reports,
+      auth: config.peerAuth === 'required' ? peerAuth : undefined,
+      logger,
+      metrics: registryMetrics,
+      filter,
+    })
     // the mirror listens on 127.0.0.1 only; Prometheus scrapes the node address
     peerServer.get('/metrics', async (_req, reply) =>
       reply.type(metrics.contentType).send(await metrics.metrics()),
@@ -145,7 +178,6 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
         ? `http://${config.peerAdvertiseAddress}`
         : `http://${advertisedPeerHost(config)}:${peerPort}`
 
-    const privateKey = await loadOrCreateIdentity(config.stateDir)
     const router = kadDhtRouter(
       { logger, metrics },
       {
@@ -153,6 +185,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
         peerUrl,
         bootstrap: [...config.bootstrap],
         privateKey,
+        psk,
         reprovideIntervalMs: config.reprovideInterval,
         recordValidityMs: config.recordValidity,
       },
@@ -163,13 +196,15 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
       throw new Error(`cannot start the DHT on --p2p-address ${config.p2pAddress}: ${(err as Error).message}`)
     }
     started.push({ name: 'router', stop: () => router.stop() })
+    members = router
 
-    const state = stateSync(
+    const sync = stateSync(
       { store, router, logger },
       { resyncIntervalMs: config.resyncInterval, include: config.include, exclude: config.exclude },
     )
-    await state.start()
-    started.push({ name: 'state sync', stop: () => state.stop() })
+    state = sync
+    await sync.start()
+    started.push({ name: 'state sync', stop: () => sync.stop() })
 
     // `--registries` gives each upstream its scheme and TLS settings; tags are asked there first.
     const upstream = new UpstreamClient(
@@ -179,7 +214,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     const tags = new TagResolver({ upstream, logger, metrics }, { policy: config.resolveTagsFromPeers })
 
     const mirror = createMirror(
-      { store, router, logger, metrics: registryMetrics, filter, tags },
+      { store, advertises, router, signer: peerAuth, logger, metrics: registryMetrics, filter, tags },
       {
         resolveTimeoutMs: config.resolveTimeout,
         peerHeadersTimeoutMs: config.peerHeadersTimeout,
@@ -200,6 +235,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
       return {
         peerId: router.peerId ?? '',
         peerUrl,
+        network: psk === undefined ? 'open' : 'private',
         ready: router.isReady(),
         peers: router.peers(),
         images: (await store.images({ signal: AbortSignal.timeout(2000) })).length,

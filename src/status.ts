@@ -4,6 +4,8 @@ import type { AbortOptions } from './store/store.js'
 export interface DaemonStatus {
   peerId: string
   peerUrl: string
+  /** `private` with a PSK; `open` means any host that reaches the p2p port can join. */
+  network: 'private' | 'open'
   ready: boolean
   peers: { id: string; url: string }[]
   images: number
@@ -31,6 +33,7 @@ export function formatStatus(s: DaemonStatus): string {
   const lines = [
     `peer id:         ${s.peerId}`,
     `peer endpoint:   ${s.peerUrl}`,
+    `network:         ${s.network === 'private' ? 'private (PSK)' : 'OPEN: no PSK, any host can join'}`,
     `ready:           ${s.ready ? 'yes' : 'no'}`,
     `uptime:          ${Math.round(s.uptimeSeconds)} s`,
     `images:          ${s.images}`,

@@ -3,13 +3,17 @@ import type { Logger } from 'pino'
 import type { RepositoryFilter } from '../filter.js'
 import type { Router } from '../routing/router.js'
 import type { Store } from '../store/store.js'
+import type { Advertises } from './local.js'
 import type { RegistryMetrics } from './metrics.js'
-import { PeerFetcher } from './peers.js'
+import { HOP_HEADER, PeerFetcher, type RequestSigner } from './peers.js'
 import { createRegistryServer } from './server.js'
 import type { TagResolver } from './tags.js'
 
 export interface MirrorComponents {
   store: Store
+  /** Signs requests to peers; peers that require auth refuse unsigned ones. */
+  signer?: RequestSigner
+  advertises: Advertises
   router: Router
   logger: Logger
   metrics: RegistryMetrics
@@ -29,8 +33,23 @@ export interface MirrorInit {
 /** The mirror containerd asks (bind it to 127.0.0.1): local content, then peers, then a fast 404. */
 export function createMirror(components: MirrorComponents, init: MirrorInit): FastifyInstance {
   const peers = new PeerFetcher(
-    { router: components.router, logger: components.logger, metrics: components.metrics },
+    {
+      router: components.router,
+      store: components.store,
+      signer: components.signer,
+      logger: components.logger,
+      metrics: components.metrics,
+    },
     init,
   )
-  return createRegistryServer({ ...components, peers }, { server: 'mirror' })
+  const app = createRegistryServer({ ...components, peers }, { server: 'mirror' })
+  // A peer URL pointing at a mirror (ours or another node's) must not turn one request into a chain.
+  app.addHook('onRequest', async (request, reply) => {
+    if (request.headers[HOP_HEADER] === undefined) return
+    return reply
+      .code(403)
+      .type('application/json')
+      .send({ errors: [{ code: 'DENIED', message: 'a request from a kagami node is not relayed again' }] })
+  })
+  return app
 }

@@ -48,9 +48,12 @@ export function resumableBody(init: ResumeInit): Readable {
   return stream
 }
 
-/** Checks a resumed response really starts where we stopped: `Content-Range: bytes <offset>-…`. */
-export function startsAt(res: PeerResponse, offset: number): boolean {
-  if (offset === 0 && res.status === 200) return true
-  const m = /^bytes (\d+)-\d+\/(\d+|\*)$/.exec(res.headers['content-range'] ?? '')
-  return res.status === 206 && m !== null && Number(m[1]) === offset
+/**
+ * Checks a resumed response really starts where we stopped and is of the same blob size:
+ * `Content-Range: bytes <offset>-…/<size>`.
+ */
+export function startsAt(res: PeerResponse, offset: number, sizeBytes: number): boolean {
+  if (offset === 0 && res.status === 200) return Number(res.headers['content-length']) === sizeBytes
+  const m = /^bytes (\d+)-\d+\/(\d+)$/.exec(res.headers['content-range'] ?? '')
+  return res.status === 206 && m !== null && Number(m[1]) === offset && Number(m[2]) === sizeBytes
 }

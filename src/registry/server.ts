@@ -11,7 +11,7 @@ import type { RepositoryFilter } from '../filter.js'
 import { NotFoundError } from '../store/errors.js'
 import type { Store } from '../store/store.js'
 import { errorResponse, MethodNotAllowedError, type Target } from './errors.js'
-import { type ClientRequest, serveLocal } from './local.js'
+import { type Advertises, type ClientRequest, serveLocal } from './local.js'
 import type { RegistryMetrics, Source } from './metrics.js'
 import type { PeerFetcher } from './peers.js'
 import type { TagResolver } from './tags.js'
@@ -19,6 +19,8 @@ import { BLOB_BUFFER_BYTES, type Served } from './served.js'
 
 export interface RegistryServerComponents {
   store: Store
+  /** What this node advertises: the only local content either server answers with. */
+  advertises: Advertises
   logger: Logger
   metrics: RegistryMetrics
   /** Present on the mirror only: the peer endpoint never asks peers (no request loops). */
@@ -63,7 +65,7 @@ export function createRegistryServer(
   components: RegistryServerComponents,
   init: RegistryServerInit,
 ): FastifyInstance {
-  const { store, metrics, peers, filter, tags } = components
+  const { store, advertises, metrics, peers, filter, tags } = components
   const app = fastify({
     loggerInstance: components.logger.child({ component: init.server }) as FastifyBaseLogger,
     // one summary line per request is written in onResponse instead of fastify's two
@@ -176,7 +178,7 @@ export function createRegistryServer(
         : { req, peers: true }
     let served: Served | undefined
     try {
-      served = await serveLocal(store, route.req, client)
+      served = await serveLocal(store, advertises, route.req, client)
     } catch (err) {
       const name = (err as Error).name
       // Not here: ask peers (mirror only). Range and bad-input errors are the client's and are final.

@@ -22,7 +22,7 @@ import {
   startRegistry,
   tempDir,
 } from '../harness/index.js'
-import { listen, sha } from './fixtures.js'
+import { advertisedBy, listen, sha } from './fixtures.js'
 
 const ACCEPT = 'application/vnd.oci.image.manifest.v1+json'
 
@@ -63,6 +63,7 @@ describe('mirror: tag policy against a real registry', () => {
     await seed(peerStore, current, `${registry.host}/team/app:other`)
     const peer = createPeerServer({
       store: peerStore,
+      advertises: advertisedBy(peerStore),
       logger: pino({ level: 'silent' }),
       metrics: new RegistryMetrics(new Registry()),
     })
@@ -98,6 +99,7 @@ describe('mirror: tag policy against a real registry', () => {
     const app: FastifyInstance = createMirror(
       {
         store,
+        advertises: advertisedBy(store),
         router,
         logger,
         metrics: new RegistryMetrics(metrics),

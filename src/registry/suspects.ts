@@ -1,0 +1,30 @@
+/**
+ * Peers that sent bytes failing a digest, remembered per digest for a while so that lookups skip them: a
+ * corrupt copy on one node must not fail every pull while a good copy exists elsewhere. Bounded: the oldest
+ * entry goes first.
+ */
+export class SuspectPeers {
+  /** `digest peer` → when the mark expires */
+  private readonly until = new Map<string, number>()
+
+  constructor(private readonly init: { ttlMs: number; maxEntries: number }) {}
+
+  add(digest: string, peer: string): void {
+    const key = `${digest} ${peer}`
+    this.until.delete(key)
+    if (this.until.size >= this.init.maxEntries) {
+      const oldest = this.until.keys().next().value
+      if (oldest !== undefined) this.until.delete(oldest)
+    }
+    this.until.set(key, Date.now() + this.init.ttlMs)
+  }
+
+  has(digest: string, peer: string): boolean {
+    const key = `${digest} ${peer}`
+    const until = this.until.get(key)
+    if (until === undefined) return false
+    if (until > Date.now()) return true
+    this.until.delete(key)
+    return false
+  }
+}
