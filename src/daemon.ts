@@ -4,7 +4,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { pino, type Logger } from 'pino'
 import { collectDefaultMetrics, Registry } from 'prom-client'
 import type { CliIo } from './cli.js'
-import type { RunConfig } from './config.js'
+import { ConfigError, type RunConfig } from './config.js'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { loadOrCreateIdentity } from './identity.js'
 import { PeerAuth } from './trust/peer-auth.js'
@@ -14,12 +14,15 @@ import { RegistryMetrics } from './registry/metrics.js'
 import { createMirror } from './registry/mirror.js'
 import { CorruptReports } from './registry/corrupt-report.js'
 import { createPeerServer } from './registry/peer.js'
+import { TagResolver } from './registry/tags.js'
 import { type KadDhtRouter, kadDhtRouter } from './routing/kad-dht.js'
 import type { RoutingKey } from './routing/keys.js'
 import { type StateSync, stateSync } from './state.js'
 import type { DaemonStatus } from './status.js'
 import { containerdStore } from './store/containerd.js'
 import type { Store } from './store/store.js'
+import { UpstreamClient } from './upstream/client.js'
+import { Endpoints } from './upstream/endpoints.js'
 
 /** A step of start-up that must be undone on stop, in reverse order. */
 interface Stoppable {
@@ -115,6 +118,14 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
   }
 
   try {
+    // `--registries` first: a bad CA file is a config error, reported before anything starts
+    const endpoints = await Endpoints.load(config.registries).catch((err: Error) => {
+      throw err.name === 'UpstreamConfigError'
+        ? new ConfigError(`invalid --registries (KAGAMI_REGISTRIES): ${err.message}`)
+        : err
+    })
+    started.push({ name: 'upstream endpoints', stop: async () => endpoints.close() })
+
     const store = containerdStore(
       { logger },
       {
@@ -195,8 +206,15 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     await sync.start()
     started.push({ name: 'state sync', stop: () => sync.stop() })
 
+    // `--registries` gives each upstream its scheme and TLS settings; tags are asked there first.
+    const upstream = new UpstreamClient(
+      { endpoints, logger, metrics },
+      { tagTimeoutMs: config.upstreamTagTimeout, backoffMs: config.upstreamBackoff },
+    )
+    const tags = new TagResolver({ upstream, logger, metrics }, { policy: config.resolveTagsFromPeers })
+
     const mirror = createMirror(
-      { store, advertises, router, signer: peerAuth, logger, metrics: registryMetrics, filter },
+      { store, advertises, router, signer: peerAuth, logger, metrics: registryMetrics, filter, tags },
       {
         resolveTimeoutMs: config.resolveTimeout,
         peerHeadersTimeoutMs: config.peerHeadersTimeout,

@@ -7,6 +7,7 @@ import type { Advertises } from './local.js'
 import type { RegistryMetrics } from './metrics.js'
 import { HOP_HEADER, PeerFetcher, type RequestSigner } from './peers.js'
 import { createRegistryServer } from './server.js'
+import type { TagResolver } from './tags.js'
 
 export interface MirrorComponents {
   store: Store
@@ -17,6 +18,8 @@ export interface MirrorComponents {
   logger: Logger
   metrics: RegistryMetrics
   filter?: RepositoryFilter
+  /** Tags resolve upstream first when present; without it a tag is served as local or peers have it. */
+  tags?: TagResolver
 }
 
 export interface MirrorInit {

@@ -14,6 +14,7 @@ import { errorResponse, MethodNotAllowedError, type Target } from './errors.js'
 import { type Advertises, type ClientRequest, serveLocal } from './local.js'
 import type { RegistryMetrics, Source } from './metrics.js'
 import type { PeerFetcher } from './peers.js'
+import type { TagResolver } from './tags.js'
 import { BLOB_BUFFER_BYTES, type Served } from './served.js'
 
 export interface RegistryServerComponents {
@@ -25,6 +26,8 @@ export interface RegistryServerComponents {
   /** Present on the mirror only: the peer endpoint never asks peers (no request loops). */
   peers?: PeerFetcher
   filter?: RepositoryFilter
+  /** Mirror only: resolves tags upstream first (tags.ts). */
+  tags?: TagResolver
 }
 
 export interface RegistryServerInit {
@@ -71,7 +74,7 @@ export function createRegistryServer(
   components: RegistryServerComponents,
   init: RegistryServerInit,
 ): FastifyInstance {
-  const { store, advertises, metrics, peers, filter } = components
+  const { store, advertises, metrics, peers, filter, tags } = components
   const app = fastify({
     loggerInstance: components.logger.child({ component: init.server }) as FastifyBaseLogger,
     // one summary line per request is written in onResponse instead of fastify's two
@@ -194,9 +197,14 @@ export function createRegistryServer(
       range: typeof request.headers.range === 'string' ? request.headers.range : undefined,
       signal: requestSignal(reply),
     }
+    // A tag asks upstream first; it may come back as a by-digest request, or as local-only (tags.ts).
+    const route =
+      tags !== undefined && req.kind === 'manifest'
+        ? await tags.route(req, { ...client, authorization: request.headers.authorization })
+        : { req, peers: true }
     let served: Served | undefined
     try {
-      served = await serveLocal(store, advertises, req, client)
+      served = await serveLocal(store, advertises, route.req, client)
     } catch (err) {
       const name = (err as Error).name
       // Not here: ask peers (mirror only). Range and bad-input errors are the client's and are final.
@@ -206,9 +214,9 @@ export function createRegistryServer(
         name !== 'ManifestNotAcceptableError'
       )
         throw err
-      if (peers === undefined) throw err
+      if (peers === undefined || !route.peers) throw err
     }
-    served ??= await peers?.fetch(req, client)
+    served ??= await peers?.fetch(route.req, client)
     if (served === undefined)
       throw new NotFoundError(`${req.kind} ${ref} not found on this node or its peers`)
     if (served.body !== undefined && !Buffer.isBuffer(served.body)) {

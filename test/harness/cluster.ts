@@ -24,7 +24,10 @@ export interface Cluster {
 
 export interface StartClusterInit {
   names: string[]
-  /** Registry URLs `kagami configure` writes hosts.toml for (upstream as `server`). */
+  /**
+   * Registry URLs `kagami configure` writes hosts.toml for (upstream as `server`), also passed to
+   * `kagami run --registries` as the chart does (scheme and TLS for asking upstream about tags).
+   */
   registries: string[]
   logLevel?: string
   env?: NodeJS.ProcessEnv
@@ -68,7 +71,11 @@ export async function startCluster(init: StartClusterInit): Promise<Cluster> {
         p2pPort: ports[i],
         logLevel: init.logLevel,
         env: init.env,
-        extraArgs: [...(pskFile !== '' ? ['--psk-file', pskFile] : []), ...(init.extraArgs?.(name) ?? [])],
+        extraArgs: [
+          ...(pskFile !== '' ? ['--psk-file', pskFile] : []),
+          ...init.registries.flatMap((r) => ['--registries', r]),
+          ...(init.extraArgs?.(name) ?? []),
+        ],
       })
       node.hostsDir = join(dir.path, `certs.d-${name}`)
       await kagamiCli([
