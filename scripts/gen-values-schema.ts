@@ -23,7 +23,8 @@ export function valuesSchema(): unknown {
     type: 'object',
     properties: {
       config: { ...config, description: 'kagami run settings (camelCase flag names); see src/config.ts' },
-      registries: { type: 'array', items: { type: 'string', pattern: '^https?://[^/\\s]+/?$' } },
+      // the same entries as `config.registries` (the chart passes this list to both configure and run)
+      registries: (config.properties as Record<string, unknown>).registries,
       allRegistries: { type: 'boolean' },
       ports: {
         type: 'object',

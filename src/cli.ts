@@ -107,6 +107,14 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
     })
 
   program
+    .command('psk')
+    .description('print a new random private-network key (64 hex characters) for --psk-file')
+    .action(async () => {
+      const { generatePsk } = await import('./trust/psk.js')
+      io.stdout(generatePsk())
+    })
+
+  program
     .command('status')
     .description("show a running daemon's readiness, peers, images, hits and misses (as its /ui page does)")
     .option('--mirror-address <host:port>', 'address of the mirror', '127.0.0.1:30020')

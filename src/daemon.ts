@@ -4,14 +4,18 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { pino, type Logger } from 'pino'
 import { collectDefaultMetrics, Registry } from 'prom-client'
 import type { CliIo } from './cli.js'
-import type { RunConfig } from './config.js'
+import { ConfigError, type RunConfig } from './config.js'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { loadOrCreateIdentity } from './identity.js'
+import { PeerAuth } from './trust/peer-auth.js'
+import { loadPsk } from './trust/psk.js'
 import { repositoryFilter } from './filter.js'
 import { RegistryMetrics, registerNodeGauges } from './registry/metrics.js'
 import { createMirror } from './registry/mirror.js'
 import { CorruptReports } from './registry/corrupt-report.js'
 import { createPeerServer } from './registry/peer.js'
-import { kadDhtRouter } from './routing/kad-dht.js'
+import { TagResolver } from './registry/tags.js'
+import { type KadDhtRouter, kadDhtRouter } from './routing/kad-dht.js'
 import type { RoutingKey } from './routing/keys.js'
 import { type StateSync, stateSync } from './state.js'
 import { containerdStore } from './store/containerd.js'
@@ -19,6 +23,8 @@ import type { Store } from './store/store.js'
 import { StatusCollector } from './ui/collect.js'
 import { registerStatusRoutes } from './ui/routes.js'
 import { VERSION } from './version.js'
+import { UpstreamClient } from './upstream/client.js'
+import { Endpoints } from './upstream/endpoints.js'
 
 /** A step of start-up that must be undone on stop, in reverse order. */
 interface Stoppable {
@@ -102,6 +108,14 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
   }
 
   try {
+    // `--registries` first: a bad CA file is a config error, reported before anything starts
+    const endpoints = await Endpoints.load(config.registries).catch((err: Error) => {
+      throw err.name === 'UpstreamConfigError'
+        ? new ConfigError(`invalid --registries (KAGAMI_REGISTRIES): ${err.message}`)
+        : err
+    })
+    started.push({ name: 'upstream endpoints', stop: async () => endpoints.close() })
+
     const store = containerdStore(
       { logger },
       {
@@ -112,6 +126,17 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     )
     started.push({ name: 'store', stop: () => store.close() })
     await checkStore(store, config)
+
+    const psk = config.pskFile === '' ? undefined : await loadPsk(config.pskFile)
+    if (psk === undefined)
+      logger.warn(
+        'open network: any host that reaches the p2p port can join and fetch; set --psk-file (the chart does)',
+      )
+    const privateKey = await loadOrCreateIdentity(config.stateDir, logger)
+    const self = peerIdFromPrivateKey(privateKey).toString()
+    // The router starts after the peer endpoint (it announces the endpoint's URL): until then nobody is a member.
+    let members: KadDhtRouter | undefined = undefined
+    const peerAuth = new PeerAuth({ privateKey, self, isMember: (id) => members?.isConnected(id) ?? false })
 
     // The servers answer only with what state sync advertises; it starts after the router, which needs the
     // peer endpoint's URL, so until then they answer nothing locally.
@@ -126,6 +151,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
       store,
       advertises,
       reports,
+      auth: config.peerAuth === 'required' ? peerAuth : undefined,
       logger,
       metrics: registryMetrics,
       filter,
@@ -142,7 +168,6 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
         ? `http://${config.peerAdvertiseAddress}`
         : `http://${advertisedPeerHost(config)}:${peerPort}`
 
-    const privateKey = await loadOrCreateIdentity(config.stateDir, logger)
     const router = kadDhtRouter(
       { logger, metrics },
       {
@@ -150,6 +175,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
         peerUrl,
         bootstrap: [...config.bootstrap],
         privateKey,
+        psk,
         reprovideIntervalMs: config.reprovideInterval,
         recordValidityMs: config.recordValidity,
       },
@@ -160,6 +186,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
       throw new Error(`cannot start the DHT on --p2p-address ${config.p2pAddress}: ${(err as Error).message}`)
     }
     started.push({ name: 'router', stop: () => router.stop() })
+    members = router
 
     registerNodeGauges(metrics, {
       containerdConnected: () => store.connected(),
@@ -174,8 +201,15 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     await sync.start()
     started.push({ name: 'state sync', stop: () => sync.stop() })
 
+    // `--registries` gives each upstream its scheme and TLS settings; tags are asked there first.
+    const upstream = new UpstreamClient(
+      { endpoints, logger, metrics },
+      { tagTimeoutMs: config.upstreamTagTimeout, backoffMs: config.upstreamBackoff },
+    )
+    const tags = new TagResolver({ upstream, logger, metrics }, { policy: config.resolveTagsFromPeers })
+
     const mirror = createMirror(
-      { store, advertises, router, logger, metrics: registryMetrics, filter },
+      { store, advertises, router, signer: peerAuth, logger, metrics: registryMetrics, filter, tags },
       {
         resolveTimeoutMs: config.resolveTimeout,
         peerHeadersTimeoutMs: config.peerHeadersTimeout,
@@ -204,6 +238,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
         {
           peerUrl,
           version: VERSION,
+          network: psk === undefined ? 'open' : 'private',
           startedAt,
           containerdAddress: config.containerdAddress,
           containerdNamespace: config.containerdNamespace,

@@ -36,6 +36,8 @@ export interface DaemonStatus {
   peerId: string
   peerUrl: string
   version: string
+  /** `private` with a PSK; `open` means any host that reaches the p2p port can join. */
+  network: 'private' | 'open'
   /** Unix ms. */
   startedAt: number
   uptimeSeconds: number
@@ -160,6 +162,7 @@ export function formatStatus(s: DaemonStatus): string {
     `peer id:         ${s.peerId}`,
     `version:         ${s.version}`,
     `peer endpoint:   ${s.peerUrl}`,
+    `network:         ${s.network === 'private' ? 'private (PSK)' : 'OPEN: no PSK, any host can join'}`,
     `ready:           ${s.ready ? 'yes' : `no (${s.notReady.join('; ')})`}`,
     `containerd:      ${s.containerd.connected ? 'connected' : 'NOT connected'} (${s.containerd.address}, namespace ${s.containerd.namespace})`,
     `uptime:          ${formatDuration(s.uptimeSeconds)}`,

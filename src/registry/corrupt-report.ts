@@ -15,13 +15,13 @@ export const CORRUPT_REPORT_PATH = '/kagami/v1/corrupt/'
 export async function reportCorrupt(
   peer: Peer,
   digest: Digest,
-  options: { signal: AbortSignal },
+  options: { signal: AbortSignal; headers?: Record<string, string> },
 ): Promise<void> {
   await new Promise<void>((resolve) => {
     const req = request(`${peer.url}${CORRUPT_REPORT_PATH}${digest}`, {
       method: 'POST',
       signal: options.signal,
-      headers: { 'content-length': '0' },
+      headers: { ...options.headers, 'content-length': '0' },
     })
     req.on('response', (res) => {
       res.resume()

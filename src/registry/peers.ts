@@ -14,7 +14,7 @@ import { digestKey, type RoutingKey, tagKey } from '../routing/keys.js'
 import type { Peer, Router } from '../routing/router.js'
 import type { Store } from '../store/store.js'
 import { ManifestNotAcceptableError, PeerUnavailableError } from './errors.js'
-import { reportCorrupt } from './corrupt-report.js'
+import { CORRUPT_REPORT_PATH, reportCorrupt } from './corrupt-report.js'
 import { contentHeaders, parseRangeHeader, partialHeaders } from './headers.js'
 import type { ClientRequest } from './local.js'
 import { MAX_MANIFEST_BYTES } from './local.js'
@@ -28,8 +28,18 @@ import { verifyBytes, VerifyDigest } from './verify.js'
 
 type ContentRequest = Extract<DistributionRequest, { kind: 'manifest' | 'blob' }>
 
+/** Signs requests to peer endpoints (trust/peer-auth.ts). */
+export interface RequestSigner {
+  sign(method: string, path: string, audience: string): Promise<string>
+}
+
+/** Marks a request made by a kagami node; a mirror refuses such requests, so nothing is relayed twice. */
+export const HOP_HEADER = 'x-kagami-hop'
+
 export interface PeerFetcherComponents {
   router: Router
+  /** Without it, requests go unsigned (peers that require auth answer 401). */
+  signer?: RequestSigner
   /** This node's containerd: the size a pull expects comes from its download in progress. */
   store: Store
   logger: Logger
@@ -45,10 +55,15 @@ export interface PeerFetcherInit {
   hedgeDelayMs?: number
   /** How long a peer that sent bytes failing a digest is skipped for that digest (default 30 min). */
   suspectTtlMs?: number
+  /** Throughput floor for a peer body (default 1 MiB/s over 5 s of waiting, see resume.ts). */
+  floorBytesPerSecond?: number
+  floorWindowMs?: number
 }
 
 /** Budget for asking containerd which size a pull expects; without an answer the peer's length is checked by the digest alone. */
 const EXPECTED_SIZE_TIMEOUT_MS = 250
+/** How long a peer that trickled a blob is skipped for that blob. */
+const SLOW_PEER_TTL_MS = 60_000
 /** Budget for telling a peer its copy failed verification (fire and forget). */
 const REPORT_TIMEOUT_MS = 2000
 
@@ -155,7 +170,17 @@ export class PeerFetcher {
     this.suspects.add(digest, peer.id)
     this.components.metrics.peerFailures.inc({ reason: err.name })
     this.log.warn({ peer: peer.id, url: peer.url, digest, err: err.message }, 'peer sent corrupt content')
-    void reportCorrupt(peer, digest, { signal: AbortSignal.timeout(REPORT_TIMEOUT_MS) })
+    const signal = AbortSignal.timeout(REPORT_TIMEOUT_MS)
+    void this.signed(peer, `${CORRUPT_REPORT_PATH}${digest}`, 'POST')
+      .then((headers) => reportCorrupt(peer, digest, { headers: { ...headers, [HOP_HEADER]: '1' }, signal }))
+      .catch(() => undefined)
+  }
+
+  /** A peer too slow for a digest is skipped for it a while, so containerd's retry goes elsewhere or upstream. */
+  private slow(peer: Peer, digest: Digest, err: unknown): void {
+    if ((err as Error).name !== 'PeerTooSlowError') return
+    this.suspects.add(digest, peer.id, SLOW_PEER_TTL_MS)
+    this.components.metrics.peerFailures.inc({ reason: 'PeerTooSlowError' })
   }
 
   /** The size containerd expects for a blob it is pulling now (its ingest), if it says so in time. */
@@ -188,15 +213,25 @@ export class PeerFetcher {
       readBufferBytes?: number
     },
   ): Promise<PeerResponse> {
-    return peerRequest(peer, {
-      ...init,
-      path,
-      headersTimeoutMs: this.init.peerHeadersTimeoutMs,
-      bodyIdleTimeoutMs: this.init.bodyIdleTimeoutMs,
-    }).then((res) => {
-      this.hedge.observe(res.latencyMs)
-      return res
-    })
+    return this.signed(peer, path, init.method)
+      .then((auth) =>
+        peerRequest(peer, {
+          ...init,
+          headers: { ...init.headers, ...auth, [HOP_HEADER]: '1' },
+          path,
+          headersTimeoutMs: this.init.peerHeadersTimeoutMs,
+          bodyIdleTimeoutMs: this.init.bodyIdleTimeoutMs,
+        }),
+      )
+      .then((res) => {
+        this.hedge.observe(res.latencyMs)
+        return res
+      })
+  }
+
+  private async signed(peer: Peer, path: string, method: string): Promise<Record<string, string>> {
+    const signer = this.components.signer
+    return signer === undefined ? {} : { authorization: await signer.sign(method, path, peer.id) }
   }
 
   /** Manifests are small: fetch whole, verify against the digest asked for (or the peer's digest for a tag). */
@@ -358,15 +393,20 @@ export class PeerFetcher {
       end: sizeBytes - 1,
       reopen,
       signal: client.signal,
-      onResume: (from, offset, err) =>
+      floorBytesPerSecond: this.init.floorBytesPerSecond,
+      floorWindowMs: this.init.floorWindowMs,
+      onResume: (from, offset, err) => {
+        this.slow(from.peer, digest, err)
         this.log.warn(
           { peer: from.peer.id, offset, err: (err as Error).message, digest },
           'peer body failed; resuming',
-        ),
+        )
+      },
     })
     const out = new PassThrough({ highWaterMark: BLOB_BUFFER_BYTES })
     pipeline(body, new VerifyDigest(digest, { start, end }), out)
       .catch((err: Error) => {
+        this.slow(contributors.at(-1) as Peer, digest, err)
         if (err.name !== 'DigestMismatchError') return
         for (const peer of contributors) this.corrupt(peer, digest, err)
         void this.discardDownload(digest)

@@ -14,6 +14,7 @@ import { errorResponse, MethodNotAllowedError, type Target } from './errors.js'
 import { type Advertises, type ClientRequest, serveLocal } from './local.js'
 import type { RegistryMetrics, Source } from './metrics.js'
 import type { PeerFetcher } from './peers.js'
+import type { TagResolver } from './tags.js'
 import { BLOB_BUFFER_BYTES, type Served } from './served.js'
 
 export interface RegistryServerComponents {
@@ -25,10 +26,21 @@ export interface RegistryServerComponents {
   /** Present on the mirror only: the peer endpoint never asks peers (no request loops). */
   peers?: PeerFetcher
   filter?: RepositoryFilter
+  /** Mirror only: resolves tags upstream first (tags.ts). */
+  tags?: TagResolver
 }
 
 export interface RegistryServerInit {
   server: 'mirror' | 'peer'
+  /** Blob bodies streaming at once; more get 503 + Retry-After (default 16). */
+  maxDownloads?: number
+  /** Open connections; more are refused by the kernel's accept path (default 256). */
+  maxConnections?: number
+}
+
+/** Every download slot is taken: the client should retry shortly or go elsewhere. */
+export class TooManyDownloadsError extends Error {
+  override name = 'TooManyDownloadsError'
 }
 
 declare module 'fastify' {
@@ -65,7 +77,7 @@ export function createRegistryServer(
   components: RegistryServerComponents,
   init: RegistryServerInit,
 ): FastifyInstance {
-  const { store, advertises, metrics, peers, filter } = components
+  const { store, advertises, metrics, peers, filter, tags } = components
   const app = fastify({
     loggerInstance: components.logger.child({ component: init.server }) as FastifyBaseLogger,
     // one summary line per request is written in onResponse instead of fastify's two
@@ -74,9 +86,15 @@ export function createRegistryServer(
     routerOptions: { maxParamLength: 1024 },
     bodyLimit: 1024,
     return503OnClosing: true,
+    // Hostile or broken clients: a request must arrive whole within 10 s (slowloris), a connection with no
+    // traffic for 30 s is closed (idle sockets, downloads nobody reads), keep-alive lasts 5 s.
+    requestTimeout: 10_000,
+    connectionTimeout: 30_000,
+    keepAliveTimeout: 5_000,
     // Socket write buffers sized for blobs: with Node's 16 KiB default, serving a file ran at ~0.3 GiB/s
     // here, with 4 MiB at ~1.3–1.9 GiB/s (as fast as docker-registry).
-    http: { highWaterMark: BLOB_BUFFER_BYTES },
+    // Node checks request deadlines every connectionsCheckingInterval (30 s by default): check often.
+    http: { highWaterMark: BLOB_BUFFER_BYTES, connectionsCheckingInterval: 1000 },
     // Requests Node's parser rejects (bad characters, oversized headers) still get an OCI error body.
     clientErrorHandler: (err, socket) => {
       if (socket.destroyed || !socket.writable) return
@@ -85,32 +103,31 @@ export function createRegistryServer(
       // a HEAD answer carries no body, even when the request line itself was the problem
       const head =
         (err as unknown as { rawPacket?: Buffer }).rawPacket?.subarray(0, 5).toString('latin1') === 'HEAD '
+      // then close for real: a half-closed socket of a client that never closes would keep its fd
       socket.end(
         `HTTP/1.1 ${status} Bad Request\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${head ? '' : body}`,
+        () => socket.destroy(),
       )
     },
     forceCloseConnections: false,
   })
 
-  // Per request: when it started, when its first byte went out (TTFB), whether it was counted.
-  const timing = new WeakMap<FastifyRequest, { startMs: number; firstByteMs?: number; done: boolean }>()
+  app.server.maxConnections = init.maxConnections ?? 256
+  const maxDownloads = init.maxDownloads ?? 16
+  let downloads = 0
 
-  /**
-   * Counts and logs one finished request, once. fastify's onResponse runs on 'finish' only; a client that
-   * goes away mid-body (containerd cancelling a pull) ends with 'close' alone, so that path calls this too:
-   * otherwise the in-flight gauge and the status page's in-flight list would keep it forever.
-   */
-  const finished = (request: FastifyRequest, reply: FastifyReply): void => {
+  // Per request: when it started, when its first byte went out (TTFB).
+  const timing = new WeakMap<FastifyRequest, { startMs: number; firstByteMs?: number }>()
+
+  /** Counts and logs one response, finished or aborted (the client went away mid-body). */
+  const summarize = (request: FastifyRequest, reply: FastifyReply, aborted: boolean): void => {
     const k = request.kagami
     const t = timing.get(request)
-    if (k === undefined || t === undefined || t.done) return
-    t.done = true
-    metrics.inflight.dec({ server: init.server })
+    if (k === undefined || t === undefined) return
     metrics.activity.end(request)
-    const complete = reply.raw.writableFinished
     const source = k.source ?? (reply.statusCode === 404 ? 'miss' : undefined)
     // bytes count only for a body that went out whole (an aborted or failed stream sent less)
-    const bytes = request.method === 'GET' && reply.statusCode < 300 && complete ? (k.bytes ?? 0) : 0
+    const bytes = request.method === 'GET' && reply.statusCode < 300 && !aborted ? (k.bytes ?? 0) : 0
     const durationMs = performance.now() - t.startMs
     metrics.observe({
       server: init.server,
@@ -136,10 +153,10 @@ export function createRegistryServer(
       peer: k.peer,
       bytes: k.bytes,
       durationMs: Math.round(durationMs * 10) / 10,
-      ...(complete ? {} : { aborted: true }),
+      ...(aborted ? { aborted } : {}),
     }
     // A miss is normal traffic (containerd falls through), so it logs at debug.
-    if (source === 'miss' || (reply.statusCode < 400 && complete)) request.log.debug(line, 'request')
+    if (!aborted && (source === 'miss' || reply.statusCode < 400)) request.log.debug(line, 'request')
     else request.log.info(line, 'request')
   }
 
@@ -153,16 +170,15 @@ export function createRegistryServer(
       path: request.url.slice(0, 300),
     })
     request.kagami = { kind: 'other' }
-    const t: { startMs: number; firstByteMs?: number; done: boolean } = {
-      startMs: performance.now(),
-      done: false,
-    }
+    const t: { startMs: number; firstByteMs?: number } = { startMs: performance.now() }
     timing.set(request, t)
     onFirstWrite(reply, () => (t.firstByteMs = performance.now()))
-    reply.raw.once('close', () => finished(request, reply))
+    // 'close' comes for every response, finished or aborted: the one place to count it and log it once
+    reply.raw.once('close', () => {
+      metrics.inflight.dec({ server: init.server })
+      summarize(request, reply, !reply.raw.writableFinished)
+    })
   })
-
-  app.addHook('onResponse', async (request, reply) => finished(request, reply))
 
   app.setErrorHandler((err, request, reply) => {
     const target =
@@ -213,9 +229,14 @@ export function createRegistryServer(
       range: typeof request.headers.range === 'string' ? request.headers.range : undefined,
       signal: requestSignal(reply),
     }
+    // A tag asks upstream first; it may come back as a by-digest request, or as local-only (tags.ts).
+    const route =
+      tags !== undefined && req.kind === 'manifest'
+        ? await tags.route(req, { ...client, authorization: request.headers.authorization })
+        : { req, peers: true }
     let served: Served | undefined
     try {
-      served = await serveLocal(store, advertises, req, client)
+      served = await serveLocal(store, advertises, route.req, client)
     } catch (err) {
       const name = (err as Error).name
       // Not here: ask peers (mirror only). Range and bad-input errors are the client's and are final.
@@ -225,11 +246,21 @@ export function createRegistryServer(
         name !== 'ManifestNotAcceptableError'
       )
         throw err
-      if (peers === undefined) throw err
+      if (peers === undefined || !route.peers) throw err
     }
-    served ??= await peers?.fetch(req, client)
+    served ??= await peers?.fetch(route.req, client)
     if (served === undefined)
       throw new NotFoundError(`${req.kind} ${ref} not found on this node or its peers`)
+    if (served.body !== undefined && !Buffer.isBuffer(served.body)) {
+      // a streaming body holds buffers and a file or peer connection until the client has read it all
+      if (downloads >= maxDownloads) {
+        served.body.destroy()
+        void reply.header('retry-after', '1')
+        throw new TooManyDownloadsError(`all ${maxDownloads} download slots are busy`)
+      }
+      downloads++
+      reply.raw.once('close', () => downloads--)
+    }
     Object.assign(request.kagami, { source: served.source, digest: served.digest, peer: served.peer })
     const length = Number(served.headers['content-length'])
     if (request.method === 'GET' && Number.isFinite(length)) request.kagami.bytes = length

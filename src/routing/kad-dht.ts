@@ -12,6 +12,7 @@ import { lookup } from 'node:dns/promises'
 import { setMaxListeners } from 'node:events'
 import { anySignal } from 'any-signal'
 import { noise } from '@chainsafe/libp2p-noise'
+import { preSharedKey } from '@libp2p/pnet'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify } from '@libp2p/identify'
 import type { Libp2p, PeerId, PeerInfo, PrivateKey } from '@libp2p/interface'
@@ -23,6 +24,7 @@ import { createLibp2p } from 'libp2p'
 import type { Logger } from 'pino'
 import { Gauge, type Registry } from 'prom-client'
 import type { AbortOptions } from '../store/store.js'
+import { checkPeerUrl } from '../trust/peer-url.js'
 import { KeyExchange } from './key-exchange.js'
 import { ExpiringProviderDatastore } from './provider-datastore.js'
 import { keyToCid, keyToString, type RoutingKey } from './keys.js'
@@ -60,6 +62,11 @@ export interface KadDhtRouterInit {
   version?: string
   /** Exchange key lists with connected peers (default true); false leaves lookups to the DHT alone. */
   keyExchange?: boolean
+  /**
+   * Private network key (swarm.key bytes, see trust/psk.ts): every connection is encrypted with it first, so
+   * a node without it cannot connect, learn keys or take part in the DHT. Undefined = open network.
+   */
+  psk?: Uint8Array
 }
 
 async function defaultResolveHost(name: string): Promise<string[]> {
@@ -147,6 +154,7 @@ export class KadDhtRouter implements Router {
       datastore: new ExpiringProviderDatastore(validityMs),
       addresses: { listen: this.init.listen },
       transports: [tcp()],
+      ...(this.init.psk !== undefined ? { connectionProtector: preSharedKey({ psk: this.init.psk }) } : {}),
       connectionEncrypters: [noise()],
       streamMuxers: [yamux()],
       nodeInfo: {
@@ -187,8 +195,20 @@ export class KadDhtRouter implements Router {
       await this.exchange.start()
     }
     this.node.addEventListener('peer:identify', (e) => {
-      const url = peerUrlFromAgent(e.detail.agentVersion)
-      if (url === undefined) return
+      const announced = peerUrlFromAgent(e.detail.agentVersion)
+      if (announced === undefined) return
+      // Only a URL on the IP the peer connects from: never another host, never our own endpoint.
+      const ip = e.detail.connection.remoteAddr
+        .getComponents()
+        .find((c) => c.name === 'ip4' || c.name === 'ip6')?.value
+      const url = checkPeerUrl(announced, ip)
+      if (url === undefined || url === this.init.peerUrl) {
+        this.log.warn(
+          { peer: e.detail.peerId.toString(), url: announced, remoteIp: ip },
+          'ignoring a peer endpoint URL that does not match the peer’s connection',
+        )
+        return
+      }
       const id = e.detail.peerId.toString()
       this.urls.set(id, url)
       const now = Date.now()
@@ -489,6 +509,11 @@ export class KadDhtRouter implements Router {
   /** Keys connected peers announced (tags and digests), to search by partial name. */
   knownKeys(): Iterable<string> {
     return this.exchange?.keys() ?? []
+  }
+
+  /** Whether `peerId` is connected now (with a PSK: a member of the private network). */
+  isConnected(peerId: string): boolean {
+    return this.node?.getConnections().some((c) => c.remotePeer.toString() === peerId) ?? false
   }
 
   /** Connected peers whose peer endpoint we know. */

@@ -33,6 +33,11 @@ export interface ContainerdStoreInit {
   contentDir?: string
   /** Bounded reconnect backoff for `watch` after containerd goes away. */
   reconnectMaxDelayMs?: number
+  /**
+   * Deadline for the single-item lookups on a request's path (image by name, content info): a stuck
+   * containerd must turn into a fast miss, not a 10 s wait per request (default 1 s).
+   */
+  lookupTimeoutMs?: number
   /** Bytes per gRPC Content/Read call (default 64 MiB); tests set it small to cross call boundaries. */
   grpcReadChunkBytes?: number
 }
@@ -147,6 +152,7 @@ export class ContainerdStore implements Store {
         this.client.images,
         { name },
         options.signal,
+        this.init.lookupTimeoutMs ?? 1000,
       )
       return res.image === null ? undefined : toImage(res.image)
     } catch (err) {
@@ -185,6 +191,7 @@ export class ContainerdStore implements Store {
           this.client.content,
           { digest },
           options.signal,
+          this.init.lookupTimeoutMs ?? 1000,
         )
         if (res.info === null) throw new NotFoundError(`content ${digest} not found`)
         sizeBytes = res.info.size

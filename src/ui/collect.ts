@@ -34,6 +34,7 @@ export interface StatusComponents {
 export interface StatusInit {
   peerUrl: string
   version: string
+  network: 'private' | 'open'
   startedAt: number
   containerdAddress: string
   containerdNamespace: string
@@ -88,6 +89,8 @@ export class StatusCollector {
     const gonePeers = peers.filter((p) => !p.connected).slice(0, 50)
     const notReady = this.notReady()
     const warnings: string[] = []
+    if (this.init.network === 'open')
+      warnings.push('open network: no pre-shared key, any host that reaches the p2p port can join')
     if (connectedPeers === 0 && this.init.bootstrap.length > 0)
       warnings.push('isolated: no peers connected, every request the node does not hold is a miss')
     const t = activity.totals
@@ -95,6 +98,7 @@ export class StatusCollector {
       peerId: router.peerId ?? '',
       peerUrl: this.init.peerUrl,
       version: this.init.version,
+      network: this.init.network,
       startedAt: this.init.startedAt,
       uptimeSeconds: (now - this.init.startedAt) / 1000,
       ready: notReady.length === 0,

@@ -94,6 +94,7 @@ describe('status page and CLI formatting', () => {
     peerId: '12D3KooSelf',
     peerUrl: 'http://10.0.0.1:30021',
     version: '0.1.0',
+    network: 'private',
     startedAt: 0,
     uptimeSeconds: 65,
     ready: false,
