@@ -9,8 +9,26 @@ import { runSchema } from '../src/config.js'
 
 const OUT = fileURLToPath(new URL('../charts/kagami/values.schema.json', import.meta.url))
 
+/**
+ * Settings the chart derives from other values (paths, ports, registries, the node's address): the mounts,
+ * probes and hosts.toml are built from the same values, so `config` must not override them.
+ */
+export const DERIVED_KEYS = [
+  'containerdAddress',
+  'containerdNamespace',
+  'containerdContentDir',
+  'mirrorAddress',
+  'peerAddress',
+  'peerAdvertiseAddress',
+  'p2pAddress',
+  'bootstrap',
+  'registries',
+  'stateDir',
+] as const
+
 export function valuesSchema(): unknown {
-  const config = z.toJSONSchema(runSchema.partial(), { target: 'draft-7', io: 'input' }) as Record<
+  const settable = runSchema.omit(Object.fromEntries(DERIVED_KEYS.map((k) => [k, true])) as never).partial()
+  const config = z.toJSONSchema(settable, { target: 'draft-7', io: 'input' }) as Record<
     string,
     unknown
   >
@@ -22,8 +40,15 @@ export function valuesSchema(): unknown {
     title: 'kagami chart values',
     type: 'object',
     properties: {
-      config: { ...config, description: 'kagami run settings (camelCase flag names); see src/config.ts' },
-      registries: { type: 'array', items: { type: 'string', pattern: '^https?://[^/\\s]+/?$' } },
+      config: {
+        ...config,
+        description: `kagami run settings (camelCase flag names); see src/config.ts. Derived from other values, not settable here: ${DERIVED_KEYS.join(', ')}`,
+      },
+      registries: {
+        type: 'array',
+        items: { type: 'string', pattern: '^https?://[^/\\s]+/?$' },
+        uniqueItems: true,
+      },
       allRegistries: { type: 'boolean' },
       ports: {
         type: 'object',
@@ -39,16 +64,37 @@ export function valuesSchema(): unknown {
       },
       stateDir: path,
       psk: { type: 'object', properties: { secretName: { type: 'string' }, secretKey: { type: 'string' } } },
+      configure: {
+        type: 'object',
+        properties: { enabled: { type: 'boolean' }, resources: { type: 'object' } },
+        additionalProperties: false,
+      },
       cleanup: {
         type: 'object',
         properties: {
           enabled: { type: 'boolean' },
-          kubectlImage: { type: 'string' },
           timeoutSeconds: { type: 'integer', minimum: 1 },
+        },
+        additionalProperties: false,
+      },
+      startupProbe: {
+        type: 'object',
+        properties: {
+          periodSeconds: { type: 'integer', minimum: 1 },
+          failureThreshold: { type: 'integer', minimum: 1 },
         },
       },
       serviceMonitor: { type: 'object', properties: { enabled: { type: 'boolean' } } },
     },
+    // `kagami configure` needs at least one registry (or `_default`): an empty list would put every node in
+    // Init:CrashLoopBackOff, so it is rejected at install time unless the init container is switched off.
+    if: {
+      properties: {
+        configure: { properties: { enabled: { const: true } } },
+        allRegistries: { const: false },
+      },
+    },
+    then: { properties: { registries: { minItems: 1 } }, required: ['registries'] },
   }
 }
 
