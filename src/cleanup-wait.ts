@@ -40,7 +40,11 @@ interface Pod {
   status?: { startTime?: string; conditions?: { type: string; status: string }[] }
 }
 
-async function getJson<T>(components: CleanupWaitComponents, init: CleanupWaitInit, path: string): Promise<T> {
+async function getJson<T>(
+  components: CleanupWaitComponents,
+  init: CleanupWaitInit,
+  path: string,
+): Promise<T> {
   const res = await components.fetch(`${init.apiUrl}${path}`, {
     headers: { authorization: `Bearer ${init.token}`, accept: 'application/json' },
     signal: AbortSignal.timeout(5000),
@@ -65,14 +69,19 @@ export async function waitForCleanup(
         status?: { desiredNumberScheduled?: number; observedGeneration?: number }
       }>(components, init, `/apis/apps/v1/namespaces/${ns}/daemonsets/${encodeURIComponent(init.daemonSet)}`)
       const pods = (
-        await getJson<{ items: Pod[] }>(components, init, `/api/v1/namespaces/${ns}/pods?labelSelector=${selector}`)
+        await getJson<{ items: Pod[] }>(
+          components,
+          init,
+          `/api/v1/namespaces/${ns}/pods?labelSelector=${selector}`,
+        )
       ).items
       const result: CleanupWaitResult = { done: [], skipped: [], pending: [], timedOut: false }
       for (const pod of pods) {
         const where = pod.spec?.nodeName ?? pod.metadata.name
         const ready = pod.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') === true
         if (ready) result.done.push(where)
-        else if (pod.status?.startTime === undefined && Date.now() - started >= grace) result.skipped.push(where)
+        else if (pod.status?.startTime === undefined && Date.now() - started >= grace)
+          result.skipped.push(where)
         else result.pending.push(where)
       }
       last = result

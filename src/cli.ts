@@ -119,10 +119,16 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
       const api = await inClusterApi(io.env)
       const r = await waitForCleanup(
         { fetch, log: io.stderr },
-        { ...api, namespace: flags.namespace, daemonSet: flags.daemonset, timeoutMs: Number(flags.timeout) * 1000 },
+        {
+          ...api,
+          namespace: flags.namespace,
+          daemonSet: flags.daemonset,
+          timeoutMs: Number(flags.timeout) * 1000,
+        },
       )
       io.stdout(`cleaned up on ${r.done.length} node(s)`)
-      if (r.skipped.length > 0) io.stdout(`skipped (pod never started, node not running pods): ${r.skipped.join(' ')}`)
+      if (r.skipped.length > 0)
+        io.stdout(`skipped (pod never started, node not running pods): ${r.skipped.join(' ')}`)
       if (r.timedOut) io.stdout(`gave up waiting for: ${r.pending.join(' ') || 'the DaemonSet status'}`)
     })
 

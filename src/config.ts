@@ -31,7 +31,9 @@ export const hostPort = z
   .refine((v) => Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, 'port must be 0–65535')
 
 /** A bare host: an IPv4 or (unbracketed) IPv6 address, or a DNS name, as Kubernetes' `status.hostIP` gives it. */
-const bareHost = z.string().refine((v) => isIP(v) !== 0 || /^[A-Za-z0-9.-]+$/.test(v), 'an IP address or a name')
+const bareHost = z
+  .string()
+  .refine((v) => isIP(v) !== 0 || /^[A-Za-z0-9.-]+$/.test(v), 'an IP address or a name')
 
 const multiaddrString = z.string().refine((v) => {
   try {

@@ -226,7 +226,14 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     const mirrorUrl = await listen(mirror, config.mirrorAddress, '--mirror-address')
 
     logger.info(
-      { version: VERSION, node: process.version, peerId: router.peerId, peerUrl, mirrorUrl, p2p: config.p2pAddress },
+      {
+        version: VERSION,
+        node: process.version,
+        peerId: router.peerId,
+        peerUrl,
+        mirrorUrl,
+        p2p: config.p2pAddress,
+      },
       'kagami started',
     )
     return { peerId: router.peerId ?? '', peerUrl, mirrorUrl, stop: stopAll }
