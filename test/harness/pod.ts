@@ -94,8 +94,12 @@ function nearestExisting(path: string): string {
 const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`
 
 /** The shell script that builds the pod's view inside the new mount namespace, then execs the container. */
-export function namespaceScript(mounts: PodMount[], scratch: string, etcHosts: string | undefined): string {
-  const targets = [...mounts.map((m) => m.target), ...(etcHosts !== undefined ? ['/etc/hosts'] : [])]
+export function namespaceScript(
+  mounts: PodMount[],
+  scratch: string,
+  etc: { hosts: string; nsswitch: string } | undefined,
+): string {
+  const targets = mounts.map((m) => m.target)
   // overlay the nearest existing parent of every missing path (outermost only: inner ones are inside it)
   const bases = [...new Set(targets.filter((t) => !existsSync(t)).map((t) => nearestExisting(dirname(t))))]
   const overlays = bases.filter((b) => !bases.some((o) => o !== b && (b.startsWith(`${o}/`) || o === '/')))
@@ -120,7 +124,11 @@ export function namespaceScript(mounts: PodMount[], scratch: string, etcHosts: s
     )
     if (m.readOnly) lines.push(`mount -o remount,bind,ro ${q(m.target)}`)
   }
-  if (etcHosts !== undefined) lines.push(`mount --bind ${q(etcHosts)} /etc/hosts`)
+  if (etc !== undefined)
+    lines.push(
+      `mount --bind ${q(etc.hosts)} /etc/hosts`,
+      `mount --bind ${q(etc.nsswitch)} /etc/nsswitch.conf`,
+    )
   lines.push('exec "$@"')
   return lines.join('\n')
 }
@@ -133,12 +141,14 @@ export function podArgv(container: PodContainer): string[] {
 
 async function prepare(init: PodProcessInit): Promise<{ argv: string[]; env: NodeJS.ProcessEnv }> {
   await mkdir(init.scratch, { recursive: true })
-  let hostsFile: string | undefined
+  let etc: { hosts: string; nsswitch: string } | undefined
   if (init.etcHosts !== undefined) {
-    hostsFile = join(dirname(init.scratch), `${init.container.name}-hosts`)
-    await writeFile(hostsFile, `127.0.0.1 localhost\n::1 localhost\n${init.etcHosts.join('\n')}\n`)
+    // names resolve from this file only: the stand-in for cluster DNS, and no query leaves the machine
+    etc = { hosts: `${init.scratch}.hosts`, nsswitch: `${init.scratch}.nsswitch.conf` }
+    await writeFile(etc.hosts, `127.0.0.1 localhost\n::1 localhost\n${init.etcHosts.join('\n')}\n`)
+    await writeFile(etc.nsswitch, 'hosts: files\n')
   }
-  const script = namespaceScript(podMounts(init), init.scratch, hostsFile)
+  const script = namespaceScript(podMounts(init), init.scratch, etc)
   const argv = [
     '--mount',
     '--propagation',
