@@ -28,10 +28,7 @@ export const DERIVED_KEYS = [
 
 export function valuesSchema(): unknown {
   const settable = runSchema.omit(Object.fromEntries(DERIVED_KEYS.map((k) => [k, true])) as never).partial()
-  const config = z.toJSONSchema(settable, { target: 'draft-7', io: 'input' }) as Record<
-    string,
-    unknown
-  >
+  const config = z.toJSONSchema(settable, { target: 'draft-7', io: 'input' }) as Record<string, unknown>
   delete config.$schema
   const port = { type: 'integer', minimum: 1, maximum: 65535 }
   const path = { type: 'string', minLength: 1 }
