@@ -155,9 +155,11 @@ export function createRegistryServer(
       durationMs: Math.round(durationMs * 10) / 10,
       ...(aborted ? { aborted } : {}),
     }
-    // A miss is normal traffic (containerd falls through), so it logs at debug.
-    if (!aborted && (source === 'miss' || reply.statusCode < 400)) request.log.debug(line, 'request')
-    else request.log.info(line, 'request')
+    // A miss is normal traffic (containerd falls through) and a local hit is the routine case: debug. Content
+    // fetched from a peer is what kagami is for, so the default level shows it; so do failures and aborts.
+    if (aborted || source === 'peer' || (reply.statusCode >= 400 && source !== 'miss'))
+      request.log.info(line, 'request')
+    else request.log.debug(line, 'request')
   }
 
   app.addHook('onRequest', async (request, reply) => {

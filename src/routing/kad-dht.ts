@@ -69,8 +69,9 @@ export interface KadDhtRouterInit {
   psk?: Uint8Array
 }
 
+/** Every A and AAAA record of name (IPv6-primary clusters publish the headless Service as AAAA only). */
 async function defaultResolveHost(name: string): Promise<string[]> {
-  return (await lookup(name, { all: true, family: 4 })).map((a) => a.address)
+  return (await lookup(name, { all: true, family: 0 })).map((a) => a.address)
 }
 
 /** Parses our agent version back into the peer endpoint URL. */
@@ -261,6 +262,8 @@ export class KadDhtRouter implements Router {
   }
 
   private bootstrapped = false
+  /** `dns:` bootstrap names whose last lookup failed (logged once when they fail, once when they recover). */
+  private readonly unresolved = new Set<string>()
 
   private async dialBootstrap(): Promise<void> {
     const node = this.node
@@ -274,8 +277,12 @@ export class KadDhtRouter implements Router {
           const hosts = await (this.init.resolveHost ?? defaultResolveHost)(name)
           for (const ip of hosts)
             targets.push(multiaddr(`/${ip.includes(':') ? 'ip6' : 'ip4'}/${ip}/tcp/${port}`))
+          if (this.unresolved.delete(name)) this.log.info({ name }, 'bootstrap name resolves again')
         } catch (err) {
-          this.log.debug({ err: (err as Error).message, name }, 'bootstrap name did not resolve')
+          // A wrong clusterDomain isolates the node while it reports ready: warn once per change, not per round
+          if (!this.unresolved.has(name))
+            this.log.warn({ err: (err as Error).message, name }, 'bootstrap name does not resolve')
+          this.unresolved.add(name)
         }
       } else {
         targets.push(multiaddr(entry))
