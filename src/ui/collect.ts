@@ -196,6 +196,12 @@ export class StatusCollector {
       )
     }
     await Promise.all(lookups)
+    // A tag's image is also held by nodes that have its root under another name (or by digest only).
+    if (key?.kind === 'tag' && result.digest !== undefined && isDigest(result.digest)) {
+      const seen = new Set(result.holders.map((h) => h.id))
+      for (const p of await this.lookup(digestKey(result.digest), options))
+        if (!seen.has(p.id)) result.holders.push(p)
+    }
     result.matches.sort((a, b) => a.key.localeCompare(b.key))
     return result
   }
