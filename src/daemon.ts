@@ -11,7 +11,7 @@ import { loadOrCreateIdentity } from './identity.js'
 import { PeerAuth } from './trust/peer-auth.js'
 import { loadPsk } from './trust/psk.js'
 import { repositoryFilter } from './filter.js'
-import { RegistryMetrics } from './registry/metrics.js'
+import { RegistryMetrics, registerNodeGauges } from './registry/metrics.js'
 import { createMirror } from './registry/mirror.js'
 import { CorruptReports } from './registry/corrupt-report.js'
 import { createPeerServer } from './registry/peer.js'
@@ -19,12 +19,13 @@ import { TagResolver } from './registry/tags.js'
 import { type KadDhtRouter, kadDhtRouter } from './routing/kad-dht.js'
 import type { RoutingKey } from './routing/keys.js'
 import { type StateSync, stateSync } from './state.js'
-import type { DaemonStatus } from './status.js'
 import { containerdStore } from './store/containerd.js'
-import { VERSION } from './version.js'
 import type { Store } from './store/store.js'
 import { UpstreamClient } from './upstream/client.js'
 import { Endpoints } from './upstream/endpoints.js'
+import { StatusCollector } from './ui/collect.js'
+import { registerStatusRoutes } from './ui/routes.js'
+import { VERSION } from './version.js'
 
 /** A step of start-up that must be undone on stop, in reverse order. */
 interface Stoppable {
@@ -99,18 +100,6 @@ async function checkStore(store: Store, config: RunConfig): Promise<void> {
       `cannot reach containerd at --containerd-address ${config.containerdAddress}: ${(err as Error).message}`,
     )
   }
-}
-
-/** Sums a counter's values by `source` for the mirror (what `kagami status` shows). */
-async function sumBySource(registry: Registry, name: string): Promise<Record<string, number>> {
-  const out: Record<string, number> = {}
-  const values = (await registry.getSingleMetric(name)?.get())?.values ?? []
-  for (const v of values) {
-    if (v.labels.server !== 'mirror') continue
-    const source = String(v.labels.source ?? 'none')
-    out[source] = (out[source] ?? 0) + v.value
-  }
-  return out
 }
 
 /**
@@ -221,6 +210,11 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     started.push({ name: 'router', stop: () => router.stop() })
     members = router
 
+    registerNodeGauges(metrics, {
+      containerdConnected: () => store.connected(),
+      pendingProvides: () => router.pendingProvides(),
+    })
+
     const sync = stateSync(
       { store, router, logger },
       { resyncIntervalMs: config.resyncInterval, include: config.include, exclude: config.exclude },
@@ -258,24 +252,28 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
       const ready = containerd && router.isReady()
       return reply.code(ready ? 200 : 503).send({ ready, containerd })
     })
-    mirror.get('/status', async (): Promise<DaemonStatus> => {
-      const requests = await sumBySource(metrics, 'kagami_requests_total')
-      const bytes = await sumBySource(metrics, 'kagami_bytes_served_total')
-      return {
-        peerId: router.peerId ?? '',
-        peerUrl,
-        network: psk === undefined ? 'open' : 'private',
-        ready: router.isReady(),
-        peers: router.peers(),
-        images: (await store.images({ signal: AbortSignal.timeout(2000) })).length,
-        advertisedKeys:
-          ((await metrics.getSingleMetric('kagami_advertised_keys')?.get())?.values[0]?.value as
-            number | undefined) ?? 0,
-        requests: { local: requests.local ?? 0, peer: requests.peer ?? 0, miss: requests.miss ?? 0 },
-        bytesServed: { local: bytes.local ?? 0, peer: bytes.peer ?? 0 },
-        uptimeSeconds: (Date.now() - startedAt) / 1000,
-      }
-    })
+    // /status, /status/holders and /ui: built from the components' own state, localhost only
+    registerStatusRoutes(
+      mirror,
+      new StatusCollector(
+        {
+          router,
+          store,
+          state: sync,
+          activity: registryMetrics.activity,
+          containerdConnected: () => store.connected(),
+        },
+        {
+          peerUrl,
+          network: psk === undefined ? 'open' : 'private',
+          version: VERSION,
+          startedAt,
+          containerdAddress: config.containerdAddress,
+          containerdNamespace: config.containerdNamespace,
+          bootstrap: config.bootstrap,
+        },
+      ),
+    )
     started.push({ name: 'mirror', stop: () => mirror.close() })
     const mirrorUrl = await listen(mirror, config.mirrorAddress, '--mirror-address')
 

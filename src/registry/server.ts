@@ -57,6 +57,9 @@ declare module 'fastify' {
 }
 
 const EMPTY = Buffer.alloc(0)
+/** Paths that are probes (kubelet), scrapes (Prometheus) or the status page, never registry traffic. */
+const NOT_REGISTRY_TRAFFIC = /^\/(?:healthz|readyz|metrics|status|ui|favicon\.ico)(?:[/?]|$)/
+const REPOSITORY_IN_PATH = /^\/v2\/(.+?)\/(?:manifests|blobs)\//
 const API_VERSION = { 'docker-distribution-api-version': 'registry/2.0' }
 
 function send(reply: FastifyReply, served: Served): FastifyReply {
@@ -113,24 +116,40 @@ export function createRegistryServer(
   const maxDownloads = init.maxDownloads ?? 16
   let downloads = 0
 
-  app.addHook('onRequest', async (request, reply) => {
-    metrics.inflight.inc({ server: init.server })
-    request.kagami = { kind: 'other' }
-    // 'close' comes for every response, finished or aborted: the one place to count it and log it once
-    reply.raw.once('close', () => {
-      metrics.inflight.dec({ server: init.server })
-      summarize(request, reply, !reply.raw.writableFinished)
-    })
-  })
+  // Per request: when it started, when its first byte went out (TTFB), whether it was counted.
+  const timing = new WeakMap<FastifyRequest, { startMs: number; firstByteMs?: number; done: boolean }>()
 
-  const summarize = (request: FastifyRequest, reply: FastifyReply, aborted: boolean): void => {
-    const k = request.kagami ?? { kind: 'other' }
+  /**
+   * Counts and logs one finished request, once. fastify's onResponse runs on 'finish' only; a client that
+   * goes away mid-body (containerd cancelling a pull) ends with 'close' alone, so that path calls this too:
+   * otherwise the in-flight gauge and the status page's in-flight list would keep it forever.
+   */
+  const finished = (request: FastifyRequest, reply: FastifyReply): void => {
+    const k = request.kagami
+    const t = timing.get(request)
+    if (k === undefined || t === undefined || t.done) return
+    t.done = true
+    metrics.inflight.dec({ server: init.server })
+    metrics.activity.end(request)
+    const complete = reply.raw.writableFinished
     const source = k.source ?? (reply.statusCode === 404 ? 'miss' : undefined)
-    metrics.requests.inc({
+    // bytes count only for a body that went out whole (an aborted or failed stream sent less)
+    const bytes = request.method === 'GET' && reply.statusCode < 300 && complete ? (k.bytes ?? 0) : 0
+    const durationMs = performance.now() - t.startMs
+    metrics.observe({
       server: init.server,
       kind: k.kind,
-      source: source ?? 'none',
-      status: String(reply.statusCode),
+      source,
+      status: reply.statusCode,
+      registry: k.ns,
+      method: request.method,
+      ref: k.digest,
+      repository: REPOSITORY_IN_PATH.exec(request.url)?.[1],
+      peer: k.peer,
+      bytes,
+      durationSeconds: durationMs / 1000,
+      ttfbSeconds: t.firstByteMs !== undefined ? Math.max(0, t.firstByteMs - t.startMs) / 1000 : undefined,
+      remoteAddress: request.socket?.remoteAddress,
     })
     const line = {
       method: request.method,
@@ -140,15 +159,36 @@ export function createRegistryServer(
       digest: k.digest,
       peer: k.peer,
       bytes: k.bytes,
-      durationMs: Math.round(reply.elapsedTime * 10) / 10,
-      ...(aborted ? { aborted } : {}),
+      durationMs: Math.round(durationMs * 10) / 10,
+      ...(complete ? {} : { aborted: true }),
     }
     // A miss is normal traffic (containerd falls through) and a local hit is the routine case: debug. Content
     // fetched from a peer is what kagami is for, so the default level shows it; so do failures and aborts.
-    if (aborted || source === 'peer' || (reply.statusCode >= 400 && source !== 'miss'))
+    if (!complete || source === 'peer' || (reply.statusCode >= 400 && source !== 'miss'))
       request.log.info(line, 'request')
     else request.log.debug(line, 'request')
   }
+
+  app.addHook('onRequest', async (request, reply) => {
+    // Probes, scrapes and the status page are not registry traffic: no counters, no "recent requests".
+    if (NOT_REGISTRY_TRAFFIC.test(request.url)) return
+    metrics.inflight.inc({ server: init.server })
+    metrics.activity.begin(request, {
+      server: init.server,
+      method: request.method,
+      path: request.url.slice(0, 300),
+    })
+    request.kagami = { kind: 'other' }
+    const t: { startMs: number; firstByteMs?: number; done: boolean } = {
+      startMs: performance.now(),
+      done: false,
+    }
+    timing.set(request, t)
+    onFirstWrite(reply, () => (t.firstByteMs = performance.now()))
+    reply.raw.once('close', () => finished(request, reply))
+  })
+
+  app.addHook('onResponse', async (request, reply) => finished(request, reply))
 
   app.setErrorHandler((err, request, reply) => {
     const target =
@@ -234,14 +274,35 @@ export function createRegistryServer(
     Object.assign(request.kagami, { source: served.source, digest: served.digest, peer: served.peer })
     const length = Number(served.headers['content-length'])
     if (request.method === 'GET' && Number.isFinite(length)) request.kagami.bytes = length
-    if (request.method === 'GET')
-      metrics.bytes.inc({ server: init.server, source: served.source }, Number.isFinite(length) ? length : 0)
     return send(reply, served)
   }
 
   app.route({ method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'], url: '/v2', handler })
   app.route({ method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'], url: '/v2/*', handler })
   return app
+}
+
+/**
+ * Calls `onFirst` when the response writes its first bytes (headers go out with them): the time to first
+ * byte. Wraps `write`/`end` only until that first call, so the blob path pays nothing per chunk.
+ */
+function onFirstWrite(reply: FastifyReply, onFirst: () => void): void {
+  const res = reply.raw as unknown as Record<'write' | 'end', (...args: unknown[]) => unknown>
+  const write = res.write
+  const end = res.end
+  const restore = (): void => {
+    onFirst()
+    res.write = write
+    res.end = end
+  }
+  res.write = function (this: unknown, ...args: unknown[]) {
+    restore()
+    return write.apply(this, args)
+  }
+  res.end = function (this: unknown, ...args: unknown[]) {
+    restore()
+    return end.apply(this, args)
+  }
 }
 
 /** Aborts when the client goes away, so peer fetches and store reads stop with it. */
