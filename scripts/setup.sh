@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests, the demo and the bench need, when it is missing: Debian packages (containerd,
-# docker-registry, skopeo, Go + sprig for the chart renderer, iproute2) and node_modules. Idempotent.
+# docker-registry, skopeo, Go + sprig for the chart renderer, iproute2, iperf3 for the bench's TCP limit) and
+# node_modules. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,7 +9,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 need=()
-for cmd in containerd:containerd ctr:containerd docker-registry:docker-registry skopeo:skopeo go:golang-go ip:iproute2; do
+for cmd in containerd:containerd ctr:containerd docker-registry:docker-registry skopeo:skopeo go:golang-go ip:iproute2 iperf3:iperf3; do
   command -v "${cmd%%:*}" >/dev/null 2>&1 || need+=("${cmd##*:}")
 done
 [ -d /usr/share/gocode/src/github.com/Masterminds/sprig ] || need+=(golang-github-masterminds-sprig-dev)
