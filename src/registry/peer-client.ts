@@ -63,6 +63,8 @@ export function peerRequest(peer: Peer, init: PeerRequestInit): Promise<PeerResp
     let settled = false
     const signal = init.signal
     const pool = init.pool
+    // the pool buffer waiting for the next read: back to the pool when the socket closes
+    let spare: Buffer | undefined
 
     const fail = (err: Error): void => {
       clearTimeout(timer)
@@ -159,8 +161,9 @@ export function peerRequest(peer: Peer, init: PeerRequestInit): Promise<PeerResp
         buffer:
           pool === undefined
             ? Buffer.allocUnsafe(init.readBufferBytes ?? BLOB_BUFFER_BYTES)
-            : () => pool.take(),
+            : () => (spare = pool.take()),
         callback: (n: number, buf: Uint8Array): boolean => {
+          spare = undefined
           const view = Buffer.from(buf.buffer, buf.byteOffset, n)
           const chunk = pool === undefined ? Buffer.from(view) : view
           if (body === undefined) {
@@ -182,6 +185,8 @@ export function peerRequest(peer: Peer, init: PeerRequestInit): Promise<PeerResp
       fail(new PeerUnavailableError(`peer ${peer.id} (${peer.url}): ${err.message}`)),
     )
     socket.on('close', () => {
+      if (spare !== undefined) pool?.giveBack(spare)
+      spare = undefined
       if (!settled) fail(new PeerUnavailableError(`peer ${peer.id} closed the connection before answering`))
       else if (remaining > 0)
         fail(
