@@ -4,7 +4,6 @@
  *   server (the in-runtime ceiling), kagami's peer endpoint alone, and kagami's mirror relaying from a peer;
  * - time to first byte for a manifest hit via a peer, and for a miss (404).
  */
-import '../src/polyfill.js'
 import { spawn } from 'node:child_process'
 import { join } from 'node:path'
 import {

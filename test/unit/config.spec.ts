@@ -19,7 +19,7 @@ describe('config schema', () => {
     expect(c.resolveTimeout).toBe(20)
     expect(c.peerHeadersTimeout).toBe(1000)
     expect(c.reprovideInterval).toBe(15 * 60_000)
-    expect(c.mirrorAddress).toBe('127.0.0.1:30020')
+    expect(c.mirrorAddress).toBe('127.0.0.1:29020')
     expect(Object.isFrozen(c)).toBe(true)
   })
 
@@ -43,6 +43,9 @@ describe('config schema', () => {
     [{ mirrorAddress: '127.0.0.1:70000' }, /port must be/],
     [{ p2pAddress: '/ip4/not-an-ip/tcp/1' }, /--p2p-address/],
     [{ bootstrap: ['dns:missing-port'] }, /--bootstrap/],
+    [{ bootstrap: ['dns:kagami.svc:99999'] }, /--bootstrap.*port from 1 to 65535/],
+    [{ bootstrap: ['dns:kagami.svc:0'] }, /--bootstrap/],
+    [{ bootstrap: ['/ip4/1.2.3.4/tcp/99999'] }, /--bootstrap/],
     [{ registries: ['ftp://x'] }, /--registries/],
     [{ logLevel: 'loud' }, /--log-level/],
     [{ noSuchSetting: 1 }, /noSuchSetting/],
