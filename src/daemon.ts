@@ -20,12 +20,12 @@ import { type KadDhtRouter, kadDhtRouter } from './routing/kad-dht.js'
 import type { RoutingKey } from './routing/keys.js'
 import { type StateSync, stateSync } from './state.js'
 import { containerdStore } from './store/containerd.js'
-import { VERSION } from './version.js'
 import type { Store } from './store/store.js'
-import { StatusCollector } from './ui/collect.js'
-import { registerStatusRoutes } from './ui/routes.js'
 import { UpstreamClient } from './upstream/client.js'
 import { Endpoints } from './upstream/endpoints.js'
+import { StatusCollector } from './ui/collect.js'
+import { registerStatusRoutes } from './ui/routes.js'
+import { VERSION } from './version.js'
 
 /** A step of start-up that must be undone on stop, in reverse order. */
 interface Stoppable {
@@ -265,8 +265,8 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
         },
         {
           peerUrl,
-          version: VERSION,
           network: psk === undefined ? 'open' : 'private',
+          version: VERSION,
           startedAt,
           containerdAddress: config.containerdAddress,
           containerdNamespace: config.containerdNamespace,

@@ -33,8 +33,9 @@ export interface StatusComponents {
 
 export interface StatusInit {
   peerUrl: string
-  version: string
+  /** `private` with a PSK, else `open`. */
   network: 'private' | 'open'
+  version: string
   startedAt: number
   containerdAddress: string
   containerdNamespace: string
@@ -97,8 +98,8 @@ export class StatusCollector {
     return {
       peerId: router.peerId ?? '',
       peerUrl: this.init.peerUrl,
-      version: this.init.version,
       network: this.init.network,
+      version: this.init.version,
       startedAt: this.init.startedAt,
       uptimeSeconds: (now - this.init.startedAt) / 1000,
       ready: notReady.length === 0,

@@ -93,8 +93,8 @@ describe('status page and CLI formatting', () => {
   const status: DaemonStatus = {
     peerId: '12D3KooSelf',
     peerUrl: 'http://10.0.0.1:30021',
-    version: '0.1.0',
     network: 'private',
+    version: '0.1.0',
     startedAt: 0,
     uptimeSeconds: 65,
     ready: false,
