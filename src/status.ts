@@ -35,9 +35,9 @@ export interface ImageStatus {
 export interface DaemonStatus {
   peerId: string
   peerUrl: string
-  version: string
   /** `private` with a PSK; `open` means any host that reaches the p2p port can join. */
   network: 'private' | 'open'
+  version: string
   /** Unix ms. */
   startedAt: number
   uptimeSeconds: number

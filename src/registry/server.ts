@@ -122,18 +122,25 @@ export function createRegistryServer(
   const maxDownloads = init.maxDownloads ?? 16
   let downloads = 0
 
-  // Per request: when it started, when its first byte went out (TTFB).
-  const timing = new WeakMap<FastifyRequest, { startMs: number; firstByteMs?: number }>()
+  // Per request: when it started, when its first byte went out (TTFB), whether it was counted.
+  const timing = new WeakMap<FastifyRequest, { startMs: number; firstByteMs?: number; done: boolean }>()
 
-  /** Counts and logs one response, finished or aborted (the client went away mid-body). */
-  const summarize = (request: FastifyRequest, reply: FastifyReply, aborted: boolean): void => {
+  /**
+   * Counts and logs one finished request, once. fastify's onResponse runs on 'finish' only; a client that
+   * goes away mid-body (containerd cancelling a pull) ends with 'close' alone, so that path calls this too:
+   * otherwise the in-flight gauge and the status page's in-flight list would keep it forever.
+   */
+  const finished = (request: FastifyRequest, reply: FastifyReply): void => {
     const k = request.kagami
     const t = timing.get(request)
-    if (k === undefined || t === undefined) return
+    if (k === undefined || t === undefined || t.done) return
+    t.done = true
+    metrics.inflight.dec({ server: init.server })
     metrics.activity.end(request)
+    const complete = reply.raw.writableFinished
     const source = k.source ?? (reply.statusCode === 404 ? 'miss' : undefined)
     // bytes count only for a body that went out whole (an aborted or failed stream sent less)
-    const bytes = request.method === 'GET' && reply.statusCode < 300 && !aborted ? (k.bytes ?? 0) : 0
+    const bytes = request.method === 'GET' && reply.statusCode < 300 && complete ? (k.bytes ?? 0) : 0
     const durationMs = performance.now() - t.startMs
     metrics.observe({
       server: init.server,
@@ -159,11 +166,11 @@ export function createRegistryServer(
       peer: k.peer,
       bytes: k.bytes,
       durationMs: Math.round(durationMs * 10) / 10,
-      ...(aborted ? { aborted } : {}),
+      ...(complete ? {} : { aborted: true }),
     }
     // A miss is normal traffic (containerd falls through) and a local hit is the routine case: debug. Content
     // fetched from a peer is what kagami is for, so the default level shows it; so do failures and aborts.
-    if (aborted || source === 'peer' || (reply.statusCode >= 400 && source !== 'miss'))
+    if (!complete || source === 'peer' || (reply.statusCode >= 400 && source !== 'miss'))
       request.log.info(line, 'request')
     else request.log.debug(line, 'request')
   }
@@ -178,15 +185,16 @@ export function createRegistryServer(
       path: request.url.slice(0, 300),
     })
     request.kagami = { kind: 'other' }
-    const t: { startMs: number; firstByteMs?: number } = { startMs: performance.now() }
+    const t: { startMs: number; firstByteMs?: number; done: boolean } = {
+      startMs: performance.now(),
+      done: false,
+    }
     timing.set(request, t)
     onFirstWrite(reply, () => (t.firstByteMs = performance.now()))
-    // 'close' comes for every response, finished or aborted: the one place to count it and log it once
-    reply.raw.once('close', () => {
-      metrics.inflight.dec({ server: init.server })
-      summarize(request, reply, !reply.raw.writableFinished)
-    })
+    reply.raw.once('close', () => finished(request, reply))
   })
+
+  app.addHook('onResponse', async (request, reply) => finished(request, reply))
 
   app.setErrorHandler((err, request, reply) => {
     const target =
