@@ -2,7 +2,6 @@
  * Herd: N nodes pull the same new image at once. Reports upstream bytes (counted at a proxy in front of the
  * registry) divided by the image size. Every node runs containerd + kagami with the mirror first.
  */
-import '../src/polyfill.js'
 import { join } from 'node:path'
 import { buildImage, pushImage, startCluster, startRegistry, tempDir } from '../test/harness/index.js'
 import { log, MiB } from './lib.js'

@@ -2,7 +2,6 @@
  * Memory: RSS of a `kagami run` process (compiled build) idle with ~1,000 advertised keys, and its peak
  * while serving a 1 GiB blob to a peer.
  */
-import '../src/polyfill.js'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import {

@@ -4,7 +4,6 @@
  *   (peer endpoint on node A → mirror on node B → curl);
  * - time to first byte for a manifest hit via a peer, and for a miss (404).
  */
-import '../src/polyfill.js'
 import { spawn } from 'node:child_process'
 import { join } from 'node:path'
 import {

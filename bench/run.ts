@@ -3,7 +3,6 @@
  * `kagami run` processes on loopback; writes bench/results/<timestamp>.json, bench/results/latest.md and
  * SVG charts. Every ratio is measured side by side in the same run.
  */
-import '../src/polyfill.js'
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { cpus, totalmem } from 'node:os'
 import { fileURLToPath } from 'node:url'

@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises'
+import { isIP } from 'node:net'
 import { parse as parseYaml } from 'yaml'
 import { z } from 'zod'
 import { multiaddr } from '@multiformats/multiaddr'
@@ -26,8 +27,13 @@ export const duration = z
 /** `host:port`, where host is an IPv4 address, a name, or a bracketed IPv6 address; port 0–65535. */
 export const hostPort = z
   .string()
-  .regex(/^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/, 'host:port, e.g. 127.0.0.1:30020')
+  .regex(/^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/, 'host:port, e.g. 127.0.0.1:29020')
   .refine((v) => Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, 'port must be 0–65535')
+
+/** A bare host: an IPv4 or (unbracketed) IPv6 address, or a DNS name, as Kubernetes' `status.hostIP` gives it. */
+const bareHost = z
+  .string()
+  .refine((v) => isIP(v) !== 0 || /^[A-Za-z0-9.-]+$/.test(v), 'an IP address or a name')
 
 const multiaddrString = z.string().refine((v) => {
   try {
@@ -36,7 +42,7 @@ const multiaddrString = z.string().refine((v) => {
   } catch {
     return false
   }
-}, 'a multiaddr, e.g. /ip4/0.0.0.0/tcp/30022')
+}, 'a multiaddr, e.g. /ip4/0.0.0.0/tcp/29022')
 
 /** A static multiaddr (`/ip4/…/tcp/…/p2p/…`) or `dns:<name>:<port>` (all addresses of name). */
 const bootstrapEntry = z
@@ -80,21 +86,25 @@ export const runSchema = z
       .string()
       .default('/var/lib/containerd/io.containerd.content.v1.content')
       .describe('containerd content dir, read directly when readable (fast path); empty disables it'),
+    // Ports sit below the NodePort range (30000–32767, where kube-proxy rewrites traffic to node IPs and
+    // 127.0.0.1) and below Linux's ephemeral range (32768+); see the chart README for the migration note.
     mirrorAddress: hostPort
-      .default('127.0.0.1:30020')
+      .default('127.0.0.1:29020')
       .describe('address of the registry mirror containerd asks'),
     peerAddress: hostPort
-      .default('0.0.0.0:30021')
+      .default('[::]:29021')
       .describe('address of the peer endpoint other nodes fetch from (serves only local content)'),
     peerAdvertiseAddress: z
-      .union([hostPort, z.literal('')])
+      .union([hostPort, bareHost, z.literal('')])
       .default('')
       .describe(
-        'host:port other nodes use to reach the peer endpoint; default: peer address (with the p2p host when bound to 0.0.0.0)',
+        'host[:port] other nodes use to reach the peer endpoint (a bare IPv6 address is bracketed; no port = the peer port); default: peer address (with the p2p host when bound to every interface)',
       ),
-    p2pAddress: multiaddrString
-      .default('/ip4/0.0.0.0/tcp/30022')
-      .describe('libp2p listen multiaddr for the DHT'),
+    p2pAddress: z
+      .array(multiaddrString)
+      .min(1)
+      .default(['/ip4/0.0.0.0/tcp/29022', '/ip6/::/tcp/29022'])
+      .describe('libp2p listen multiaddrs for the DHT (an IPv6 one is skipped where the host has no IPv6)'),
     bootstrap: z
       .array(bootstrapEntry)
       .default([])
@@ -157,7 +167,7 @@ export const configureSchema = z
       .min(1)
       .default('/etc/containerd/certs.d')
       .describe('containerd registry config_path (hosts.toml dirs)'),
-    mirrorUrl: z.string().url().default('http://127.0.0.1:30020').describe('URL of the local kagami mirror'),
+    mirrorUrl: z.string().url().default('http://127.0.0.1:29020').describe('URL of the local kagami mirror'),
     registries: z.array(registryUrl).default([]).describe('registries to write a hosts.toml for'),
     allRegistries: z
       .boolean()

@@ -1,8 +1,9 @@
+import { isIP } from 'node:net'
 import { networkInterfaces } from 'node:os'
 import type { FastifyInstance } from 'fastify'
 import { multiaddr } from '@multiformats/multiaddr'
 import { pino, type Logger } from 'pino'
-import { collectDefaultMetrics, Registry } from 'prom-client'
+import { collectDefaultMetrics, Gauge, Registry } from 'prom-client'
 import type { CliIo } from './cli.js'
 import { ConfigError, type RunConfig } from './config.js'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
@@ -10,7 +11,7 @@ import { loadOrCreateIdentity } from './identity.js'
 import { PeerAuth } from './trust/peer-auth.js'
 import { loadPsk } from './trust/psk.js'
 import { repositoryFilter } from './filter.js'
-import { RegistryMetrics } from './registry/metrics.js'
+import { RegistryMetrics, registerNodeGauges } from './registry/metrics.js'
 import { createMirror } from './registry/mirror.js'
 import { CorruptReports } from './registry/corrupt-report.js'
 import { createPeerServer } from './registry/peer.js'
@@ -18,11 +19,13 @@ import { TagResolver } from './registry/tags.js'
 import { type KadDhtRouter, kadDhtRouter } from './routing/kad-dht.js'
 import type { RoutingKey } from './routing/keys.js'
 import { type StateSync, stateSync } from './state.js'
-import type { DaemonStatus } from './status.js'
 import { containerdStore } from './store/containerd.js'
 import type { Store } from './store/store.js'
 import { UpstreamClient } from './upstream/client.js'
 import { Endpoints } from './upstream/endpoints.js'
+import { StatusCollector } from './ui/collect.js'
+import { registerStatusRoutes } from './ui/routes.js'
+import { VERSION } from './version.js'
 
 /** A step of start-up that must be undone on stop, in reverse order. */
 interface Stoppable {
@@ -42,13 +45,26 @@ function splitHostPort(address: string): { host: string; port: number } {
   return { host: address.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(address.slice(i + 1)) }
 }
 
+/** `host:port` for a URL: an IPv6 address goes in brackets (`[fd00::7]:29021`). */
+function joinHostPort(host: string, port: number): string {
+  return isIP(host) === 6 ? `[${host}]:${port}` : `${host}:${port}`
+}
+
+/** The peer URL other nodes use: `--peer-advertise-address` is host:port, or a bare host (the chart's `$(HOST_IP)`). */
+function advertisedPeerUrl(config: RunConfig, peerPort: number): string {
+  const a = config.peerAdvertiseAddress
+  if (a === '') return `http://${joinHostPort(advertisedPeerHost(config), peerPort)}`
+  if (isIP(a) !== 0 || !a.includes(':')) return `http://${joinHostPort(a, peerPort)}`
+  return `http://${a}`
+}
+
 /** The address other nodes use for our peer endpoint, when it is bound to every interface. */
 function advertisedPeerHost(config: RunConfig): string {
   const bound = splitHostPort(config.peerAddress).host
   if (bound !== '0.0.0.0' && bound !== '::') return bound
-  const p2pHost = multiaddr(config.p2pAddress)
-    .getComponents()
-    .find((c) => c.name === 'ip4' || c.name === 'ip6')?.value
+  const p2pHost = config.p2pAddress
+    .flatMap((a) => multiaddr(a).getComponents())
+    .find((c) => (c.name === 'ip4' || c.name === 'ip6') && c.value !== '0.0.0.0' && c.value !== '::')?.value
   if (p2pHost !== undefined && p2pHost !== '0.0.0.0' && p2pHost !== '::') return p2pHost
   for (const addrs of Object.values(networkInterfaces())) {
     for (const a of addrs ?? []) if (a.family === 'IPv4' && !a.internal) return a.address
@@ -62,6 +78,9 @@ async function listen(server: FastifyInstance, address: string, option: string):
     return await server.listen({ host, port })
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code
+    // `[::]` (every address, both families) on a host without IPv6: every IPv4 address instead
+    if (host === '::' && (code === 'EAFNOSUPPORT' || code === 'EADDRNOTAVAIL'))
+      return await listen(server, `0.0.0.0:${port}`, option)
     const why =
       code === 'EADDRINUSE'
         ? 'address already in use'
@@ -83,18 +102,6 @@ async function checkStore(store: Store, config: RunConfig): Promise<void> {
   }
 }
 
-/** Sums a counter's values by `source` for the mirror (what `kagami status` shows). */
-async function sumBySource(registry: Registry, name: string): Promise<Record<string, number>> {
-  const out: Record<string, number> = {}
-  const values = (await registry.getSingleMetric(name)?.get())?.values ?? []
-  for (const v of values) {
-    if (v.labels.server !== 'mirror') continue
-    const source = String(v.labels.source ?? 'none')
-    out[source] = (out[source] ?? 0) + v.value
-  }
-  return out
-}
-
 /**
  * Starts every part in dependency order: store → peer endpoint → router → state sync → mirror. Anything
  * that fails stops what already started, so a bad flag or busy port leaves nothing behind.
@@ -104,6 +111,12 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
   const metrics = new Registry()
   collectDefaultMetrics({ register: metrics })
   const registryMetrics = new RegistryMetrics(metrics)
+  new Gauge({
+    name: 'kagami_build_info',
+    help: 'kagami version and Node.js runtime (always 1)',
+    labelNames: ['version', 'node'],
+    registers: [metrics],
+  }).set({ version: VERSION, node: process.version }, 1)
   const filter = repositoryFilter({ include: config.include, exclude: config.exclude })
   const started: Stoppable[] = []
   const startedAt = Date.now()
@@ -173,15 +186,12 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     started.push({ name: 'peer endpoint', stop: () => peerServer.close() })
     await listen(peerServer, config.peerAddress, '--peer-address')
     const peerPort = (peerServer.server.address() as { port: number }).port
-    const peerUrl =
-      config.peerAdvertiseAddress !== ''
-        ? `http://${config.peerAdvertiseAddress}`
-        : `http://${advertisedPeerHost(config)}:${peerPort}`
+    const peerUrl = advertisedPeerUrl(config, peerPort)
 
     const router = kadDhtRouter(
       { logger, metrics },
       {
-        listen: [config.p2pAddress],
+        listen: [...config.p2pAddress],
         peerUrl,
         bootstrap: [...config.bootstrap],
         privateKey,
@@ -193,10 +203,17 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     try {
       await router.start()
     } catch (err) {
-      throw new Error(`cannot start the DHT on --p2p-address ${config.p2pAddress}: ${(err as Error).message}`)
+      throw new Error(
+        `cannot start the DHT on --p2p-address ${config.p2pAddress.join(' ')}: ${(err as Error).message}`,
+      )
     }
     started.push({ name: 'router', stop: () => router.stop() })
     members = router
+
+    registerNodeGauges(metrics, {
+      containerdConnected: () => store.connected(),
+      pendingProvides: () => router.pendingProvides(),
+    })
 
     const sync = stateSync(
       { store, router, logger },
@@ -226,31 +243,51 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     )
     mirror.get('/healthz', async () => ({ ok: true }))
     mirror.get('/readyz', async (_req, reply) => {
-      const ready = router.isReady()
-      return reply.code(ready ? 200 : 503).send({ ready })
+      // Ready means serving: the DHT has started and containerd answers (a pod whose containerd went away
+      // serves nothing, so it must leave the Service and show in `kubectl get pods`).
+      const containerd = await store.images({ signal: AbortSignal.timeout(1000) }).then(
+        () => true,
+        () => false,
+      )
+      const ready = containerd && router.isReady()
+      return reply.code(ready ? 200 : 503).send({ ready, containerd })
     })
-    mirror.get('/status', async (): Promise<DaemonStatus> => {
-      const requests = await sumBySource(metrics, 'kagami_requests_total')
-      const bytes = await sumBySource(metrics, 'kagami_bytes_served_total')
-      return {
-        peerId: router.peerId ?? '',
-        peerUrl,
-        network: psk === undefined ? 'open' : 'private',
-        ready: router.isReady(),
-        peers: router.peers(),
-        images: (await store.images({ signal: AbortSignal.timeout(2000) })).length,
-        advertisedKeys:
-          ((await metrics.getSingleMetric('kagami_advertised_keys')?.get())?.values[0]?.value as
-            number | undefined) ?? 0,
-        requests: { local: requests.local ?? 0, peer: requests.peer ?? 0, miss: requests.miss ?? 0 },
-        bytesServed: { local: bytes.local ?? 0, peer: bytes.peer ?? 0 },
-        uptimeSeconds: (Date.now() - startedAt) / 1000,
-      }
-    })
+    // /status, /status/holders and /ui: built from the components' own state, localhost only
+    registerStatusRoutes(
+      mirror,
+      new StatusCollector(
+        {
+          router,
+          store,
+          state: sync,
+          activity: registryMetrics.activity,
+          containerdConnected: () => store.connected(),
+        },
+        {
+          peerUrl,
+          network: psk === undefined ? 'open' : 'private',
+          version: VERSION,
+          startedAt,
+          containerdAddress: config.containerdAddress,
+          containerdNamespace: config.containerdNamespace,
+          bootstrap: config.bootstrap,
+        },
+      ),
+    )
     started.push({ name: 'mirror', stop: () => mirror.close() })
     const mirrorUrl = await listen(mirror, config.mirrorAddress, '--mirror-address')
 
-    logger.info({ peerId: router.peerId, peerUrl, mirrorUrl, p2p: config.p2pAddress }, 'kagami started')
+    logger.info(
+      {
+        version: VERSION,
+        node: process.version,
+        peerId: router.peerId,
+        peerUrl,
+        mirrorUrl,
+        p2p: config.p2pAddress,
+      },
+      'kagami started',
+    )
     return { peerId: router.peerId ?? '', peerUrl, mirrorUrl, stop: stopAll }
   } catch (err) {
     await stopAll()

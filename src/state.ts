@@ -39,6 +39,7 @@ export class StateSync {
   /** Resolves after the first snapshot was advertised (tests and readiness use it). */
   readonly synced: Promise<void>
   private markSynced!: () => void
+  private syncedOnce = false
 
   constructor(
     private readonly components: StateSyncComponents,
@@ -47,6 +48,7 @@ export class StateSync {
     this.log = components.logger.child({ component: 'state' })
     this.filter = repositoryFilter(init)
     this.synced = new Promise((resolve) => (this.markSynced = resolve))
+    void this.synced.then(() => (this.syncedOnce = true))
   }
 
   async start(): Promise<void> {
@@ -65,6 +67,16 @@ export class StateSync {
   /** Keys currently advertised because of some image. */
   keys(): Set<string> {
     return new Set(this.advertised.keys())
+  }
+
+  /** Each image name known at the last sync and how many keys it advertises (0: filtered out). */
+  images(): { name: string; keys: number }[] {
+    return [...this.byImage].map(([name, keys]) => ({ name, keys: keys.length }))
+  }
+
+  /** True once the first containerd snapshot was handed to the router. */
+  isSynced(): boolean {
+    return this.syncedOnce
   }
 
   /** Whether `key` is advertised now: the servers answer only with such content. */

@@ -28,6 +28,8 @@ export interface MirrorInit {
   peerHeadersTimeoutMs: number
   bodyIdleTimeoutMs: number
   hedgeDelayMs?: number
+  floorBytesPerSecond?: number
+  floorWindowMs?: number
 }
 
 /** The mirror containerd asks (bind it to 127.0.0.1): local content, then peers, then a fast 404. */
@@ -42,7 +44,12 @@ export function createMirror(components: MirrorComponents, init: MirrorInit): Fa
     },
     init,
   )
-  const app = createRegistryServer({ ...components, peers }, { server: 'mirror' })
+  // containerd pulls a few layers at a time per image: generous limits, separate from the peer endpoint's,
+  // so a saturated peer endpoint never starves the node's own pulls
+  const app = createRegistryServer(
+    { ...components, peers },
+    { server: 'mirror', maxDownloads: 64, maxConnections: 1024 },
+  )
   // A peer URL pointing at a mirror (ours or another node's) must not turn one request into a chain.
   app.addHook('onRequest', async (request, reply) => {
     if (request.headers[HOP_HEADER] === undefined) return

@@ -55,10 +55,15 @@ export interface PeerFetcherInit {
   hedgeDelayMs?: number
   /** How long a peer that sent bytes failing a digest is skipped for that digest (default 30 min). */
   suspectTtlMs?: number
+  /** Throughput floor for a peer body (default 1 MiB/s over 5 s of waiting, see resume.ts). */
+  floorBytesPerSecond?: number
+  floorWindowMs?: number
 }
 
 /** Budget for asking containerd which size a pull expects; without an answer the peer's length is checked by the digest alone. */
 const EXPECTED_SIZE_TIMEOUT_MS = 250
+/** How long a peer that trickled a blob is skipped for that blob. */
+const SLOW_PEER_TTL_MS = 60_000
 /** Budget for telling a peer its copy failed verification (fire and forget). */
 const REPORT_TIMEOUT_MS = 2000
 
@@ -169,6 +174,13 @@ export class PeerFetcher {
     void this.signed(peer, `${CORRUPT_REPORT_PATH}${digest}`, 'POST')
       .then((headers) => reportCorrupt(peer, digest, { headers: { ...headers, [HOP_HEADER]: '1' }, signal }))
       .catch(() => undefined)
+  }
+
+  /** A peer too slow for a digest is skipped for it a while, so containerd's retry goes elsewhere or upstream. */
+  private slow(peer: Peer, digest: Digest, err: unknown): void {
+    if ((err as Error).name !== 'PeerTooSlowError') return
+    this.suspects.add(digest, peer.id, SLOW_PEER_TTL_MS)
+    this.components.metrics.peerFailures.inc({ reason: 'PeerTooSlowError' })
   }
 
   /** The size containerd expects for a blob it is pulling now (its ingest), if it says so in time. */
@@ -381,15 +393,20 @@ export class PeerFetcher {
       end: sizeBytes - 1,
       reopen,
       signal: client.signal,
-      onResume: (from, offset, err) =>
+      floorBytesPerSecond: this.init.floorBytesPerSecond,
+      floorWindowMs: this.init.floorWindowMs,
+      onResume: (from, offset, err) => {
+        this.slow(from.peer, digest, err)
         this.log.warn(
           { peer: from.peer.id, offset, err: (err as Error).message, digest },
           'peer body failed; resuming',
-        ),
+        )
+      },
     })
     const out = new PassThrough({ highWaterMark: BLOB_BUFFER_BYTES })
     pipeline(body, new VerifyDigest(digest, { start, end }), out)
       .catch((err: Error) => {
+        this.slow(contributors.at(-1) as Peer, digest, err)
         if (err.name !== 'DigestMismatchError') return
         for (const peer of contributors) this.corrupt(peer, digest, err)
         void this.discardDownload(digest)

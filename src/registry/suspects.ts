@@ -1,7 +1,7 @@
 /**
- * Peers that sent bytes failing a digest, remembered per digest for a while so that lookups skip them: a
- * corrupt copy on one node must not fail every pull while a good copy exists elsewhere. Bounded: the oldest
- * entry goes first.
+ * Peers that failed a digest, remembered per digest for a while so that lookups skip them: a corrupt copy
+ * on one node must not fail every pull while a good copy exists elsewhere, and a peer too slow to serve it
+ * must not be asked again by containerd's next attempt. Bounded: the oldest entry goes first.
  */
 export class SuspectPeers {
   /** `digest peer` → when the mark expires */
@@ -9,14 +9,15 @@ export class SuspectPeers {
 
   constructor(private readonly init: { ttlMs: number; maxEntries: number }) {}
 
-  add(digest: string, peer: string): void {
+  /** Skips `peer` for `digest` for `ttlMs` (default: the init TTL). */
+  add(digest: string, peer: string, ttlMs = this.init.ttlMs): void {
     const key = `${digest} ${peer}`
     this.until.delete(key)
     if (this.until.size >= this.init.maxEntries) {
       const oldest = this.until.keys().next().value
       if (oldest !== undefined) this.until.delete(oldest)
     }
-    this.until.set(key, Date.now() + this.init.ttlMs)
+    this.until.set(key, Date.now() + ttlMs)
   }
 
   has(digest: string, peer: string): boolean {

@@ -69,8 +69,9 @@ export interface KadDhtRouterInit {
   psk?: Uint8Array
 }
 
+/** Every A and AAAA record of name (IPv6-primary clusters publish the headless Service as AAAA only). */
 async function defaultResolveHost(name: string): Promise<string[]> {
-  return (await lookup(name, { all: true, family: 4 })).map((a) => a.address)
+  return (await lookup(name, { all: true, family: 0 })).map((a) => a.address)
 }
 
 /** Parses our agent version back into the peer endpoint URL. */
@@ -81,6 +82,22 @@ export function peerUrlFromAgent(agent: string | undefined): string | undefined 
   const url = agent.slice(i + URL_MARK.length).trim()
   return /^https?:\/\/[^\s/]+$/.test(url) ? url : undefined
 }
+
+/** A kagami peer this node has seen since it started, for the status page. */
+export interface KnownPeer {
+  id: string
+  url: string
+  connected: boolean
+  /** Unix ms: when the current connection was identified (connected peers only). */
+  connectedSince?: number
+  /** Unix ms: now for a connected peer, else when it disconnected. */
+  lastSeen: number
+  /** Keys it announced through the key exchange (connected peers only). */
+  keys: number
+}
+
+/** Disconnected peers remembered for the status page; older ones are forgotten. */
+const MAX_REMEMBERED_PEERS = 256
 
 export class KadDhtRouter implements Router {
   private node: Libp2p<{ dht: KadDHT }> | undefined
@@ -93,6 +110,8 @@ export class KadDhtRouter implements Router {
   private readonly peersGauge: Gauge | undefined
   private bootstrapTimer: NodeJS.Timeout | undefined
   private readonly stopController = new AbortController()
+  /** Peer id → when we saw it (identify, disconnect); bounded by MAX_REMEMBERED_PEERS disconnected ones. */
+  private readonly seen = new Map<string, { url: string; connectedSince?: number; lastSeen: number }>()
 
   constructor(
     components: KadDhtRouterComponents,
@@ -191,7 +210,11 @@ export class KadDhtRouter implements Router {
         )
         return
       }
-      this.urls.set(e.detail.peerId.toString(), url)
+      const id = e.detail.peerId.toString()
+      this.urls.set(id, url)
+      const now = Date.now()
+      this.seen.delete(id) // re-insert: the map stays in last-seen order
+      this.seen.set(id, { url, connectedSince: this.seen.get(id)?.connectedSince ?? now, lastSeen: now })
     })
     // Keys advertised while the routing table was empty were stored only here; provide them again once the
     // first peers are in the table, so lookups elsewhere find them locally instead of waiting for a reprovide.
@@ -206,7 +229,22 @@ export class KadDhtRouter implements Router {
     })
     // Provider records outlive a stopped node; forgetting its URL makes resolve dial it again, which a dead
     // node refuses at once, so it is skipped instead of handed to the mirror.
-    this.node.addEventListener('peer:disconnect', (e) => this.urls.delete(e.detail.toString()))
+    this.node.addEventListener('peer:disconnect', (e) => {
+      const id = e.detail.toString()
+      this.urls.delete(id)
+      const was = this.seen.get(id)
+      if (was === undefined) return
+      this.seen.delete(id)
+      this.seen.set(id, { url: was.url, lastSeen: Date.now() })
+      if (this.seen.size > MAX_REMEMBERED_PEERS) {
+        for (const [old, s] of this.seen) {
+          if (s.connectedSince === undefined) {
+            this.seen.delete(old)
+            break
+          }
+        }
+      }
+    })
     this.log.info({ peerId: this.peerId, addrs: this.multiaddrs().map(String) }, 'dht started')
     void this.bootstrap()
     const every = this.init.rebootstrapIntervalMs ?? 5_000
@@ -224,6 +262,8 @@ export class KadDhtRouter implements Router {
   }
 
   private bootstrapped = false
+  /** `dns:` bootstrap names whose last lookup failed (logged once when they fail, once when they recover). */
+  private readonly unresolved = new Set<string>()
 
   private async dialBootstrap(): Promise<void> {
     const node = this.node
@@ -237,8 +277,12 @@ export class KadDhtRouter implements Router {
           const hosts = await (this.init.resolveHost ?? defaultResolveHost)(name)
           for (const ip of hosts)
             targets.push(multiaddr(`/${ip.includes(':') ? 'ip6' : 'ip4'}/${ip}/tcp/${port}`))
+          if (this.unresolved.delete(name)) this.log.info({ name }, 'bootstrap name resolves again')
         } catch (err) {
-          this.log.debug({ err: (err as Error).message, name }, 'bootstrap name did not resolve')
+          // A wrong clusterDomain isolates the node while it reports ready: warn once per change, not per round
+          if (!this.unresolved.has(name))
+            this.log.warn({ err: (err as Error).message, name }, 'bootstrap name does not resolve')
+          this.unresolved.add(name)
         }
       } else {
         targets.push(multiaddr(entry))
@@ -453,6 +497,30 @@ export class KadDhtRouter implements Router {
   /** Whether `peerId` is connected now (with a PSK: a member of the private network). */
   isConnected(peerId: string): boolean {
     return this.node?.getConnections().some((c) => c.remotePeer.toString() === peerId) ?? false
+  }
+
+  /** Every kagami peer seen since start, connected ones first (the status page's peer table). */
+  knownPeers(): KnownPeer[] {
+    const connected = new Set(this.peers().map((p) => p.id))
+    const now = Date.now()
+    const out: KnownPeer[] = []
+    for (const [id, s] of this.seen) {
+      const isConnected = connected.has(id)
+      out.push({
+        id,
+        url: this.urls.get(id) ?? s.url,
+        connected: isConnected,
+        connectedSince: isConnected ? s.connectedSince : undefined,
+        lastSeen: isConnected ? now : s.lastSeen,
+        keys: isConnected ? (this.exchange?.keyCount(id) ?? 0) : 0,
+      })
+    }
+    return out.sort((a, b) => Number(b.connected) - Number(a.connected) || b.lastSeen - a.lastSeen)
+  }
+
+  /** Keys connected peers announced (tags and digests), to search by partial name. */
+  knownKeys(): Iterable<string> {
+    return this.exchange?.keys() ?? []
   }
 
   /** Connected peers whose peer endpoint we know. */

@@ -82,6 +82,16 @@ export class KeyExchange {
     return this.byPeer.size
   }
 
+  /** How many keys `peer` announced (0 when it sent no list). */
+  keyCount(peer: string): number {
+    return this.byPeer.get(peer)?.keys.size ?? 0
+  }
+
+  /** Every key some connected peer announced (the status page searches tags in it). */
+  keys(): IterableIterator<string> {
+    return this.index.keys()
+  }
+
   /** Connected peers that announced `key`. */
   holders(key: string): string[] {
     return [...(this.index.get(key) ?? [])]

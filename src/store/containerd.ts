@@ -33,6 +33,11 @@ export interface ContainerdStoreInit {
   contentDir?: string
   /** Bounded reconnect backoff for `watch` after containerd goes away. */
   reconnectMaxDelayMs?: number
+  /**
+   * Deadline for the single-item lookups on a request's path (image by name, content info): a stuck
+   * containerd must turn into a fast miss, not a 10 s wait per request (default 1 s).
+   */
+  lookupTimeoutMs?: number
   /** Bytes per gRPC Content/Read call (default 64 MiB); tests set it small to cross call boundaries. */
   grpcReadChunkBytes?: number
 }
@@ -88,6 +93,8 @@ export class ContainerdStore implements Store {
   private fileReads: boolean | undefined
   private fileReadsCheckedAt = 0
   private closed = false
+  /** The event stream is up and its snapshot was read: the status page and a gauge show it. */
+  private streamUp = false
 
   constructor(
     components: ContainerdStoreComponents,
@@ -145,6 +152,7 @@ export class ContainerdStore implements Store {
         this.client.images,
         { name },
         options.signal,
+        this.init.lookupTimeoutMs ?? 1000,
       )
       return res.image === null ? undefined : toImage(res.image)
     } catch (err) {
@@ -183,6 +191,7 @@ export class ContainerdStore implements Store {
           this.client.content,
           { digest },
           options.signal,
+          this.init.lookupTimeoutMs ?? 1000,
         )
         if (res.info === null) throw new NotFoundError(`content ${digest} not found`)
         sizeBytes = res.info.size
@@ -332,7 +341,9 @@ export class ContainerdStore implements Store {
       call.on('error', () => undefined)
       try {
         // Subscribe first, then list: an image created in between shows up in both, never in neither.
-        yield { type: 'snapshot', images: await this.images({ signal }) }
+        const images = await this.images({ signal })
+        this.streamUp = true
+        yield { type: 'snapshot', images }
         delay = 100
         for await (const envelope of call as AsyncIterable<PbEnvelope>) {
           if (envelope.namespace !== this.init.namespace || envelope.event === null) continue
@@ -350,12 +361,14 @@ export class ContainerdStore implements Store {
           }
         }
       } catch (err) {
+        this.streamUp = false
         if (stopped()) break
         this.log.warn(
           { err: (err as Error).message, delayMs: delay },
           'containerd event stream broke; reconnecting',
         )
       } finally {
+        this.streamUp = false
         signal?.removeEventListener('abort', onAbort)
         call.cancel()
       }
@@ -366,6 +379,11 @@ export class ContainerdStore implements Store {
       }
       delay = Math.min(delay * 2, maxDelay)
     }
+  }
+
+  /** True while `watch` holds a live event stream (false before the first snapshot and while reconnecting). */
+  connected(): boolean {
+    return this.streamUp && !this.closed
   }
 
   async close(): Promise<void> {
