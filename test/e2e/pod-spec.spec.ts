@@ -46,8 +46,16 @@ const podSpec = (objects: K8sObject[], hook: boolean): PodSpec => {
   return (ds as unknown as { spec: { template: { spec: PodSpec } } }).spec.template.spec
 }
 
+// what containerd accepts when it resolves a tag (the registry hides an index from a client that does not)
+const ACCEPT = [
+  'application/vnd.oci.image.index.v1+json',
+  'application/vnd.docker.distribution.manifest.list.v2+json',
+  'application/vnd.oci.image.manifest.v1+json',
+  'application/vnd.docker.distribution.manifest.v2+json',
+].join(', ')
+
 async function getStatus(url: string): Promise<number> {
-  const res = await fetch(url, { signal: AbortSignal.timeout(3000) })
+  const res = await fetch(url, { headers: { accept: ACCEPT }, signal: AbortSignal.timeout(3000) })
   await res.arrayBuffer()
   return res.status
 }
