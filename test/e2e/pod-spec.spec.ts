@@ -223,6 +223,13 @@ describe.each([
       // the daemon runs on Node 24, as the image does
       expect(metrics).toMatch(/^kagami_build_info\{version="\d+\.\d+\.\d+",node="v24\.\d+\.\d+"\} 1$/m)
 
+      // the chart's memory request covers what the running daemon uses (idle, one image)
+      const rss =
+        Number(/VmRSS:\s+(\d+) kB/.exec(await readFile(`/proc/${d.child.pid}/status`, 'utf8'))?.[1]) * 1024
+      const request = node.spec.containers[0]?.resources?.requests?.memory ?? ''
+      expect(request).toMatch(/^\d+Mi$/)
+      expect(rss).toBeLessThan(Number.parseInt(request) * 1024 * 1024)
+
       const before = await requestsAtMirror(node.mirror)
       await node.containerd.pull(ref, { hostsDir: node.certsDir })
       expect(await node.containerd.images()).toContain(ref)

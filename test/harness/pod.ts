@@ -22,6 +22,7 @@ export interface PodContainer {
   args?: string[]
   env?: { name: string; value?: string; valueFrom?: { fieldRef?: { fieldPath: string } } }[]
   volumeMounts?: { name: string; mountPath: string; subPath?: string; readOnly?: boolean }[]
+  resources?: { requests?: Record<string, string>; limits?: Record<string, string> }
 }
 
 export interface PodVolume {
