@@ -14,6 +14,7 @@ import { benchMirror, type MirrorBenchResult } from './mirror.js'
 import { benchPull, type PullBenchResult } from './pull.js'
 import { benchRouting, type RoutingBenchResult } from './routing.js'
 import { benchStoreRead, type StoreReadBenchResult } from './store-read.js'
+import { benchTags, type TagsBenchResult } from './tags.js'
 
 const RESULTS = fileURLToPath(new URL('./results/', import.meta.url))
 const ROOT = fileURLToPath(new URL('../', import.meta.url))
@@ -30,6 +31,7 @@ interface Results {
   routing?: RoutingBenchResult
   memory?: MemoryBenchResult
   store?: StoreReadBenchResult
+  tags?: TagsBenchResult
 }
 
 const SCENARIOS = {
@@ -39,6 +41,7 @@ const SCENARIOS = {
   routing: () => benchRouting({ keys: 10_000, capSeconds: 120 }),
   memory: () => benchMemory({ idleSeconds: 60 }),
   store: () => benchStoreRead(),
+  tags: () => benchTags(),
 } as const
 type Scenario = keyof typeof SCENARIOS
 
@@ -147,6 +150,20 @@ function rows(r: Results): Row[] {
       goal: 'peak RSS serving a 1 GiB blob ≤ 120 MiB',
       measured: `${f(m.servingPeakRssMiB, 1)} MiB`,
       met: m.servingPeakRssMiB <= 120,
+    })
+  }
+  if (r.tags) {
+    const t = r.tags
+    const rtt = 2 * t.delayMs
+    out.push({
+      goal: `tag HEAD, upstream up (${rtt} ms RTT): ≈ one upstream round trip (p50 ≤ RTT + 10 ms)`,
+      measured: `via peer p50 ${f(t.upPeerMs.p50, 1)} ms, p99 ${f(t.upPeerMs.p99, 1)} ms; local p50 ${f(t.upLocalMs.p50, 1)} ms; registry direct (new connection) p50 ${f(t.upstreamDirectMs.p50, 1)} ms (n=${t.samples})`,
+      met: t.upPeerMs.p50 <= rtt + 10,
+    })
+    out.push({
+      goal: 'tag HEAD, upstream down: fallback to peers after back-off, p99 ≤ 25 ms',
+      measured: `p50 ${f(t.downMs.p50, 1)} ms, p99 ${f(t.downMs.p99, 1)} ms (n=${t.downMs.n})`,
+      met: t.downMs.p99 <= 25,
     })
   }
   if (r.store) {

@@ -29,6 +29,7 @@ export const DERIVED_KEYS = [
 export function valuesSchema(): unknown {
   const settable = runSchema.omit(Object.fromEntries(DERIVED_KEYS.map((k) => [k, true])) as never).partial()
   const config = z.toJSONSchema(settable, { target: 'draft-7', io: 'input' }) as Record<string, unknown>
+  const full = z.toJSONSchema(runSchema, { target: 'draft-7', io: 'input' }) as Record<string, unknown>
   delete config.$schema
   const port = { type: 'integer', minimum: 1, maximum: 65535 }
   const path = { type: 'string', minLength: 1 }
@@ -41,9 +42,9 @@ export function valuesSchema(): unknown {
         ...config,
         description: `kagami run settings (camelCase flag names); see src/config.ts. Derived from other values, not settable here: ${DERIVED_KEYS.join(', ')}`,
       },
+      // the same entries as `config.registries` (the chart passes this list to both configure and run)
       registries: {
-        type: 'array',
-        items: { type: 'string', pattern: '^https?://[^/\\s]+/?$' },
+        ...((full.properties as Record<string, unknown>).registries as Record<string, unknown>),
         uniqueItems: true,
       },
       allRegistries: { type: 'boolean' },

@@ -109,6 +109,14 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
     })
 
   program
+    .command('psk')
+    .description('print a new random private-network key (64 hex characters) for --psk-file')
+    .action(async () => {
+      const { generatePsk } = await import('./trust/psk.js')
+      io.stdout(generatePsk())
+    })
+
+  program
     .command('cleanup-wait')
     .description("uninstall hook: wait until every node's cleanup pod is done (never fails the uninstall)")
     .requiredOption('--daemonset <name>', 'the cleanup DaemonSet')
@@ -134,13 +142,22 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
 
   program
     .command('status')
-    .description("show a running daemon's peers, advertised keys, hits and misses")
+    .description("show a running daemon's readiness, peers, images, hits and misses (as its /ui page does)")
     .option('--mirror-address <host:port>', 'address of the mirror', '127.0.0.1:29020')
+    .option('--peers', 'list every peer seen: address, last seen, keys, bytes fetched from it')
+    .option('--image <ref>', 'which peers hold an image (registry/repo:tag), a digest, or part of a name')
     .option('--json', 'print the raw JSON')
-    .action(async (flags: { mirrorAddress: string; json?: boolean }) => {
-      const { fetchStatus, formatStatus } = await import('./status.js')
-      const status = await fetchStatus(flags.mirrorAddress, { signal: AbortSignal.timeout(5000) })
-      io.stdout(flags.json === true ? JSON.stringify(status, null, 2) : formatStatus(status))
+    .action(async (flags: { mirrorAddress: string; peers?: boolean; image?: string; json?: boolean }) => {
+      const status = await import('./status.js')
+      const signal = AbortSignal.timeout(10_000)
+      if (flags.image !== undefined) {
+        const holders = await status.fetchHolders(flags.mirrorAddress, flags.image, { signal })
+        io.stdout(flags.json === true ? JSON.stringify(holders, null, 2) : status.formatHolders(holders))
+        return
+      }
+      const s = await status.fetchStatus(flags.mirrorAddress, { signal })
+      if (flags.json === true) io.stdout(JSON.stringify(flags.peers === true ? s.peers : s, null, 2))
+      else io.stdout(flags.peers === true ? status.formatPeers(s) : status.formatStatus(s))
     })
 
   try {

@@ -44,15 +44,29 @@ const multiaddrString = z.string().refine((v) => {
   }
 }, 'a multiaddr, e.g. /ip4/0.0.0.0/tcp/29022')
 
-/** A static multiaddr (`/ip4/…/tcp/…/p2p/…`) or `dns:<name>:<port>` (all A records of name). */
-const bootstrapEntry = z.union([
-  z.string().regex(/^dns:[A-Za-z0-9.-]+:\d{1,5}$/, 'dns:<name>:<port>'),
-  multiaddrString,
-])
+/** A static multiaddr (`/ip4/…/tcp/…/p2p/…`) or `dns:<name>:<port>` (all addresses of name). */
+const bootstrapEntry = z
+  .string()
+  .regex(/^(dns:[A-Za-z0-9.-]+:\d{1,5}|\/.+)$/, 'a multiaddr or dns:<name>:<port>')
+  .superRefine((v, ctx) => {
+    if (!v.startsWith('dns:')) {
+      if (!multiaddrString.safeParse(v).success)
+        ctx.addIssue({ code: 'custom', message: 'a multiaddr or dns:<name>:<port>' })
+      return
+    }
+    const m = /^dns:[A-Za-z0-9.-]+:(\d{1,5})$/.exec(v)
+    if (m === null) ctx.addIssue({ code: 'custom', message: 'dns:<name>:<port>' })
+    else if (Number(m[1]) < 1 || Number(m[1]) > 65535)
+      ctx.addIssue({ code: 'custom', message: 'dns:<name>:<port> with a port from 1 to 65535' })
+  })
 
+// `?ca=<file>` and `?insecure=true` carry a registry's TLS settings for `run` (src/upstream/endpoints.ts).
 const registryUrl = z
   .string()
-  .regex(/^https?:\/\/[^/\s]+\/?$/, 'a registry URL like https://docker.io or http://127.0.0.1:5000')
+  .regex(
+    /^https?:\/\/[^/\s?#]+\/?(\?(ca=[^&\s#]+|insecure=(true|false))(&(ca=[^&\s#]+|insecure=(true|false)))*)?$/,
+    'a registry URL like https://docker.io, http://127.0.0.1:5000 or https://reg.corp?ca=/etc/ca.pem',
+  )
 
 const glob = z.string().min(1).max(512)
 
@@ -98,7 +112,9 @@ export const runSchema = z
     registries: z
       .array(registryUrl)
       .default([])
-      .describe('registries to mirror; empty mirrors every registry containerd asks about'),
+      .describe(
+        'registries as in configure: http:// or https:// (and ?ca=<file>, ?insecure=true) for asking them for tags; unlisted registries are asked over https',
+      ),
     include: z
       .array(glob)
       .default([])
@@ -111,10 +127,32 @@ export const runSchema = z
     bodyIdleTimeout: duration
       .prefault('5s')
       .describe('abort a peer body that makes no progress for this long'),
+    upstreamTagTimeout: duration
+      .prefault('1.5s')
+      .describe('budget for asking the upstream registry what a tag points to (token fetch included)'),
+    upstreamBackoff: duration
+      .prefault('5s')
+      .describe('after an upstream failure, serve tags without asking it for this long'),
+    resolveTagsFromPeers: z
+      .enum(['never', 'fallback', 'always'])
+      .default('fallback')
+      .describe(
+        'tags from peers: fallback = only while upstream does not answer; never = upstream or this node only; always = never ask upstream',
+      ),
     resyncInterval: duration.prefault('60s').describe('full store-to-DHT resync interval'),
     reprovideInterval: duration.prefault('15m').describe('how often provider records are refreshed'),
     recordValidity: duration.prefault('20m').describe('how long a provider record stays valid'),
     stateDir: z.string().min(1).default('/var/lib/kagami').describe('persistent state (libp2p identity)'),
+    pskFile: z
+      .string()
+      .default('')
+      .describe(
+        'private-network key shared by the cluster (64 hex chars or a libp2p swarm.key); empty = open network, for development only',
+      ),
+    peerAuth: z
+      .enum(['required', 'off'])
+      .default('required')
+      .describe('peer endpoint requests must be signed by a connected member; off only for benchmarks'),
     logLevel: z
       .enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal'])
       .default('info')

@@ -5,18 +5,27 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { pino, type Logger } from 'pino'
 import { collectDefaultMetrics, Gauge, Registry } from 'prom-client'
 import type { CliIo } from './cli.js'
-import type { RunConfig } from './config.js'
+import { ConfigError, type RunConfig } from './config.js'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { loadOrCreateIdentity } from './identity.js'
+import { PeerAuth } from './trust/peer-auth.js'
+import { loadPsk } from './trust/psk.js'
 import { repositoryFilter } from './filter.js'
-import { RegistryMetrics } from './registry/metrics.js'
+import { RegistryMetrics, registerNodeGauges } from './registry/metrics.js'
 import { createMirror } from './registry/mirror.js'
+import { CorruptReports } from './registry/corrupt-report.js'
 import { createPeerServer } from './registry/peer.js'
-import { kadDhtRouter } from './routing/kad-dht.js'
-import { stateSync } from './state.js'
-import type { DaemonStatus } from './status.js'
+import { TagResolver } from './registry/tags.js'
+import { type KadDhtRouter, kadDhtRouter } from './routing/kad-dht.js'
+import type { RoutingKey } from './routing/keys.js'
+import { type StateSync, stateSync } from './state.js'
 import { containerdStore } from './store/containerd.js'
-import { VERSION } from './version.js'
 import type { Store } from './store/store.js'
+import { UpstreamClient } from './upstream/client.js'
+import { Endpoints } from './upstream/endpoints.js'
+import { StatusCollector } from './ui/collect.js'
+import { registerStatusRoutes } from './ui/routes.js'
+import { VERSION } from './version.js'
 
 /** A step of start-up that must be undone on stop, in reverse order. */
 interface Stoppable {
@@ -93,18 +102,6 @@ async function checkStore(store: Store, config: RunConfig): Promise<void> {
   }
 }
 
-/** Sums a counter's values by `source` for the mirror (what `kagami status` shows). */
-async function sumBySource(registry: Registry, name: string): Promise<Record<string, number>> {
-  const out: Record<string, number> = {}
-  const values = (await registry.getSingleMetric(name)?.get())?.values ?? []
-  for (const v of values) {
-    if (v.labels.server !== 'mirror') continue
-    const source = String(v.labels.source ?? 'none')
-    out[source] = (out[source] ?? 0) + v.value
-  }
-  return out
-}
-
 /**
  * Starts every part in dependency order: store → peer endpoint → router → state sync → mirror. Anything
  * that fails stops what already started, so a bad flag or busy port leaves nothing behind.
@@ -134,6 +131,14 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
   }
 
   try {
+    // `--registries` first: a bad CA file is a config error, reported before anything starts
+    const endpoints = await Endpoints.load(config.registries).catch((err: Error) => {
+      throw err.name === 'UpstreamConfigError'
+        ? new ConfigError(`invalid --registries (KAGAMI_REGISTRIES): ${err.message}`)
+        : err
+    })
+    started.push({ name: 'upstream endpoints', stop: async () => endpoints.close() })
+
     const store = containerdStore(
       { logger },
       {
@@ -145,7 +150,35 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     started.push({ name: 'store', stop: () => store.close() })
     await checkStore(store, config)
 
-    const peerServer = createPeerServer({ store, logger, metrics: registryMetrics, filter })
+    const psk = config.pskFile === '' ? undefined : await loadPsk(config.pskFile)
+    if (psk === undefined)
+      logger.warn(
+        'open network: any host that reaches the p2p port can join and fetch; set --psk-file (the chart does)',
+      )
+    const privateKey = await loadOrCreateIdentity(config.stateDir, logger)
+    const self = peerIdFromPrivateKey(privateKey).toString()
+    // The router starts after the peer endpoint (it announces the endpoint's URL): until then nobody is a member.
+    let members: KadDhtRouter | undefined = undefined
+    const peerAuth = new PeerAuth({ privateKey, self, isMember: (id) => members?.isConnected(id) ?? false })
+
+    // The servers answer only with what state sync advertises; it starts after the router, which needs the
+    // peer endpoint's URL, so until then they answer nothing locally.
+    let state: StateSync | undefined = undefined
+    const advertises = (key: RoutingKey): boolean => state?.advertises(key) ?? false
+    const reports = new CorruptReports({
+      store,
+      logger,
+      onCorrupt: (digest) => void state?.quarantine(digest),
+    })
+    const peerServer = createPeerServer({
+      store,
+      advertises,
+      reports,
+      auth: config.peerAuth === 'required' ? peerAuth : undefined,
+      logger,
+      metrics: registryMetrics,
+      filter,
+    })
     // the mirror listens on 127.0.0.1 only; Prometheus scrapes the node address
     peerServer.get('/metrics', async (_req, reply) =>
       reply.type(metrics.contentType).send(await metrics.metrics()),
@@ -155,7 +188,6 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     const peerPort = (peerServer.server.address() as { port: number }).port
     const peerUrl = advertisedPeerUrl(config, peerPort)
 
-    const privateKey = await loadOrCreateIdentity(config.stateDir)
     const router = kadDhtRouter(
       { logger, metrics },
       {
@@ -163,6 +195,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
         peerUrl,
         bootstrap: [...config.bootstrap],
         privateKey,
+        psk,
         reprovideIntervalMs: config.reprovideInterval,
         recordValidityMs: config.recordValidity,
       },
@@ -175,16 +208,30 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
       )
     }
     started.push({ name: 'router', stop: () => router.stop() })
+    members = router
 
-    const state = stateSync(
+    registerNodeGauges(metrics, {
+      containerdConnected: () => store.connected(),
+      pendingProvides: () => router.pendingProvides(),
+    })
+
+    const sync = stateSync(
       { store, router, logger },
       { resyncIntervalMs: config.resyncInterval, include: config.include, exclude: config.exclude },
     )
-    await state.start()
-    started.push({ name: 'state sync', stop: () => state.stop() })
+    state = sync
+    await sync.start()
+    started.push({ name: 'state sync', stop: () => sync.stop() })
+
+    // `--registries` gives each upstream its scheme and TLS settings; tags are asked there first.
+    const upstream = new UpstreamClient(
+      { endpoints, logger, metrics },
+      { tagTimeoutMs: config.upstreamTagTimeout, backoffMs: config.upstreamBackoff },
+    )
+    const tags = new TagResolver({ upstream, logger, metrics }, { policy: config.resolveTagsFromPeers })
 
     const mirror = createMirror(
-      { store, router, logger, metrics: registryMetrics, filter },
+      { store, advertises, router, signer: peerAuth, logger, metrics: registryMetrics, filter, tags },
       {
         resolveTimeoutMs: config.resolveTimeout,
         peerHeadersTimeoutMs: config.peerHeadersTimeout,
@@ -205,23 +252,28 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
       const ready = containerd && router.isReady()
       return reply.code(ready ? 200 : 503).send({ ready, containerd })
     })
-    mirror.get('/status', async (): Promise<DaemonStatus> => {
-      const requests = await sumBySource(metrics, 'kagami_requests_total')
-      const bytes = await sumBySource(metrics, 'kagami_bytes_served_total')
-      return {
-        peerId: router.peerId ?? '',
-        peerUrl,
-        ready: router.isReady(),
-        peers: router.peers(),
-        images: (await store.images({ signal: AbortSignal.timeout(2000) })).length,
-        advertisedKeys:
-          ((await metrics.getSingleMetric('kagami_advertised_keys')?.get())?.values[0]?.value as
-            number | undefined) ?? 0,
-        requests: { local: requests.local ?? 0, peer: requests.peer ?? 0, miss: requests.miss ?? 0 },
-        bytesServed: { local: bytes.local ?? 0, peer: bytes.peer ?? 0 },
-        uptimeSeconds: (Date.now() - startedAt) / 1000,
-      }
-    })
+    // /status, /status/holders and /ui: built from the components' own state, localhost only
+    registerStatusRoutes(
+      mirror,
+      new StatusCollector(
+        {
+          router,
+          store,
+          state: sync,
+          activity: registryMetrics.activity,
+          containerdConnected: () => store.connected(),
+        },
+        {
+          peerUrl,
+          network: psk === undefined ? 'open' : 'private',
+          version: VERSION,
+          startedAt,
+          containerdAddress: config.containerdAddress,
+          containerdNamespace: config.containerdNamespace,
+          bootstrap: config.bootstrap,
+        },
+      ),
+    )
     started.push({ name: 'mirror', stop: () => mirror.close() })
     const mirrorUrl = await listen(mirror, config.mirrorAddress, '--mirror-address')
 

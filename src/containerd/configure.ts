@@ -38,7 +38,7 @@ async function writeAtomic(path: string, text: string): Promise<void> {
 
 /**
  * Writes `<configPath>/<registry>/hosts.toml` with the mirror first. Idempotent: a file kagami wrote is
- * rewritten, a user's file is moved to a backup once and its hosts and server are kept after the mirror.
+ * rewritten; a user's file becomes the backup (replacing an older one) and its settings are kept.
  */
 export async function configure(init: ConfigureInit): Promise<ConfigureResult> {
   const targets: RegistryTarget[] = init.registries.map(registryTarget)
@@ -55,10 +55,10 @@ export async function configure(init: ConfigureInit): Promise<ConfigureResult> {
     const current = await readIfExists(hostsPath)
     let previous = await readIfExists(join(dir, BACKUP))
     if (current !== undefined && !isManaged(current)) {
-      if (previous === undefined) {
-        await rename(hostsPath, join(dir, BACKUP))
-        result.backedUp.push(hostsPath)
-      }
+      // The user's current file is the one to restore, even when an older backup exists: it was written
+      // after our last configure (the chart's init container runs configure on every pod start).
+      await rename(hostsPath, join(dir, BACKUP))
+      result.backedUp.push(hostsPath)
       previous = current
     }
     const text = renderHostsToml({

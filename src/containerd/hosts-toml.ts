@@ -25,13 +25,17 @@ export interface HostsTomlInit {
   mirrorUrl: string
   server?: string
   dialTimeoutMs: number
-  /** An existing (user) hosts.toml to keep: its `server` and its `[host]` entries are kept after the mirror. */
+  /**
+   * An existing (user) hosts.toml to keep: every top-level setting (`server`, and the `ca`, `client`,
+   * `skip_verify`, `[header]`… that apply to it) is carried over, and its `[host]` entries follow the mirror.
+   */
   previous?: string
 }
 
 /**
  * Renders hosts.toml with the mirror first. `capabilities` is always set: without it containerd would also
- * push to the mirror. A previous file's hosts stay in their order after ours, its `server` wins over ours.
+ * push to the mirror. A previous file's hosts stay in their order after ours; its `server` wins over ours and
+ * its other top-level settings stay, or upstream TLS and auth would break while kagami is installed.
  */
 export function renderHostsToml(init: HostsTomlInit): string {
   let previous: Record<string, unknown> = {}
@@ -52,6 +56,8 @@ export function renderHostsToml(init: HostsTomlInit): string {
   const doc: Record<string, unknown> = {}
   const server = typeof previous.server === 'string' ? previous.server : init.server
   if (server !== undefined) doc.server = server
+  for (const [key, value] of Object.entries(previous))
+    if (key !== 'server' && key !== 'host') doc[key] = value
   doc.host = hosts
   return `${MANAGED_MARKER}\n${stringify(doc)}\n`
 }

@@ -5,6 +5,8 @@ import {
   isAnyManifestMediaType,
   parseManifest,
 } from '../oci/index.js'
+import { digestKey, type RoutingKey, tagKey } from '../routing/keys.js'
+import { NotFoundError } from '../store/errors.js'
 import type { Store } from '../store/store.js'
 import { ManifestNotAcceptableError } from './errors.js'
 import { contentHeaders, parseRangeHeader, partialHeaders } from './headers.js'
@@ -41,12 +43,32 @@ async function manifestMediaType(
   }
 }
 
+/** Whether this node advertises a key: its own images, after the filters, in its containerd namespace. */
+export type Advertises = (key: RoutingKey) => boolean
+
+function notServed(what: string): NotFoundError {
+  return new NotFoundError(`${what} not found`)
+}
+
 /**
- * Serves a request from this node's store. Throws NotFoundError (typed, from the store) when the node does
- * not hold it, so callers decide whether to try peers.
+ * Serves a request from this node's store, but only content this node advertises: never a digest of an
+ * excluded image asked for under another name, nor another namespace's blob that the content dir happens to
+ * hold. Throws NotFoundError (typed, from the store) when the node does not hold it, so callers decide
+ * whether to try peers.
  */
-export async function serveLocal(store: Store, req: ContentRequest, client: ClientRequest): Promise<Served> {
+export async function serveLocal(
+  store: Store,
+  advertises: Advertises,
+  req: ContentRequest,
+  client: ClientRequest,
+): Promise<Served> {
   const { signal } = client
+  if ('tag' in req.reference) {
+    const ref = { registry: req.registry, repository: req.repository, tag: req.reference.tag }
+    if (!advertises(tagKey(ref))) throw notServed(`manifest ${req.reference.tag}`)
+  } else if (!advertises(digestKey(req.reference.digest))) {
+    throw notServed(`${req.kind} ${req.reference.digest}`)
+  }
   if (req.kind === 'manifest') {
     let digest: Digest
     let mediaType: string | undefined
@@ -57,6 +79,7 @@ export async function serveLocal(store: Store, req: ContentRequest, client: Clie
       )
       digest = d.digest
       mediaType = d.mediaType
+      if (!advertises(digestKey(digest))) throw notServed(`manifest ${digest}`)
     } else {
       digest = req.reference.digest
     }

@@ -2,11 +2,19 @@ import type { FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
 import type { RepositoryFilter } from '../filter.js'
 import type { Store } from '../store/store.js'
+import { parseDigest } from '../oci/index.js'
+import { CORRUPT_REPORT_PATH, type CorruptReports } from './corrupt-report.js'
+import type { Advertises } from './local.js'
 import type { RegistryMetrics } from './metrics.js'
 import { createRegistryServer } from './server.js'
 
 export interface PeerServerComponents {
   store: Store
+  advertises: Advertises
+  /** Checks our copy when a peer says it failed verification. */
+  reports?: CorruptReports
+  /** Verifies that a request comes from a connected member (trust/peer-auth.ts); without it, anyone may fetch. */
+  auth?: RequestVerifier
   logger: Logger
   metrics: RegistryMetrics
   filter?: RepositoryFilter
@@ -14,9 +22,35 @@ export interface PeerServerComponents {
 
 /**
  * The endpoint other kagami nodes fetch from (bind it to the node address). It serves only this node's
- * content and never asks peers, so two nodes can never bounce a request between them. A PSK auth hook
- * will attach here (`app.addHook('onRequest', …)`).
+ * content and never asks peers, so two nodes can never bounce a request between them. Requests must be
+ * signed by a connected member (`auth`).
  */
+export interface RequestVerifier {
+  /** The verified peer id, or undefined. */
+  verify(header: string | undefined, method: string, path: string): Promise<string | undefined>
+}
+
 export function createPeerServer(components: PeerServerComponents): FastifyInstance {
-  return createRegistryServer(components, { server: 'peer' })
+  const app = createRegistryServer(components, { server: 'peer' })
+  const auth = components.auth
+  if (auth !== undefined) {
+    // Before anything looks at the content: an outsider gets the same bare 401 for what we have and what we
+    // do not. /metrics stays open for Prometheus.
+    app.addHook('onRequest', async (request, reply) => {
+      if (!request.url.startsWith('/v2') && !request.url.startsWith('/kagami/')) return
+      const peer = await auth.verify(request.headers.authorization, request.method, request.url)
+      if (peer === undefined) return reply.code(401).send()
+      if (request.kagami !== undefined) request.kagami.peer = peer
+    })
+  }
+  const reports = components.reports
+  if (reports !== undefined) {
+    app.post(`${CORRUPT_REPORT_PATH}:digest`, async (request, reply) => {
+      const digest = parseDigest((request.params as { digest: string }).digest)
+      reports.report(digest)
+      // the same answer whether or not a check started: a reporter learns nothing about our content
+      return reply.code(202).send()
+    })
+  }
+  return app
 }

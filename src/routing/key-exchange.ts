@@ -6,13 +6,21 @@
  * machine). The DHT still serves peers beyond direct connections.
  *
  * One message per short-lived stream: 4-byte big-endian length + JSON `{ seq, keys }`. `seq` grows with
- * every list a node sends, so a late, older list never replaces a newer one.
+ * every list a node sends, so a late, older list never replaces a newer one. The receiver closes the stream
+ * once it has applied the list, which is the sender's acknowledgement.
+ *
+ * A lookup may answer a miss from these lists alone (see `KadDhtRouter.resolve`), so "connected" must mean
+ * "its current list is here": a list that fails to arrive is retried, and when it still fails the sender
+ * hangs up, so the receiver forgets that peer's list instead of trusting a stale one.
  */
 import type { Libp2p, PeerId, Stream } from '@libp2p/interface'
 import type { Logger } from 'pino'
 
 export const KEYS_PROTOCOL = '/kagami/keys/1.0.0'
 const MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+/** Attempts to deliver the current list to one peer before hanging up on it. */
+const SEND_ATTEMPTS = 3
+const RETRY_DELAY_MS = 250
 
 interface KeyList {
   seq: number
@@ -32,6 +40,11 @@ export class KeyExchange {
   private readonly byPeer = new Map<string, { seq: number; keys: Set<string> }>()
   private seq = Date.now()
   private timer: NodeJS.Timeout | undefined
+  /** peer id → a list is owed to that peer (one sender loop per peer coalesces changes) */
+  private readonly outbox = new Map<string, { peer: PeerId; dirty: boolean }>()
+  private cached: { version: number; message: Uint8Array } | undefined
+  private version = 0
+  private stopped = false
   private readonly debounceMs: number
   private readonly sendTimeoutMs: number
 
@@ -54,18 +67,29 @@ export class KeyExchange {
       },
     )
     this.node.addEventListener('peer:identify', (e) => {
-      if (e.detail.protocols.includes(KEYS_PROTOCOL)) void this.sendTo(e.detail.peerId, this.message())
+      if (e.detail.protocols.includes(KEYS_PROTOCOL)) this.schedule(e.detail.peerId)
     })
     this.node.addEventListener('peer:disconnect', (e) => this.forget(e.detail.toString()))
   }
 
   stop(): void {
+    this.stopped = true
     clearTimeout(this.timer)
   }
 
   /** Connected peers whose key list we hold. */
   peerCount(): number {
     return this.byPeer.size
+  }
+
+  /** How many keys `peer` announced (0 when it sent no list). */
+  keyCount(peer: string): number {
+    return this.byPeer.get(peer)?.keys.size ?? 0
+  }
+
+  /** Every key some connected peer announced (the status page searches tags in it). */
+  keys(): IterableIterator<string> {
+    return this.index.keys()
   }
 
   /** Connected peers that announced `key`. */
@@ -75,11 +99,11 @@ export class KeyExchange {
 
   /** Our key list changed: send it to every connected peer soon (changes come in bursts). */
   changed(): void {
+    this.version++
     if (this.timer !== undefined) return
     this.timer = setTimeout(() => {
       this.timer = undefined
-      const message = this.message()
-      for (const peer of this.peersWithProtocol()) void this.sendTo(peer, message)
+      for (const peer of this.peersWithProtocol()) this.schedule(peer)
     }, this.debounceMs)
     this.timer.unref()
   }
@@ -92,26 +116,76 @@ export class KeyExchange {
     )
   }
 
+  /** Owes `peer` our current list; one loop per peer sends it, so a burst of changes costs one message. */
+  private schedule(peer: PeerId): void {
+    const id = peer.toString()
+    const owed = this.outbox.get(id)
+    if (owed !== undefined) {
+      owed.dirty = true
+      return
+    }
+    this.outbox.set(id, { peer, dirty: true })
+    void this.deliver(id)
+  }
+
+  private async deliver(id: string): Promise<void> {
+    const owed = this.outbox.get(id)
+    if (owed === undefined) return
+    let failures = 0
+    try {
+      while (owed.dirty && !this.stopped && this.node.getConnections(owed.peer).length > 0) {
+        owed.dirty = false
+        try {
+          await this.sendTo(owed.peer, this.message())
+          failures = 0
+        } catch (err) {
+          owed.dirty = true
+          if (++failures < SEND_ATTEMPTS) {
+            this.log.debug({ peer: id, err: (err as Error).message }, 'could not send the key list; retrying')
+            await new Promise((resolve) => setTimeout(resolve, RETRY_DELAY_MS * failures).unref())
+            continue
+          }
+          // It would answer misses from a stale list of ours: disconnect, so it forgets the list and asks the
+          // DHT; the next connection starts with a fresh list.
+          this.log.warn(
+            { peer: id, err: (err as Error).message },
+            'could not send the key list; disconnecting',
+          )
+          await this.node.hangUp(owed.peer).catch(() => undefined)
+          return
+        }
+      }
+    } finally {
+      this.outbox.delete(id)
+    }
+  }
+
+  /** Our current list, encoded once per change and shared by every peer's send. */
   private message(): Uint8Array {
+    if (this.cached?.version === this.version) return this.cached.message
     const body = Buffer.from(
       JSON.stringify({ seq: ++this.seq, keys: [...this.localKeys()] } satisfies KeyList),
     )
     const out = Buffer.allocUnsafe(4 + body.length)
     out.writeUInt32BE(body.length, 0)
     body.copy(out, 4)
+    this.cached = { version: this.version, message: out }
     return out
   }
 
+  /** Sends one list and waits for the receiver to close the stream, its acknowledgement. Throws on failure. */
   private async sendTo(peer: PeerId, message: Uint8Array): Promise<void> {
     const signal = AbortSignal.timeout(this.sendTimeoutMs)
+    const protocols = (await this.node.peerStore.get(peer).catch(() => undefined))?.protocols ?? []
+    if (!protocols.includes(KEYS_PROTOCOL)) return
+    const stream = await this.node.dialProtocol(peer, KEYS_PROTOCOL, { signal })
     try {
-      const protocols = (await this.node.peerStore.get(peer).catch(() => undefined))?.protocols ?? []
-      if (!protocols.includes(KEYS_PROTOCOL)) return
-      const stream = await this.node.dialProtocol(peer, KEYS_PROTOCOL, { signal })
       if (!stream.send(message)) await stream.onDrain({ signal })
       await stream.close({ signal })
+      await closed(stream, signal)
     } catch (err) {
-      this.log.debug({ peer: peer.toString(), err: (err as Error).message }, 'could not send the key list')
+      stream.abort(err as Error)
+      throw err
     }
   }
 
@@ -138,7 +212,10 @@ export class KeyExchange {
         throw new Error('malformed key list')
       }
       this.apply(id, list)
+      await stream.close() // acknowledges the list; also frees the inbound stream slot
     } catch (err) {
+      // whatever we held from this peer may be stale now: lookups must not trust it
+      this.forget(id)
       this.log.debug({ peer: id, err: (err as Error).message }, 'bad key list')
       stream.abort(err as Error)
     }
@@ -165,4 +242,28 @@ export class KeyExchange {
     }
     this.byPeer.delete(id)
   }
+}
+
+/** Resolves once both ends have closed the stream; rejects on reset, abort or `signal`. */
+async function closed(stream: Stream, signal: AbortSignal): Promise<void> {
+  if (stream.status === 'closed') return
+  if (stream.status !== 'open' && stream.status !== 'closing') throw new Error(`stream ${stream.status}`)
+  await new Promise<void>((resolve, reject) => {
+    const cleanup = (): void => {
+      stream.removeEventListener('close', onClose)
+      signal.removeEventListener('abort', onAbort)
+    }
+    const onClose = (e: Event): void => {
+      cleanup()
+      const error = (e as Event & { error?: Error }).error
+      if (error !== undefined) reject(error)
+      else resolve()
+    }
+    const onAbort = (): void => {
+      cleanup()
+      reject(signal.reason as Error)
+    }
+    stream.addEventListener('close', onClose)
+    signal.addEventListener('abort', onAbort, { once: true })
+  })
 }

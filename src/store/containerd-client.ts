@@ -50,6 +50,7 @@ interface ContentClient extends grpc.Client {
   Info: Unary<{ digest: string }, { info: PbInfo | null }>
   Read: ServerStream<{ digest: string; offset: number; size: number }>
   ListStatuses: Unary<{ filters: string[] }, { statuses: PbStatus[] }>
+  Abort: Unary<{ ref: string }, Record<string, never>>
 }
 interface EventsClient extends grpc.Client {
   Subscribe: ServerStream<{ filters: string[] }>

@@ -10,6 +10,7 @@ import {
   type Digest,
   digestHex,
   formatReference,
+  isDigest,
   parseDigest,
   parseReference,
   type Reference,
@@ -17,7 +18,7 @@ import {
 import { ContainerdClient, type PbEnvelope, type PbImage } from './containerd-client.js'
 import { NotFoundError, StoreUnavailableError } from './errors.js'
 import { resolveRange } from './range.js'
-import type { AbortOptions, ContentInfo, Image, ReadOptions, Store, StoreEvent } from './store.js'
+import type { AbortOptions, ContentInfo, Image, Ingest, ReadOptions, Store, StoreEvent } from './store.js'
 import { walkImage } from './walk.js'
 
 export interface ContainerdStoreComponents {
@@ -32,6 +33,11 @@ export interface ContainerdStoreInit {
   contentDir?: string
   /** Bounded reconnect backoff for `watch` after containerd goes away. */
   reconnectMaxDelayMs?: number
+  /**
+   * Deadline for the single-item lookups on a request's path (image by name, content info): a stuck
+   * containerd must turn into a fast miss, not a 10 s wait per request (default 1 s).
+   */
+  lookupTimeoutMs?: number
   /** Bytes per gRPC Content/Read call (default 64 MiB); tests set it small to cross call boundaries. */
   grpcReadChunkBytes?: number
 }
@@ -40,6 +46,7 @@ export interface ContainerdStoreInit {
 // flow-control window in containerd-client.ts). Memory stays bounded by that window, not by the call size.
 const GRPC_READ_CHUNK = 64 * 1024 * 1024
 const FILE_HIGH_WATER_MARK = 4 * 1024 * 1024
+const FILE_READS_RECHECK_MS = 1000
 
 /** Maps gRPC failures to Store errors; NOT_FOUND is normal traffic, UNAVAILABLE means containerd is down. */
 function mapError(err: unknown, what: string): Error {
@@ -84,7 +91,10 @@ export class ContainerdStore implements Store {
   /** Media types learned from descriptors while walking images; containerd's Info does not carry them. */
   private readonly mediaTypes = new Map<Digest, string>()
   private fileReads: boolean | undefined
+  private fileReadsCheckedAt = 0
   private closed = false
+  /** The event stream is up and its snapshot was read: the status page and a gauge show it. */
+  private streamUp = false
 
   constructor(
     components: ContainerdStoreComponents,
@@ -94,21 +104,27 @@ export class ContainerdStore implements Store {
     this.client = new ContainerdClient(init.address, init.namespace)
   }
 
+  /**
+   * Whether blobs can be read from files. Decided again while the answer is no: on a brand-new node the
+   * content dir appears only with the first content containerd stores, and a daemon that started before
+   * then must not stay on the ~7× slower gRPC path. A yes is final (the dir is never removed under us).
+   */
   private async canReadFiles(): Promise<boolean> {
-    if (this.fileReads === undefined) {
-      if (this.init.contentDir === undefined) this.fileReads = false
-      else {
-        this.fileReads = await access(
-          join(this.init.contentDir, 'blobs', 'sha256'),
-          constants.R_OK | constants.X_OK,
-        ).then(
-          () => true,
-          () => false,
-        )
-        this.log.info({ contentDir: this.init.contentDir, fileReads: this.fileReads }, 'content read path')
-      }
-    }
-    return this.fileReads
+    if (this.fileReads === true || this.init.contentDir === undefined) return this.fileReads === true
+    const now = performance.now()
+    if (this.fileReads === false && now - this.fileReadsCheckedAt < FILE_READS_RECHECK_MS) return false
+    this.fileReadsCheckedAt = now
+    const readable = await access(
+      join(this.init.contentDir, 'blobs', 'sha256'),
+      constants.R_OK | constants.X_OK,
+    ).then(
+      () => true,
+      () => false,
+    )
+    if (readable !== this.fileReads)
+      this.log.info({ contentDir: this.init.contentDir, fileReads: readable }, 'content read path')
+    this.fileReads = readable
+    return readable
   }
 
   private blobPath(digest: Digest): string {
@@ -136,6 +152,7 @@ export class ContainerdStore implements Store {
         this.client.images,
         { name },
         options.signal,
+        this.init.lookupTimeoutMs ?? 1000,
       )
       return res.image === null ? undefined : toImage(res.image)
     } catch (err) {
@@ -174,6 +191,7 @@ export class ContainerdStore implements Store {
           this.client.content,
           { digest },
           options.signal,
+          this.init.lookupTimeoutMs ?? 1000,
         )
         if (res.info === null) throw new NotFoundError(`content ${digest} not found`)
         sizeBytes = res.info.size
@@ -274,10 +292,7 @@ export class ContainerdStore implements Store {
     )
   }
 
-  /** Downloads containerd has in flight (`ctr content active`): ref, expected digest, offset and total. */
-  async ingests(
-    options: AbortOptions = {},
-  ): Promise<{ ref: string; expected: string; offset: number; total: number }[]> {
+  async ingests(options: AbortOptions = {}): Promise<Ingest[]> {
     try {
       const res = await this.client.unary(
         this.client.content.ListStatuses,
@@ -285,9 +300,26 @@ export class ContainerdStore implements Store {
         { filters: [] },
         options.signal,
       )
-      return res.statuses
+      const out: Ingest[] = []
+      for (const s of res.statuses) {
+        // containerd 1.6 keeps the expected digest only while the writer is open; pulls name their ingests
+        // `<kind>-sha256:<hex>` (remotes.MakeRefKey), which says it too
+        const expected = isDigest(s.expected) ? s.expected : /sha256:[0-9a-f]{64}$/.exec(s.ref)?.[0]
+        if (expected === undefined || !isDigest(expected)) continue
+        out.push({ ref: s.ref, expected, offsetBytes: s.offset, totalBytes: s.total })
+      }
+      return out
     } catch (err) {
       throw mapError(err, 'ingests')
+    }
+  }
+
+  async abortIngest(ref: string, options: AbortOptions = {}): Promise<void> {
+    try {
+      await this.client.unary(this.client.content.Abort, this.client.content, { ref }, options.signal)
+    } catch (err) {
+      const mapped = mapError(err, `ingest ${ref}`)
+      if (mapped.name !== 'NotFoundError') throw mapped
     }
   }
 
@@ -309,7 +341,9 @@ export class ContainerdStore implements Store {
       call.on('error', () => undefined)
       try {
         // Subscribe first, then list: an image created in between shows up in both, never in neither.
-        yield { type: 'snapshot', images: await this.images({ signal }) }
+        const images = await this.images({ signal })
+        this.streamUp = true
+        yield { type: 'snapshot', images }
         delay = 100
         for await (const envelope of call as AsyncIterable<PbEnvelope>) {
           if (envelope.namespace !== this.init.namespace || envelope.event === null) continue
@@ -327,12 +361,14 @@ export class ContainerdStore implements Store {
           }
         }
       } catch (err) {
+        this.streamUp = false
         if (stopped()) break
         this.log.warn(
           { err: (err as Error).message, delayMs: delay },
           'containerd event stream broke; reconnecting',
         )
       } finally {
+        this.streamUp = false
         signal?.removeEventListener('abort', onAbort)
         call.cancel()
       }
@@ -343,6 +379,11 @@ export class ContainerdStore implements Store {
       }
       delay = Math.min(delay * 2, maxDelay)
     }
+  }
+
+  /** True while `watch` holds a live event stream (false before the first snapshot and while reconnecting). */
+  connected(): boolean {
+    return this.streamUp && !this.closed
   }
 
   async close(): Promise<void> {

@@ -10,7 +10,7 @@ import {
 } from '../oci/index.js'
 import { NotFoundError } from './errors.js'
 import { resolveRange } from './range.js'
-import type { AbortOptions, ContentInfo, Image, ReadOptions, Store, StoreEvent } from './store.js'
+import type { AbortOptions, ContentInfo, Image, Ingest, ReadOptions, Store, StoreEvent } from './store.js'
 import { walkImage } from './walk.js'
 
 /**
@@ -22,6 +22,22 @@ export class MemoryStore implements Store {
   private readonly mediaTypes = new Map<Digest, string>()
   private readonly imageMap = new Map<string, Image>()
   private readonly listeners = new Set<(event: StoreEvent) => void>()
+  private readonly ingestMap = new Map<string, Ingest>()
+
+  /** Records a download in progress, as containerd's pull would open one. */
+  startIngest(ingest: Ingest): void {
+    this.ingestMap.set(ingest.ref, { ...ingest })
+  }
+
+  async ingests(options: AbortOptions = {}): Promise<Ingest[]> {
+    options.signal?.throwIfAborted()
+    return [...this.ingestMap.values()].map((i) => ({ ...i }))
+  }
+
+  async abortIngest(ref: string, options: AbortOptions = {}): Promise<void> {
+    options.signal?.throwIfAborted()
+    this.ingestMap.delete(ref)
+  }
 
   put(bytes: Uint8Array | string, init: { mediaType?: string } = {}): Digest {
     const buf = Buffer.from(bytes)
@@ -29,6 +45,15 @@ export class MemoryStore implements Store {
     this.blobs.set(digest, buf)
     if (init.mediaType !== undefined) this.mediaTypes.set(digest, init.mediaType)
     return digest
+  }
+
+  /** Synchronous checks for test fixtures. */
+  holds(digest: Digest): boolean {
+    return this.blobs.has(digest)
+  }
+
+  hasImage(name: string): boolean {
+    return this.imageMap.has(formatReference(parseReference(name)))
   }
 
   removeContent(digest: Digest): void {

@@ -33,6 +33,16 @@ export interface ReadOptions extends AbortOptions {
   range?: ByteRange
 }
 
+/** A download containerd has in progress (`ctr content active`), e.g. the one a pull through the mirror writes. */
+export interface Ingest {
+  ref: string
+  /** The digest the download must match at commit. */
+  expected: Digest
+  offsetBytes: number
+  /** The size containerd expects (from the descriptor it pulls), 0 when unknown. */
+  totalBytes: number
+}
+
 export type StoreEvent =
   /** First event of every `watch`, and again after a reconnect: the full set of images now. */
   | { type: 'snapshot'; images: Image[] }
@@ -52,6 +62,13 @@ export interface Store {
   read(digest: Digest, options?: ReadOptions): Promise<Readable>
   /** Digests reachable from the image that this store actually holds (index → manifests → config + layers). */
   reachable(image: Image, options?: AbortOptions): Promise<Digest[]>
+  /** Downloads in progress. */
+  ingests(options?: AbortOptions): Promise<Ingest[]>
+  /**
+   * Discards a download in progress, so the next pull of that content starts from byte 0 (a download that
+   * received bytes failing their digest can never commit, and containerd would resume it forever).
+   */
+  abortIngest(ref: string, options?: AbortOptions): Promise<void>
   /** Snapshot, then live changes, until the signal aborts. After a backend reconnect, a new snapshot. */
   watch(options?: AbortOptions): AsyncIterable<StoreEvent>
   close(): Promise<void>

@@ -10,6 +10,8 @@ export interface StoreFixture {
   /** Makes the store hold `image` under `name` (`registry/repo:tag`), as a pull of linux/amd64 would. */
   seed(image: BuiltImage, name: string): Promise<void>
   deleteImage(name: string): Promise<void>
+  /** Starts a download that stops after `partial` of `totalBytes` bytes (a pull cut off mid-blob). */
+  startIngest(ref: string, partial: Buffer, totalBytes: number, expected: Digest): Promise<void>
   /** Restarts the backend (containerd), when there is one. */
   restartBackend?(): Promise<void>
   teardown(): Promise<void>
@@ -191,6 +193,17 @@ export function storeConformance(name: string, setup: () => Promise<StoreFixture
       expect((await fx.store.images()).map((i) => i.name)).not.toContain(second)
       ac.abort()
       await events.return?.()
+    })
+
+    it('lists a download in progress with its expected digest and size, and discards it', async () => {
+      const expected = sha(Buffer.from('the whole blob')) as Digest
+      const ref = `layer-${expected}` // as containerd's pulls name them
+      await fx.startIngest(ref, Buffer.from('the whole'), 14, expected)
+      const ingest = (await fx.store.ingests()).find((i) => i.ref === ref)
+      expect(ingest).toEqual({ ref, expected, offsetBytes: 9, totalBytes: 14 })
+      await fx.store.abortIngest(ref)
+      expect((await fx.store.ingests()).map((i) => i.ref)).not.toContain(ref)
+      await fx.store.abortIngest(ref) // already gone: no error
     })
 
     it('watch survives a backend restart: a new snapshot, then live events', async (ctx) => {

@@ -193,7 +193,11 @@ export async function buildImage(init: BuildImageInit): Promise<BuiltImage> {
 }
 
 /** Pushes a layout to a registry with skopeo (all platforms). `ref` is `HOST/repo:tag`. */
-export async function pushImage(layoutDir: string, ref: string): Promise<void> {
+export async function pushImage(
+  layoutDir: string,
+  ref: string,
+  options: { creds?: string } = {},
+): Promise<void> {
   await run('skopeo', [
     '--insecure-policy',
     'copy',
@@ -201,6 +205,7 @@ export async function pushImage(layoutDir: string, ref: string): Promise<void> {
     '--quiet',
     '--dest-tls-verify=false',
     '--preserve-digests',
+    ...(options.creds !== undefined ? ['--dest-creds', options.creds] : []),
     `oci:${layoutDir}`,
     `docker://${ref}`,
   ])

@@ -7,7 +7,7 @@ import { RegistryMetrics } from '../../src/registry/metrics.js'
 import { digestKey } from '../../src/routing/keys.js'
 import { memoryNetwork, memoryRouter } from '../../src/routing/memory.js'
 import { MemoryStore } from '../../src/store/memory.js'
-import { listen, seedImage, startPeer } from './fixtures.js'
+import { advertisedBy, listen, seedImage, startPeer } from './fixtures.js'
 
 /** At the default level (info) an operator sees content fetched from peers, and not the routine misses. */
 describe('request log lines at the default level', () => {
@@ -31,7 +31,13 @@ describe('request log lines at the default level', () => {
     const store = new MemoryStore()
     const local = seedImage(store, 'docker.io/library/local:v1', 1024)
     const app = createMirror(
-      { store, router, logger: pino({ level: 'info' }, sink), metrics: new RegistryMetrics(new Registry()) },
+      {
+        store,
+        advertises: advertisedBy(store),
+        router,
+        logger: pino({ level: 'info' }, sink),
+        metrics: new RegistryMetrics(new Registry()),
+      },
       { resolveTimeoutMs: 50, peerHeadersTimeoutMs: 400, bodyIdleTimeoutMs: 500, hedgeDelayMs: 60 },
     )
     const url = await listen(app)

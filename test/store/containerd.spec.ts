@@ -1,11 +1,20 @@
+import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import pino from 'pino'
 import { describe, expect, it } from 'vitest'
-import type { Digest } from '../../src/oci/index.js'
+import { type Digest, digestOf } from '../../src/oci/index.js'
 import type { StoreEvent } from '../../src/store/store.js'
 import { ContainerdStore } from '../../src/store/containerd.js'
 import { type StoreFixture, storeConformance } from '../conformance/store.js'
-import { pushImage, startContainerd, startRegistry, tempDir, writeHostsDir } from '../harness/index.js'
+import {
+  buildImage,
+  pushImage,
+  run,
+  startContainerd,
+  startRegistry,
+  tempDir,
+  writeHostsDir,
+} from '../harness/index.js'
 
 // The image goes through the real path: skopeo push to docker-registry, `ctr image pull` into containerd.
 function containerdFixture(init: { fileReads: boolean }) {
@@ -62,6 +71,15 @@ function containerdFixture(init: { fileReads: boolean }) {
       async deleteImage(name) {
         await containerd.removeImage(real(name))
       },
+      async startIngest(ref, partial, totalBytes, expected) {
+        // `ctr content ingest` with a short stdin fails at commit and leaves the partial ingest behind
+        const file = join(hosts.path, 'partial')
+        await writeFile(file, partial)
+        await run('sh', [
+          '-c',
+          `ctr --address ${containerd.address} -n ${containerd.namespace} content ingest --expected-size ${totalBytes} --expected-digest ${expected} ${ref} < ${file} || true`,
+        ])
+      },
       restartBackend: () => containerd.restart(),
       async teardown() {
         await store.close()
@@ -76,6 +94,8 @@ function containerdFixture(init: { fileReads: boolean }) {
 function bind(store: ContainerdStore) {
   return {
     stat: store.stat.bind(store),
+    ingests: store.ingests.bind(store),
+    abortIngest: store.abortIngest.bind(store),
     read: store.read.bind(store),
     close: store.close.bind(store),
   }
@@ -115,6 +135,43 @@ describe('containerd store: backend down', () => {
     } finally {
       await store.close()
       await dir.remove()
+    }
+  })
+})
+
+describe('containerd store: a brand-new node', () => {
+  it('switches to direct file reads once containerd has stored its first content', async () => {
+    const registry = await startRegistry()
+    const containerd = await startContainerd({ name: 'fresh' })
+    const hosts = await tempDir('hosts-fresh')
+    const lines: { fileReads?: boolean }[] = []
+    const logger = pino({ level: 'info' }, { write: (l: string) => void lines.push(JSON.parse(l)) })
+    const store = new ContainerdStore(
+      { logger },
+      { address: containerd.address, namespace: containerd.namespace, contentDir: containerd.contentDir },
+    )
+    try {
+      // the first request comes before any content exists: the file path is not there yet
+      await expect(store.stat(`sha256:${'b'.repeat(64)}` as Digest)).rejects.toMatchObject({
+        name: 'NotFoundError',
+      })
+      expect(lines.filter((l) => l.fileReads !== undefined).at(-1)?.fileReads).toBe(false)
+      const image = await buildImage({ dir: join(hosts.path, 'image'), layers: [100_000] })
+      const ref = `${registry.host}/fresh/app:v1`
+      await pushImage(image.dir, ref)
+      await writeHostsDir(hosts.path, { registryHost: registry.host })
+      await containerd.pull(ref, { hostsDir: hosts.path })
+      await new Promise((r) => setTimeout(r, 1100)) // past the re-check interval
+      const layer = image.manifests[0]!.layers[0]!
+      const chunks: Buffer[] = []
+      for await (const c of await store.read(layer.digest)) chunks.push(c as Buffer)
+      expect(digestOf(Buffer.concat(chunks))).toBe(layer.digest)
+      expect(lines.filter((l) => l.fileReads !== undefined).at(-1)?.fileReads).toBe(true)
+    } finally {
+      await store.close()
+      await containerd.destroy()
+      await registry.destroy()
+      await hosts.remove()
     }
   })
 })

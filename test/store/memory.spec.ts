@@ -17,6 +17,9 @@ storeConformance('memory', async () => {
     async deleteImage(name) {
       store.deleteImage(name)
     },
+    async startIngest(ref, partial, totalBytes, expected) {
+      store.startIngest({ ref, expected, offsetBytes: partial.length, totalBytes })
+    },
     async teardown() {
       await store.close()
     },

@@ -40,6 +40,35 @@ describe('renderHostsToml', () => {
     expect(doc.server).toBe('https://mirror.corp')
     expect(Object.keys(doc.host as object)).toEqual(['http://127.0.0.1:30020', 'https://cache.corp'])
   })
+  it('carries every top-level setting of a previous file (TLS and auth for the server)', () => {
+    const previous = [
+      'server = "https://registry.corp"',
+      'ca = "/etc/certs/corp-ca.pem"',
+      'client = [["/etc/certs/client.pem", "/etc/certs/client.key"]]',
+      'skip_verify = false',
+      '[header]',
+      '  authorization = "Basic dXNlcjpwYXNz"',
+      '[host."https://cache.corp"]',
+      '  capabilities = ["pull"]',
+      '',
+    ].join('\n')
+    const doc = parse(
+      renderHostsToml({
+        mirrorUrl: 'http://127.0.0.1:30020',
+        server: 'https://x',
+        dialTimeoutMs: 200,
+        previous,
+      }),
+    )
+    expect(doc).toMatchObject({
+      server: 'https://registry.corp',
+      ca: '/etc/certs/corp-ca.pem',
+      client: [['/etc/certs/client.pem', '/etc/certs/client.key']],
+      skip_verify: false,
+      header: { authorization: 'Basic dXNlcjpwYXNz' },
+    })
+    expect(Object.keys(doc.host as object)).toEqual(['http://127.0.0.1:30020', 'https://cache.corp'])
+  })
 })
 
 describe('configure / cleanup', () => {
@@ -81,6 +110,27 @@ describe('configure / cleanup', () => {
     expect((await readdir(dir)).sort()).toEqual(['127.0.0.1:5000', 'unrelated'])
     expect(await readdir(join(dir, '127.0.0.1:5000'))).toEqual(['hosts.toml'])
     expect(await readFile(join(dir, 'unrelated', 'hosts.toml'), 'utf8')).toBe('server = "https://u"\n')
+  })
+
+  it('a user file written after a first configure becomes the backup, so cleanup restores the newer file', async () => {
+    const registryDir = join(dir, '127.0.0.1:5000')
+    await mkdir(registryDir)
+    await writeFile(join(registryDir, 'hosts.toml'), 'server = "http://127.0.0.1:5000"\n# v1\n')
+    const init = {
+      configPath: dir,
+      mirrorUrl: 'http://127.0.0.1:30020',
+      registries: ['http://127.0.0.1:5000'],
+      allRegistries: false,
+      dialTimeoutMs: 200,
+    }
+    await configure(init)
+    // the user edits hosts.toml while kagami is installed; the next pod start configures again
+    const newer = 'server = "http://127.0.0.1:5000"\nca = "/etc/ca.pem"\n# v2\n'
+    await writeFile(join(registryDir, 'hosts.toml'), newer)
+    expect((await configure(init)).backedUp).toEqual([join(registryDir, 'hosts.toml')])
+    expect(parse(await readFile(join(registryDir, 'hosts.toml'), 'utf8')).ca).toBe('/etc/ca.pem')
+    await cleanup({ configPath: dir })
+    expect(await readFile(join(registryDir, 'hosts.toml'), 'utf8')).toBe(newer)
   })
 
   it('refuses to configure nothing', async () => {

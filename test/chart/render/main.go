@@ -91,6 +91,17 @@ func toYaml(v interface{}) string {
 	return strings.TrimSuffix(string(b), "\n")
 }
 
+// chartFiles is Helm's .Files: Get returns a chart file's content ("" when missing, as Helm does).
+type chartFiles struct{ dir string }
+
+func (f chartFiles) Get(name string) string {
+	b, err := os.ReadFile(filepath.Join(f.dir, name))
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
+
 func main() {
 	if len(os.Args) < 2 {
 		must(fmt.Errorf("usage: render CHART_DIR [-f values.yaml]... [--set k=v]..."))
@@ -201,6 +212,7 @@ func main() {
 			"APIVersions": apiVersions{"monitoring.coreos.com/v1": false},
 		},
 		"Template": map[string]interface{}{"BasePath": "kagami/templates"},
+		"Files":    chartFiles{dir: chartDir},
 	}
 
 	var out bytes.Buffer

@@ -1,0 +1,214 @@
+import { createHash } from 'node:crypto'
+import { anySignal } from 'any-signal'
+import type { Logger } from 'pino'
+import { Counter, Histogram, type Registry } from 'prom-client'
+import { type Digest, isDigest } from '../oci/index.js'
+import { parseChallenge } from './challenge.js'
+import type { Endpoint, Endpoints } from './endpoints.js'
+import { upstreamRequest, type UpstreamResponse } from './http.js'
+import { fetchAnonymousToken, TokenCache, UpstreamStatusError } from './tokens.js'
+
+/** Why the upstream gave no answer; the label of the fallback metric. */
+export type UnavailableReason =
+  'backoff' | 'timeout' | 'unreachable' | 'server-error' | 'rate-limited' | 'bad-response'
+
+/** What the upstream registry says about a tag. Outcomes are values: all of them are normal traffic. */
+export type TagAnswer =
+  | { kind: 'found'; digest: Digest; mediaType?: string }
+  | { kind: 'not-found' }
+  /** 401/403: the repository needs credentials the request did not carry. */
+  | { kind: 'denied'; status: number }
+  | { kind: 'unavailable'; reason: UnavailableReason; detail: string }
+
+export interface TagQuery {
+  registry: string
+  repository: string
+  tag: string
+  /** The client's `Accept`, forwarded: a registry answers 404 for an index the client does not accept. */
+  accept?: string
+  /** The client's own `Authorization`, forwarded as is; no anonymous token is fetched then. */
+  authorization?: string
+  signal?: AbortSignal
+}
+
+export interface UpstreamClientComponents {
+  endpoints: Endpoints
+  logger: Logger
+  metrics: Registry
+  /** Milliseconds on a monotonic-enough clock; tests pass their own to expire tokens and back-offs. */
+  now?: () => number
+}
+
+export interface UpstreamClientInit {
+  /** Budget for one tag lookup, token fetch included. */
+  tagTimeoutMs: number
+  /** After a failure, skip the upstream this long; any answer from it clears the back-off. */
+  backoffMs: number
+}
+
+// Sent when the client sent no Accept: every manifest type, so an index is found (distribution 2.8
+// answers 404 for an index unless Accept lists it).
+const DEFAULT_ACCEPT = [
+  'application/vnd.oci.image.index.v1+json',
+  'application/vnd.docker.distribution.manifest.list.v2+json',
+  'application/vnd.oci.image.manifest.v1+json',
+  'application/vnd.docker.distribution.manifest.v2+json',
+].join(', ')
+const MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+class UpstreamMetrics {
+  readonly requests: Counter<'result'>
+  readonly seconds: Histogram<'result'>
+  constructor(registry: Registry) {
+    this.requests = new Counter({
+      name: 'kagami_upstream_tag_requests_total',
+      help: 'Tag lookups at the upstream registry by result (found|not-found|denied|backoff|timeout|unreachable|server-error|rate-limited|bad-response)',
+      labelNames: ['result'],
+      registers: [registry],
+    })
+    this.seconds = new Histogram({
+      name: 'kagami_upstream_tag_duration_seconds',
+      help: 'Time of a tag lookup at the upstream registry (token fetch included; back-offs not counted)',
+      labelNames: ['result'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [registry],
+    })
+  }
+}
+
+function header(res: UpstreamResponse, name: string): string | undefined {
+  const v = res.headers[name]
+  return Array.isArray(v) ? v[0] : v
+}
+
+/**
+ * Asks upstream registries what a tag points to: a HEAD within a short budget, speaking the distribution
+ * token protocol (anonymous bearer tokens cached per scope until they expire, or the client's own
+ * Authorization), with a back-off per registry after a failure so an outage costs one budget, not one per
+ * pull.
+ */
+export class UpstreamClient {
+  private readonly log: Logger
+  private readonly metrics: UpstreamMetrics
+  private readonly now: () => number
+  private readonly tokens: TokenCache
+  /** Registry → time until which it is skipped. */
+  private readonly backoffUntil = new Map<string, number>()
+
+  constructor(
+    private readonly components: UpstreamClientComponents,
+    private readonly init: UpstreamClientInit,
+  ) {
+    this.log = components.logger.child({ component: 'upstream' })
+    this.metrics = new UpstreamMetrics(components.metrics)
+    this.now = components.now ?? (() => performance.now())
+    this.tokens = new TokenCache({ now: this.now })
+  }
+
+  async resolveTag(query: TagQuery): Promise<TagAnswer> {
+    const until = this.backoffUntil.get(query.registry)
+    if (until !== undefined && until > this.now()) {
+      this.metrics.requests.inc({ result: 'backoff' })
+      return { kind: 'unavailable', reason: 'backoff', detail: `${query.registry} failed recently` }
+    }
+    const started = performance.now()
+    const budget = AbortSignal.timeout(this.init.tagTimeoutMs)
+    const signal = anySignal([budget, query.signal])
+    let answer: TagAnswer
+    try {
+      answer = await this.ask(this.components.endpoints.endpoint(query.registry), query, signal)
+    } catch (err) {
+      if (query.signal?.aborted === true) throw err // the client went away: nothing to decide
+      answer = this.failure(err, budget.aborted)
+    } finally {
+      signal.clear()
+    }
+    if (answer.kind === 'unavailable') this.backoffUntil.set(query.registry, this.now() + this.init.backoffMs)
+    else this.backoffUntil.delete(query.registry)
+    const result = answer.kind === 'unavailable' ? answer.reason : answer.kind
+    this.metrics.requests.inc({ result })
+    this.metrics.seconds.observe({ result }, (performance.now() - started) / 1000)
+    return answer
+  }
+
+  private failure(err: unknown, overBudget: boolean): TagAnswer {
+    const e = err as Error & { code?: string }
+    if (overBudget)
+      return { kind: 'unavailable', reason: 'timeout', detail: `no answer in ${this.init.tagTimeoutMs} ms` }
+    if (e.name === 'UpstreamStatusError') {
+      const status = (e as UpstreamStatusError).status
+      const reason = status === 429 ? 'rate-limited' : status >= 500 ? 'server-error' : 'bad-response'
+      return { kind: 'unavailable', reason, detail: e.message }
+    }
+    if (e.name === 'ResponseTooLargeError')
+      return { kind: 'unavailable', reason: 'bad-response', detail: e.message }
+    return { kind: 'unavailable', reason: 'unreachable', detail: e.code ?? e.message }
+  }
+
+  private async ask(endpoint: Endpoint, query: TagQuery, signal: AbortSignal): Promise<TagAnswer> {
+    const url = new URL(`${endpoint.baseUrl}/v2/${query.repository}/manifests/${query.tag}`)
+    const scope = `repository:${query.repository}:pull`
+    const headers: Record<string, string> = { accept: query.accept ?? DEFAULT_ACCEPT }
+    const cacheKey = `${endpoint.registry}|${scope}`
+    const forwarded = query.authorization !== undefined
+    const cached = forwarded ? undefined : this.tokens.get(cacheKey)
+    if (forwarded) headers.authorization = query.authorization as string
+    else if (cached !== undefined) headers.authorization = `Bearer ${cached}`
+
+    const head = (): Promise<UpstreamResponse> =>
+      upstreamRequest(url, { method: 'HEAD', headers, agent: endpoint.agent, signal, maxBodyBytes: 0 })
+    let res = await head()
+    if (res.status === 401 && !forwarded) {
+      this.tokens.delete(cacheKey) // a cached token the registry refused is useless
+      const challenge = parseChallenge(header(res, 'www-authenticate'))
+      // Basic (htpasswd) or no challenge: only credentials would help, and we have none.
+      if (challenge?.scheme !== 'bearer') return { kind: 'denied', status: 401 }
+      const realm = challenge.params.realm
+      let token
+      try {
+        token = await fetchAnonymousToken(challenge, challenge.params.scope ?? scope, {
+          agent:
+            realm !== undefined ? this.components.endpoints.agentFor(endpoint, new URL(realm)) : undefined,
+          signal,
+          now: this.now,
+        })
+      } catch (err) {
+        if ((err as Error).name === 'TokenDeniedError') return { kind: 'denied', status: 401 }
+        throw err
+      }
+      this.tokens.set(cacheKey, token)
+      headers.authorization = `Bearer ${token.token}`
+      res = await head()
+    }
+    if (res.status === 401 || res.status === 403) return { kind: 'denied', status: res.status }
+    if (res.status === 404) return { kind: 'not-found' }
+    if (res.status !== 200) {
+      throw new UpstreamStatusError(`${endpoint.registry} answered ${res.status} for a tag`, res.status)
+    }
+    const mediaType = header(res, 'content-type')?.split(';')[0]?.trim()
+    const digest = header(res, 'docker-content-digest')
+    if (digest !== undefined && isDigest(digest)) return { kind: 'found', digest, mediaType }
+    // Some registries leave the digest out of HEAD; the manifest's own hash is the digest then.
+    const got = await upstreamRequest(url, {
+      method: 'GET',
+      headers,
+      agent: endpoint.agent,
+      signal,
+      maxBodyBytes: MAX_MANIFEST_BYTES,
+    })
+    if (got.status !== 200)
+      throw new UpstreamStatusError(`${endpoint.registry} answered ${got.status} for a tag`, got.status)
+    const hashed = `sha256:${createHash('sha256').update(got.body).digest('hex')}` as Digest
+    this.log.debug({ registry: endpoint.registry }, 'registry sent no digest on HEAD; hashed the manifest')
+    return { kind: 'found', digest: hashed, mediaType: header(got, 'content-type')?.split(';')[0]?.trim() }
+  }
+
+  /** Anonymous tokens held (for tests and status). */
+  get cachedTokens(): number {
+    return this.tokens.size
+  }
+
+  close(): void {
+    this.components.endpoints.close()
+  }
+}
