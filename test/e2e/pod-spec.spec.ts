@@ -237,13 +237,16 @@ describe.each([
       expect(await requestsAtMirror(node.mirror)).toBeGreaterThan(before)
     })
 
+    // by digest: what the node holds is served from containerd (a tag may be checked upstream first)
     const manifestUrl = (): string =>
-      `${node.mirror}/v2/pod/app/manifests/v1?ns=${encodeURIComponent(registry.host)}`
+      `${node.mirror}/v2/pod/app/manifests/${image.root.digest}?ns=${encodeURIComponent(registry.host)}`
 
     it('a containerd restart: the daemon reconnects and serves the image from containerd within 10 s', async () => {
       await waitFor(async () => (await getStatus(manifestUrl())) === 200, {
         timeoutMs: 20_000,
         what: 'the pulled image served from the local store',
+        describe: async () =>
+          `${await node.daemon!.tail()}\n${manifestUrl()} → ${await getStatus(manifestUrl()).catch(String)}`,
       })
       await node.containerd.restart()
       const d = node.daemon as ManagedProcess
