@@ -268,8 +268,9 @@ describe('the rendered chart, item by item', () => {
     expect(bytes(main.resources!.limits!.memory!)).toBeGreaterThanOrEqual(1.5 * 330 * MI)
     expect(main.startupProbe?.httpGet.path).toBe('/healthz')
     const init = spec.initContainers![0]!
-    expect(init.resources?.requests?.memory).toBeDefined()
-    expect(init.resources?.limits?.memory).toBeDefined()
+    // `kagami configure` / `kagami cleanup` peak at ~70 MiB RSS on Node 24 (/usr/bin/time -f %M)
+    expect(bytes(init.resources!.requests!.memory!)).toBeGreaterThanOrEqual(70 * MI)
+    expect(bytes(init.resources!.limits!.memory!)).toBeGreaterThanOrEqual(140 * MI)
     expect(init.securityContext).toMatchObject({
       readOnlyRootFilesystem: true,
       allowPrivilegeEscalation: false,
