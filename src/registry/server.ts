@@ -14,6 +14,7 @@ import { errorResponse, MethodNotAllowedError, type Target } from './errors.js'
 import { type Advertises, type ClientRequest, serveLocal } from './local.js'
 import type { RegistryMetrics, Source } from './metrics.js'
 import type { PeerFetcher } from './peers.js'
+import { sendBlob } from './send-blob.js'
 import type { TagResolver } from './tags.js'
 import { BLOB_BUFFER_BYTES, type Served } from './served.js'
 
@@ -62,7 +63,12 @@ const NOT_REGISTRY_TRAFFIC = /^\/(?:healthz|readyz|metrics|status|ui|favicon\.ic
 const REPOSITORY_IN_PATH = /^\/v2\/(.+?)\/(?:manifests|blobs)\//
 const API_VERSION = { 'docker-distribution-api-version': 'registry/2.0' }
 
-function send(reply: FastifyReply, served: Served): FastifyReply {
+async function send(reply: FastifyReply, served: Served): Promise<FastifyReply> {
+  if (served.body !== undefined && !Buffer.isBuffer(served.body)) {
+    // blobs: written chunk by chunk, each buffer back to its pool once written (send-blob.ts)
+    await sendBlob(reply, served.status, { ...served.headers, ...API_VERSION }, served.body)
+    return reply
+  }
   reply.code(served.status).headers({ ...served.headers, ...API_VERSION })
   // an empty Buffer (not null) keeps fastify from serialising JSON and rewriting Content-Type on HEAD
   return reply.send(served.body ?? EMPTY)

@@ -64,6 +64,7 @@ const VALID: Record<(typeof DERIVED_KEYS)[number], string> = {
   bootstrap: '{dns:kagami.example:5002}',
   registries: '{https://docker.io}',
   stateDir: '/elsewhere/state',
+  pskFile: '/elsewhere/psk',
 }
 
 const MI = 1024 * 1024
@@ -288,5 +289,41 @@ describe('the values used to test derived keys are valid daemon settings', () =>
       const value = raw.startsWith('{') ? raw.slice(1, -1).split(',') : raw
       expect(() => parseConfig(runSchema, { [k]: value }), k).not.toThrow()
     }
+  })
+})
+
+describe('the private-network key (PSK)', () => {
+  it('is on by default: a Secret with a random 64-hex key, mounted read-only, named in the config', async () => {
+    const { objects } = await helmTemplate([])
+    const secret = objects.find((o) => o.kind === 'Secret') as unknown as {
+      metadata: { name: string }
+      data: Record<string, string>
+    }
+    expect(secret.metadata.name).toBe('kagami-psk')
+    expect(Buffer.from(secret.data.psk ?? '', 'base64').toString()).toMatch(/^[0-9a-f]{64}$/)
+    expect(configOf(objects).pskFile).toBe('/etc/kagami/psk/psk')
+    const ds = mainDs(objects)
+    const mount = ds.containers[0]?.volumeMounts?.find((m) => m.name === 'psk')
+    expect(mount).toEqual({ name: 'psk', mountPath: '/etc/kagami/psk', readOnly: true })
+    const volume = ds.volumes?.find((v) => v.name === 'psk') as { secret?: unknown } | undefined
+    expect(volume?.secret).toMatchObject({ secretName: 'kagami-psk', items: [{ key: 'psk', path: 'psk' }] })
+    // a second install renders another key: one per release, never a fixed default
+    const again = (await helmTemplate([])).objects.find(
+      (o) => o.kind === 'Secret',
+    ) as unknown as typeof secret
+    expect(again.data.psk).not.toBe(secret.data.psk)
+  })
+
+  it('uses an existing Secret when named, and an open network only when switched off', async () => {
+    const own = await helmTemplate(['--set', 'psk.secretName=corp-psk', '--set', 'psk.secretKey=key'])
+    expect(own.objects.some((o) => o.kind === 'Secret')).toBe(false)
+    const ownVolume = mainDs(own.objects).volumes?.find((v) => v.name === 'psk') as { secret?: unknown }
+    expect(ownVolume.secret).toMatchObject({
+      secretName: 'corp-psk',
+      items: [{ key: 'key', path: 'psk' }],
+    })
+    const open = await helmTemplate(['--set', 'psk.enabled=false'])
+    expect(open.objects.some((o) => o.kind === 'Secret')).toBe(false)
+    expect(configOf(open.objects).pskFile).toBe('')
   })
 })
