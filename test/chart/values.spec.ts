@@ -263,13 +263,15 @@ describe('the rendered chart, item by item', () => {
     const { objects } = await helmTemplate()
     const spec = mainDs(objects)
     const main = spec.containers[0]!
-    // bench/memory.ts measured ~102 MiB RSS idle with ~1,000 keys and ~158 MiB peak serving a 1 GiB blob
-    expect(bytes(main.resources!.requests!.memory!)).toBeGreaterThanOrEqual(110 * MI)
-    expect(bytes(main.resources!.limits!.memory!)).toBeGreaterThanOrEqual(2 * 158 * MI)
+    // bench/memory.ts on Node 24: 226 MiB RSS idle with ~1,000 keys, 330 MiB peak serving a 1 GiB blob
+    // (the pod-spec e2e also checks the running daemon's RSS against the request)
+    expect(bytes(main.resources!.requests!.memory!)).toBeGreaterThanOrEqual(226 * MI)
+    expect(bytes(main.resources!.limits!.memory!)).toBeGreaterThanOrEqual(1.5 * 330 * MI)
     expect(main.startupProbe?.httpGet.path).toBe('/healthz')
     const init = spec.initContainers![0]!
-    expect(init.resources?.requests?.memory).toBeDefined()
-    expect(init.resources?.limits?.memory).toBeDefined()
+    // `kagami configure` / `kagami cleanup` peak at ~70 MiB RSS on Node 24 (/usr/bin/time -f %M)
+    expect(bytes(init.resources!.requests!.memory!)).toBeGreaterThanOrEqual(70 * MI)
+    expect(bytes(init.resources!.limits!.memory!)).toBeGreaterThanOrEqual(140 * MI)
     expect(init.securityContext).toMatchObject({
       readOnlyRootFilesystem: true,
       allowPrivilegeEscalation: false,

@@ -256,6 +256,13 @@ describe.each([
       // the daemon runs on Node 24, as the image does
       expect(metrics).toMatch(/^kagami_build_info\{version="\d+\.\d+\.\d+",node="v24\.\d+\.\d+"\} 1$/m)
 
+      // the chart's memory request covers what the running daemon uses (idle, one image)
+      const rss =
+        Number(/VmRSS:\s+(\d+) kB/.exec(await readFile(`/proc/${d.child.pid}/status`, 'utf8'))?.[1]) * 1024
+      const request = node.spec.containers[0]?.resources?.requests?.memory ?? ''
+      expect(request).toMatch(/^\d+Mi$/)
+      expect(rss).toBeLessThan(Number.parseInt(request) * 1024 * 1024)
+
       const before = await requestsAtMirror(node.mirror)
       await node.containerd.pull(ref, { hostsDir: node.certsDir })
       expect(await node.containerd.images()).toContain(ref)
@@ -263,13 +270,16 @@ describe.each([
       expect(await requestsAtMirror(node.mirror)).toBeGreaterThan(before)
     })
 
+    // by digest: what the node holds is served from containerd (a tag may be checked upstream first)
     const manifestUrl = (): string =>
-      `${node.mirror}/v2/pod/app/manifests/v1?ns=${encodeURIComponent(registry.host)}`
+      `${node.mirror}/v2/pod/app/manifests/${image.root.digest}?ns=${encodeURIComponent(registry.host)}`
 
     it('a containerd restart: the daemon reconnects and serves the image from containerd within 10 s', async () => {
       await waitFor(async () => (await getStatus(manifestUrl())) === 200, {
         timeoutMs: 20_000,
         what: 'the pulled image served from the local store',
+        describe: async () =>
+          `${await node.daemon!.tail()}\n${manifestUrl()} → ${await getStatus(manifestUrl()).catch(String)}`,
       })
       await node.containerd.restart()
       const d = node.daemon as ManagedProcess
