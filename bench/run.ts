@@ -159,6 +159,14 @@ function rows(r: Results): Row[] {
       measured: `${f(m.servingPeakRssMiB, 1)} MiB`,
       met: m.servingPeakRssMiB <= 120,
     })
+    if (m.parallel !== undefined) {
+      const p = m.parallel
+      out.push({
+        goal: `peak RSS, ${p.downloads} parallel ${f(p.blobBytes / 2 ** 20, 0)} MiB downloads through a mirror`,
+        measured: `serving node ${f(p.servingPeakRssMiB, 1)} MiB, relaying node ${f(p.relayingPeakRssMiB, 1)} MiB (${f(p.seconds, 1)} s)`,
+        met: undefined,
+      })
+    }
   }
   if (r.tags) {
     const t = r.tags
