@@ -6,7 +6,6 @@
  * - upstream down: the registry stopped, the mirror falls back to the peers' tag; after the first failure
  *   the back-off skips the registry, so this should be as fast as any peer hit (p99 ≤ 25 ms).
  */
-import '../src/polyfill.js'
 import { join } from 'node:path'
 import {
   buildImage,

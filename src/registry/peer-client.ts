@@ -39,6 +39,8 @@ export interface PeerResponse {
 }
 
 const MAX_HEADER_BYTES = 64 * 1024
+/** Socket reads buffered ahead of the consumer, with a pool. */
+const POOLED_READ_AHEAD_CHUNKS = 4
 const HEADER_END = Buffer.from('\r\n\r\n')
 
 function abortError(signal: AbortSignal): Error {
@@ -133,7 +135,11 @@ export function peerRequest(peer: Peer, init: PeerRequestInit): Promise<PeerResp
       }
       remaining = length
       body = new Readable({
-        highWaterMark: pool?.bufferBytes ?? init.readBufferBytes ?? BLOB_BUFFER_BYTES,
+        // With a pool, one chunk per read, never merged: a byte-mode stream's async iterator concatenates
+        // whatever is buffered (a copy, and the pool buffers are lost to the GC), so count chunks instead.
+        ...(pool === undefined
+          ? { highWaterMark: init.readBufferBytes ?? BLOB_BUFFER_BYTES }
+          : { objectMode: true, highWaterMark: POOLED_READ_AHEAD_CHUNKS }),
         read: () => socket.resume(),
         destroy: (err, cb) => {
           if (remaining > 0) socket.destroy()

@@ -53,6 +53,9 @@ export interface PeerFetcherComponents {
   hashWorker?: HashWorker
 }
 
+// Socket reads from peers: one pool buffer each (a read returns what has arrived, often far less than
+// 4 MiB, so bigger buffers mostly hold air).
+const PEER_READ_BYTES = 1024 * 1024
 // Below this, a blob is hashed on the main thread: a worker round trip (and its start) would cost more.
 const OFF_THREAD_HASH_MIN_BYTES = 8 * 1024 * 1024
 
@@ -116,7 +119,7 @@ export class PeerFetcher {
     private readonly init: PeerFetcherInit,
   ) {
     this.log = components.logger.child({ component: 'peers' })
-    this.pool = components.pool ?? new BufferPool({ bufferBytes: BLOB_BUFFER_BYTES, maxFree: 16 })
+    this.pool = components.pool ?? new BufferPool({ bufferBytes: PEER_READ_BYTES, maxFree: 32 })
     this.hashWorker = components.hashWorker ?? new HashWorker()
     this.hedge = new HedgeDelay({
       initialMs: init.hedgeDelayMs ?? 50,
