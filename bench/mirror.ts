@@ -18,6 +18,7 @@ import {
   type ClusterNode,
   startCluster,
 } from '../test/harness/index.js'
+import { benchMember } from './member.js'
 import { curl, GiB, log, median, stats, type Stats } from './lib.js'
 
 /** Contenders of the one-stream throughput table, every one measured in each run, side by side. */
@@ -158,6 +159,8 @@ export async function benchMirror(
       what: 'B sees A',
     })
 
+    const member = await benchMember(cluster, na)
+    cleanup.push(() => member.stop())
     const blobPath = join(ca.contentDir, 'blobs', 'sha256', layer.digest.slice(7))
     const ns = encodeURIComponent(registry.host)
     const ceiling = await nodeCeiling(blobPath)
@@ -181,7 +184,12 @@ export async function benchMirror(
           rates.rawTcp.push(raw.bytes / raw.seconds / GiB)
           continue
         }
-        const r = await curl(urls[c])
+        // the peer endpoint answers members only: sign as a mirror does
+        const headers =
+          c === 'peerDirect'
+            ? [await member.authorization('GET', new URL(urls[c]).pathname + new URL(urls[c]).search)]
+            : []
+        const r = await curl(urls[c], headers)
         if (r.status !== 200 || r.bytes !== layer.size) throw new Error(`${c}: ${r.status} ${r.bytes}`)
         rates[c].push(r.bytes / r.seconds / GiB)
       }

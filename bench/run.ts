@@ -7,8 +7,9 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { cpus, totalmem } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { run } from '../test/harness/index.js'
+import { type AuthBenchResult, benchAuth } from './auth.js'
 import { benchHerd, type HerdBenchResult } from './herd.js'
-import { log } from './lib.js'
+import { log, stats } from './lib.js'
 import { benchMemory, type MemoryBenchResult } from './memory.js'
 import { benchMirror, type MirrorBenchResult } from './mirror.js'
 import { benchPull, type PullBenchResult } from './pull.js'
@@ -32,6 +33,7 @@ interface Results {
   memory?: MemoryBenchResult
   store?: StoreReadBenchResult
   tags?: TagsBenchResult
+  auth?: AuthBenchResult
 }
 
 const SCENARIOS = {
@@ -42,6 +44,7 @@ const SCENARIOS = {
   memory: () => benchMemory({ idleSeconds: 60 }),
   store: () => benchStoreRead(),
   tags: () => benchTags(),
+  auth: () => benchAuth(),
 } as const
 type Scenario = keyof typeof SCENARIOS
 
@@ -178,8 +181,22 @@ function rows(r: Results): Row[] {
     })
     out.push({
       goal: 'tag HEAD, upstream down: fallback to peers after back-off, p99 ≤ 25 ms',
-      measured: `p50 ${f(t.downMs.p50, 1)} ms, p99 ${f(t.downMs.p99, 1)} ms (n=${t.downMs.n})`,
+      measured: `p50 ${f(t.downMs.p50, 1)} ms, p99 ${f(t.downMs.p99, 1)} ms (n=${t.downMs.n}); peers' tag without asking upstream (\`always\`) p50 ${f(t.alwaysMs?.p50 ?? NaN, 1)} ms, p99 ${f(t.alwaysMs?.p99 ?? NaN, 1)} ms`,
       met: t.downMs.p99 <= 25,
+    })
+  }
+  if (r.auth) {
+    const a = r.auth
+    const med = (xs: number[]): number => stats(xs).p50
+    out.push({
+      goal: 'peer endpoint auth (signed requests from members) costs ≤ 5 % of blob throughput',
+      measured: `on ${f(med(a.gibPerSecond.on))} vs off ${f(med(a.gibPerSecond.off))} GiB/s = ${f(a.throughputRatio, 3)}× (${a.runs} runs, ${f(a.blobBytes / 2 ** 20, 0)} MiB)`,
+      met: a.throughputRatio >= 0.95,
+    })
+    out.push({
+      goal: 'peer endpoint auth: manifest TTFB on vs off',
+      measured: `p50 ${f(a.manifestTtfbMs.on.p50)} vs ${f(a.manifestTtfbMs.off.p50)} ms, p99 ${f(a.manifestTtfbMs.on.p99)} vs ${f(a.manifestTtfbMs.off.p99)} ms (n=${a.manifestTtfbMs.on.n})`,
+      met: undefined,
     })
   }
   if (r.store) {
