@@ -304,11 +304,12 @@ async function main(): Promise<void> {
     log(`bench: ${s}`)
     try {
       ;(results as unknown as Record<string, unknown>)[s] = await SCENARIOS[s]()
+      // a failed scenario keeps its previous result and the date that result was measured
+      results.seconds[s] = (performance.now() - t0) / 1000
+      results.measuredAt![s] = new Date().toISOString()
     } catch (err) {
       log(`bench: ${s} failed: ${(err as Error).message}`)
     }
-    results.seconds[s] = (performance.now() - t0) / 1000
-    results.measuredAt![s] = new Date().toISOString()
   }
   await mkdir(RESULTS, { recursive: true })
   const stamp = results.startedAt.replace(/[:.]/g, '-')

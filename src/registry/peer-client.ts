@@ -5,6 +5,11 @@
  * (bench/mirror.ts). With a pool, each socket read lands in a pool buffer that goes downstream as is (no
  * copy, no allocation) and comes back once the mirror's response wrote it (buffer-pool.ts).
  * It speaks only what our peer endpoint sends: one response with Content-Length.
+ *
+ * One connection per request (`Connection: close`), on purpose: a relayed blob pays one loopback/LAN
+ * connect (well under a millisecond) against seconds of body, and `--cpu-prof` of the relay shows its time
+ * in the digest and the two socket copies, not in connection setup (issue #14, bench/mirror.ts). A fresh
+ * connection also means a failed or aborted body can never leave a half-read socket in a pool.
  */
 import { connect, type Socket } from 'node:net'
 import { Readable } from 'node:stream'

@@ -6,7 +6,7 @@ import type { HashJob, HashWorker } from './hash-worker.js'
 import { BLOB_BUFFER_BYTES } from './served.js'
 
 /** Un-hashed bytes allowed in flight to the worker before the relay waits for it (bounds memory). */
-const MAX_UNHASHED_BYTES = 16 * 1024 * 1024
+const MAX_UNHASHED_BYTES = 4 * 1024 * 1024
 
 /**
  * The streaming digest check of verify.ts with the hashing on a worker thread (hash-worker.ts): the same
