@@ -4,7 +4,6 @@ import type { FastifyInstance } from 'fastify'
 import { multiaddr } from '@multiformats/multiaddr'
 import { pino, type Logger } from 'pino'
 import { collectDefaultMetrics, Gauge, Registry } from 'prom-client'
-import type { CliIo } from './cli.js'
 import { ConfigError, type RunConfig } from './config.js'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { loadOrCreateIdentity } from './identity.js'
@@ -296,7 +295,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
 }
 
 /** `kagami run`: starts, then stops cleanly on SIGTERM/SIGINT (stop advertising, drain responses, exit 0). */
-export async function runDaemon(config: RunConfig, _io: CliIo): Promise<number> {
+export async function runDaemon(config: RunConfig): Promise<number> {
   const logger = pino({
     level: config.logLevel,
     name: 'kagami',

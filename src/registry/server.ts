@@ -11,9 +11,10 @@ import type { RepositoryFilter } from '../filter.js'
 import { NotFoundError } from '../store/errors.js'
 import type { Store } from '../store/store.js'
 import { errorResponse, MethodNotAllowedError, type Target } from './errors.js'
-import { type Advertises, type ClientRequest, serveLocal } from './local.js'
+import type { Advertises } from './local.js'
 import type { RegistryMetrics, Source } from './metrics.js'
 import type { PeerFetcher } from './peers.js'
+import { resolveContent } from './resolve.js'
 import type { TagResolver } from './tags.js'
 import { BLOB_BUFFER_BYTES, type Served } from './served.js'
 
@@ -233,34 +234,13 @@ export function createRegistryServer(
     if (filter !== undefined && !filter.allows(req.registry, req.repository)) {
       throw new NotFoundError(`${req.registry}/${req.repository} is not mirrored by this node`)
     }
-    const client: ClientRequest = {
+    const served = await resolveContent({ store, advertises, peers, tags }, req, {
       method: request.method,
       accept: request.headers.accept,
       range: typeof request.headers.range === 'string' ? request.headers.range : undefined,
+      authorization: request.headers.authorization,
       signal: requestSignal(reply),
-    }
-    // A tag asks upstream first; it may come back as a by-digest request, or as local-only (tags.ts).
-    const route =
-      tags !== undefined && req.kind === 'manifest'
-        ? await tags.route(req, { ...client, authorization: request.headers.authorization })
-        : { req, peers: true }
-    let served: Served | undefined
-    try {
-      served = await serveLocal(store, advertises, route.req, client)
-    } catch (err) {
-      const name = (err as Error).name
-      // Not here: ask peers (mirror only). Range and bad-input errors are the client's and are final.
-      if (
-        name !== 'NotFoundError' &&
-        name !== 'StoreUnavailableError' &&
-        name !== 'ManifestNotAcceptableError'
-      )
-        throw err
-      if (peers === undefined || !route.peers) throw err
-    }
-    served ??= await peers?.fetch(route.req, client)
-    if (served === undefined)
-      throw new NotFoundError(`${req.kind} ${ref} not found on this node or its peers`)
+    })
     if (served.body !== undefined && !Buffer.isBuffer(served.body)) {
       // a streaming body holds buffers and a file or peer connection until the client has read it all
       if (downloads >= maxDownloads) {

@@ -206,7 +206,7 @@ export class ContainerdStore implements Store {
   }
 
   async read(digest: Digest, options: ReadOptions = {}): Promise<Readable> {
-    const { sizeBytes } = await this.stat(digest, options)
+    const sizeBytes = options.sizeBytes ?? (await this.stat(digest, options)).sizeBytes
     // an empty blob reads as empty; any range of it is unsatisfiable (as in the memory store)
     if (sizeBytes === 0 && options.range === undefined) return Readable.from([], { objectMode: false })
     const { start, end } = resolveRange(options.range, sizeBytes)

@@ -1,9 +1,9 @@
 import type { Readable } from 'node:stream'
+import type { AbortOptions } from '../abort.js'
 import type { Descriptor, Digest, Reference } from '../oci/index.js'
 
-export interface AbortOptions {
-  signal?: AbortSignal
-}
+// re-exported: the store's implementations and callers name it with the rest of the Store types
+export type { AbortOptions }
 
 /** An image the node has: its normalised name and the descriptor of its root manifest or index. */
 export interface Image {
@@ -31,6 +31,8 @@ export interface ByteRange {
 
 export interface ReadOptions extends AbortOptions {
   range?: ByteRange
+  /** The size, when the caller has just stat'ed the content: a read then costs no second stat. */
+  sizeBytes?: number
 }
 
 /** A download containerd has in progress (`ctr content active`), e.g. the one a pull through the mirror writes. */

@@ -1,0 +1,52 @@
+import type { DistributionRequest } from '../oci/index.js'
+import { NotFoundError } from '../store/errors.js'
+import type { Store } from '../store/store.js'
+import { type Advertises, type ClientRequest, serveLocal } from './local.js'
+import type { PeerFetcher } from './peers.js'
+import type { Served } from './served.js'
+import type { TagResolver } from './tags.js'
+
+type ContentRequest = Extract<DistributionRequest, { kind: 'manifest' | 'blob' }>
+
+export interface ResolverComponents {
+  store: Store
+  /** What this node advertises: the only local content served. */
+  advertises: Advertises
+  /** Mirror only: the peer endpoint never asks peers (no request loops). */
+  peers?: PeerFetcher
+  /** Mirror only: tags resolve upstream first (tags.ts). */
+  tags?: TagResolver
+}
+
+export interface ResolveRequest extends ClientRequest {
+  /** The client's credentials, forwarded upstream when a tag is resolved there. */
+  authorization?: string
+}
+
+// Not here, and not the client's mistake: peers may have it. Range and bad-input errors are final.
+const ASK_PEERS = new Set(['NotFoundError', 'StoreUnavailableError', 'ManifestNotAcceptableError'])
+
+/**
+ * Where a manifest or blob comes from: this node's store, then peers, then a miss (NotFoundError, which the
+ * client's containerd answers by asking the next host). The one policy both servers share; the peer endpoint
+ * has no `peers`, so it serves local content only.
+ */
+export async function resolveContent(
+  components: ResolverComponents,
+  req: ContentRequest,
+  client: ResolveRequest,
+): Promise<Served> {
+  const { store, advertises, peers, tags } = components
+  // A tag asks upstream first; it may come back as a by-digest request, or as local-only (tags.ts).
+  const route =
+    tags !== undefined && req.kind === 'manifest' ? await tags.route(req, client) : { req, peers: true }
+  try {
+    return await serveLocal(store, advertises, route.req, client)
+  } catch (err) {
+    if (!ASK_PEERS.has((err as Error).name) || peers === undefined || !route.peers) throw err
+  }
+  const served = await peers.fetch(route.req, client)
+  if (served !== undefined) return served
+  const ref = 'tag' in req.reference ? req.reference.tag : req.reference.digest
+  throw new NotFoundError(`${req.kind} ${ref} not found on this node or its peers`)
+}
