@@ -11,6 +11,7 @@ import { PeerAuth } from './trust/peer-auth.js'
 import { loadPsk } from './trust/psk.js'
 import { repositoryFilter } from './filter.js'
 import { RegistryMetrics, registerNodeGauges } from './registry/metrics.js'
+import { InFlight } from './registry/inflight.js'
 import { createMirror } from './registry/mirror.js'
 import { CorruptReports } from './registry/corrupt-report.js'
 import { createPeerServer } from './registry/peer.js'
@@ -163,7 +164,10 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     // The servers answer only with what state sync advertises; it starts after the router, which needs the
     // peer endpoint's URL, so until then they answer nothing locally.
     let state: StateSync | undefined = undefined
-    const advertises = (key: RoutingKey): boolean => state?.advertises(key) ?? false
+    // Blobs being downloaded here are advertised (and served) while they arrive; built once the router is.
+    let inflight: InFlight | undefined = undefined
+    const advertises = (key: RoutingKey): boolean =>
+      (state?.advertises(key) ?? false) || (inflight?.advertises(key) ?? false)
     const reports = new CorruptReports({
       store,
       logger,
@@ -177,6 +181,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
       logger,
       metrics: registryMetrics,
       filter,
+      inflight: { ingest: (d) => inflight?.ingest(d), idleTimeoutMs: config.bodyIdleTimeout },
     })
     // the mirror listens on 127.0.0.1 only; Prometheus scrapes the node address
     peerServer.get('/metrics', async (_req, reply) =>
@@ -221,6 +226,9 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     state = sync
     await sync.start()
     started.push({ name: 'state sync', stop: () => sync.stop() })
+    const downloads = new InFlight({ store, router, advertised: (key) => sync.advertises(key), logger })
+    inflight = downloads
+    started.push({ name: 'in-flight downloads', stop: () => downloads.stop() })
 
     // `--registries` gives each upstream its scheme and TLS settings; tags are asked there first.
     const upstream = new UpstreamClient(
@@ -230,7 +238,17 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     const tags = new TagResolver({ upstream, logger, metrics }, { policy: config.resolveTagsFromPeers })
 
     const mirror = createMirror(
-      { store, advertises, router, signer: peerAuth, logger, metrics: registryMetrics, filter, tags },
+      {
+        store,
+        advertises,
+        router,
+        signer: peerAuth,
+        logger,
+        metrics: registryMetrics,
+        filter,
+        tags,
+        expect: (digest) => downloads.expect(digest),
+      },
       {
         resolveTimeoutMs: config.resolveTimeout,
         peerHeadersTimeoutMs: config.peerHeadersTimeout,

@@ -7,7 +7,7 @@ import {
 } from '../oci/index.js'
 import { digestKey, type RoutingKey, tagKey } from '../routing/keys.js'
 import { NotFoundError } from '../store/errors.js'
-import type { Store } from '../store/store.js'
+import type { Ingest, Store } from '../store/store.js'
 import { ManifestNotAcceptableError } from './errors.js'
 import { contentHeaders, parseRangeHeader, partialHeaders } from './headers.js'
 import type { Served } from './served.js'
@@ -124,4 +124,44 @@ export async function serveLocal(
   const end = range.end ?? sizeBytes - 1
   const body = client.method === 'GET' ? await store.read(digest, { signal, range, sizeBytes }) : undefined
   return { source: 'local', status: 206, headers: partialHeaders(d, range.start, end), digest, body }
+}
+
+/**
+ * Serves a blob this node is still downloading, from the growing file (store.readIngest): the length is the
+ * size containerd expects, and the bytes are not verified here — the fetching node checks the digest, as it
+ * does for every peer body. A download that stops growing for `idleTimeoutMs` ends the body short.
+ */
+export async function serveInFlight(
+  store: Store,
+  ingest: Ingest,
+  client: ClientRequest,
+  idleTimeoutMs: number,
+): Promise<Served> {
+  const digest = ingest.expected
+  const sizeBytes = ingest.totalBytes
+  const d = { digest, mediaType: 'application/octet-stream', sizeBytes }
+  const range = parseRangeHeader(client.range, sizeBytes)
+  const read = async (r?: { start: number; end?: number }) =>
+    client.method === 'GET'
+      ? await store.readIngest(ingest.ref, { signal: client.signal, range: r, sizeBytes, idleTimeoutMs })
+      : undefined
+  if (range === undefined) {
+    return {
+      source: 'local',
+      status: 200,
+      headers: contentHeaders(d),
+      digest,
+      body: await read(),
+      inFlight: true,
+    }
+  }
+  const end = range.end ?? sizeBytes - 1
+  return {
+    source: 'local',
+    status: 206,
+    headers: partialHeaders(d, range.start, end),
+    digest,
+    body: await read(range),
+    inFlight: true,
+  }
 }

@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
 import type { RepositoryFilter } from '../filter.js'
+import type { Digest } from '../oci/index.js'
 import type { Router } from '../routing/router.js'
 import type { Store } from '../store/store.js'
 import type { Advertises } from './local.js'
@@ -20,6 +21,8 @@ export interface MirrorComponents {
   filter?: RepositoryFilter
   /** Tags resolve upstream first when present; without it a tag is served as local or peers have it. */
   tags?: TagResolver
+  /** Told of blobs this node is about to download, so it can advertise them while they arrive. */
+  expect?: (digest: Digest) => void
 }
 
 export interface MirrorInit {

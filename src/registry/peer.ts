@@ -1,8 +1,8 @@
 import type { FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
 import type { RepositoryFilter } from '../filter.js'
-import type { Store } from '../store/store.js'
-import { parseDigest } from '../oci/index.js'
+import type { Ingest, Store } from '../store/store.js'
+import { type Digest, parseDigest } from '../oci/index.js'
 import { CORRUPT_REPORT_PATH, type CorruptReports } from './corrupt-report.js'
 import type { Advertises } from './local.js'
 import type { RegistryMetrics } from './metrics.js'
@@ -18,6 +18,8 @@ export interface PeerServerComponents {
   logger: Logger
   metrics: RegistryMetrics
   filter?: RepositoryFilter
+  /** Blobs this node is still downloading, served as they arrive (inflight.ts). */
+  inflight?: { ingest(digest: Digest): Ingest | undefined; idleTimeoutMs: number }
 }
 
 /**

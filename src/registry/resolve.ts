@@ -1,7 +1,7 @@
-import type { DistributionRequest } from '../oci/index.js'
+import type { Digest, DistributionRequest } from '../oci/index.js'
 import { NotFoundError } from '../store/errors.js'
-import type { Store } from '../store/store.js'
-import { type Advertises, type ClientRequest, serveLocal } from './local.js'
+import type { Ingest, Store } from '../store/store.js'
+import { type Advertises, type ClientRequest, serveInFlight, serveLocal } from './local.js'
 import type { PeerFetcher } from './peers.js'
 import type { Served } from './served.js'
 import type { TagResolver } from './tags.js'
@@ -16,6 +16,13 @@ export interface ResolverComponents {
   peers?: PeerFetcher
   /** Mirror only: tags resolve upstream first (tags.ts). */
   tags?: TagResolver
+  /** Mirror only: a blob not held here is about to be downloaded (inflight.ts marks it once it is). */
+  expect?: (digest: Digest) => void
+  /**
+   * Peer endpoint only: blobs this node is downloading, served as they arrive. Never on the mirror: its
+   * client is the containerd that writes that very download.
+   */
+  inflight?: { ingest(digest: Digest): Ingest | undefined; idleTimeoutMs: number }
 }
 
 export interface ResolveRequest extends ClientRequest {
@@ -36,15 +43,19 @@ export async function resolveContent(
   req: ContentRequest,
   client: ResolveRequest,
 ): Promise<Served> {
-  const { store, advertises, peers, tags } = components
+  const { store, advertises, peers, tags, inflight } = components
   // A tag asks upstream first; it may come back as a by-digest request, or as local-only (tags.ts).
   const route =
     tags !== undefined && req.kind === 'manifest' ? await tags.route(req, client) : { req, peers: true }
   try {
     return await serveLocal(store, advertises, route.req, client)
   } catch (err) {
+    const ingest = 'digest' in req.reference ? inflight?.ingest(req.reference.digest) : undefined
+    if (req.kind === 'blob' && ingest !== undefined && (err as Error).name === 'NotFoundError')
+      return await serveInFlight(store, ingest, client, inflight?.idleTimeoutMs ?? 5000)
     if (!ASK_PEERS.has((err as Error).name) || peers === undefined || !route.peers) throw err
   }
+  if (req.kind === 'blob' && 'digest' in req.reference) components.expect?.(req.reference.digest)
   const served = await peers.fetch(route.req, client)
   if (served !== undefined) return served
   const ref = 'tag' in req.reference ? req.reference.tag : req.reference.digest

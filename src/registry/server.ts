@@ -14,7 +14,7 @@ import { errorResponse, MethodNotAllowedError, type Target } from './errors.js'
 import type { Advertises } from './local.js'
 import type { RegistryMetrics, Source } from './metrics.js'
 import type { PeerFetcher } from './peers.js'
-import { resolveContent } from './resolve.js'
+import { resolveContent, type ResolverComponents } from './resolve.js'
 import type { TagResolver } from './tags.js'
 import { BLOB_BUFFER_BYTES, type Served } from './served.js'
 
@@ -29,6 +29,10 @@ export interface RegistryServerComponents {
   filter?: RepositoryFilter
   /** Mirror only: resolves tags upstream first (tags.ts). */
   tags?: TagResolver
+  /** Mirror only: told of blobs about to be downloaded here (inflight.ts). */
+  expect?: ResolverComponents['expect']
+  /** Peer endpoint only: serves blobs this node is still downloading. */
+  inflight?: ResolverComponents['inflight']
 }
 
 export interface RegistryServerInit {
@@ -78,7 +82,7 @@ export function createRegistryServer(
   components: RegistryServerComponents,
   init: RegistryServerInit,
 ): FastifyInstance {
-  const { store, advertises, metrics, peers, filter, tags } = components
+  const { metrics, filter } = components
   const app = fastify({
     loggerInstance: components.logger.child({ component: init.server }) as FastifyBaseLogger,
     // one summary line per request is written in onResponse instead of fastify's two
@@ -234,7 +238,7 @@ export function createRegistryServer(
     if (filter !== undefined && !filter.allows(req.registry, req.repository)) {
       throw new NotFoundError(`${req.registry}/${req.repository} is not mirrored by this node`)
     }
-    const served = await resolveContent({ store, advertises, peers, tags }, req, {
+    const served = await resolveContent(components, req, {
       method: request.method,
       accept: request.headers.accept,
       range: typeof request.headers.range === 'string' ? request.headers.range : undefined,

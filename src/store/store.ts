@@ -45,6 +45,14 @@ export interface Ingest {
   totalBytes: number
 }
 
+export interface IngestReadOptions extends AbortOptions {
+  range?: ByteRange
+  /** The size the download will have when complete (its `totalBytes`). */
+  sizeBytes: number
+  /** The read fails when the download grows by nothing for this long (stalled or aborted). */
+  idleTimeoutMs: number
+}
+
 export type StoreEvent =
   /** First event of every `watch`, and again after a reconnect: the full set of images now. */
   | { type: 'snapshot'; images: Image[] }
@@ -71,6 +79,11 @@ export interface Store {
    * received bytes failing their digest can never commit, and containerd would resume it forever).
    */
   abortIngest(ref: string, options?: AbortOptions): Promise<void>
+  /**
+   * Streams a download still in progress as it grows, up to `sizeBytes`: the bytes are not verified (the
+   * reader checks the digest at the end). `NotFoundError` when the download is gone or cannot be read here.
+   */
+  readIngest(ref: string, options: IngestReadOptions): Promise<Readable>
   /** Snapshot, then live changes, until the signal aborts. After a backend reconnect, a new snapshot. */
   watch(options?: AbortOptions): AsyncIterable<StoreEvent>
   close(): Promise<void>

@@ -80,6 +80,7 @@ function containerdFixture(init: { fileReads: boolean }) {
           `ctr --address ${containerd.address} -n ${containerd.namespace} content ingest --expected-size ${totalBytes} --expected-digest ${expected} ${ref} < ${file} || true`,
         ])
       },
+      ingestsReadable: init.fileReads,
       restartBackend: () => containerd.restart(),
       async teardown() {
         await store.close()
@@ -96,6 +97,7 @@ function bind(store: ContainerdStore) {
     stat: store.stat.bind(store),
     ingests: store.ingests.bind(store),
     abortIngest: store.abortIngest.bind(store),
+    readIngest: store.readIngest.bind(store),
     read: store.read.bind(store),
     close: store.close.bind(store),
   }

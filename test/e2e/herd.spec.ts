@@ -1,0 +1,101 @@
+import { createHash } from 'node:crypto'
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { startProxy, type ThrottleProxy } from '../../bench/proxy.js'
+import {
+  type BuiltImage,
+  buildImage,
+  type Cluster,
+  type ClusterNode,
+  pushImage,
+  type RegistryHandle,
+  startCluster,
+  startRegistry,
+  tempDir,
+  waitFor,
+} from '../harness/index.js'
+
+const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`
+
+/** Sum of one counter's samples whose labels include every `match` pair, from a node's /metrics. */
+async function counter(node: ClusterNode, name: string, match: Record<string, string>): Promise<number> {
+  const text = await (await fetch(`${node.kagami.mirrorUrl}/metrics`)).text()
+  let sum = 0
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}{`)) continue
+    if (!Object.entries(match).every(([k, v]) => line.includes(`${k}="${v}"`))) continue
+    sum += Number(line.slice(line.lastIndexOf(' ') + 1))
+  }
+  return sum
+}
+
+async function blobsMatch(node: ClusterNode, digests: string[]): Promise<void> {
+  for (const d of digests) {
+    const bytes = await readFile(join(node.containerd.contentDir, 'blobs', 'sha256', d.slice(7)))
+    expect(sha(bytes)).toBe(d)
+  }
+}
+
+/**
+ * Herd handling with real containerd, docker-registry and `kagami run` processes. The upstream sits behind a
+ * throttling proxy (bench/proxy.ts), which also counts the bytes it sends.
+ */
+describe('e2e: herd', () => {
+  let registry: RegistryHandle
+  let proxy: ThrottleProxy
+  let cluster: Cluster | undefined
+  let nodes: ClusterNode[] = []
+  let tmp: { path: string; remove(): Promise<void> }
+
+  beforeAll(async () => {
+    tmp = await tempDir('herd')
+    registry = await startRegistry()
+    const [h, p] = registry.host.split(':') as [string, string]
+    // ~8 MiB/s: a 12 MB layer takes ~1.5 s, long enough to be seen in flight
+    proxy = await startProxy({ target: { host: h, port: Number(p) }, rateBytesPerSecond: 8 * 1024 * 1024 })
+    cluster = await startCluster({ names: ['a', 'b'], registries: [proxy.url] })
+    nodes = cluster.nodes
+  }, 180_000)
+
+  afterAll(async () => {
+    await cluster?.destroy()
+    await proxy?.close()
+    await registry?.destroy()
+    await tmp?.remove()
+  })
+
+  it('a blob still arriving on A is served to B from A: byte-identical, upstream sends it once', async () => {
+    const [a, b] = nodes as [ClusterNode, ClusterNode]
+    const image: BuiltImage = await buildImage({
+      dir: join(tmp.path, 'inflight'),
+      layers: [12_000_000],
+      gzip: false,
+    })
+    await pushImage(image.dir, `${registry.host}/herd/inflight:v1`)
+    const ref = `${proxy.host}/herd/inflight:v1`
+    const m = image.manifests[0]!
+    const layer = m.layers[0]!
+    proxy.reset()
+    const pullA = a.containerd.pull(ref, { hostsDir: a.hostsDir, timeoutMs: 120_000 })
+    // once A's download of the layer has started and grown a little, B asks for the same image
+    await waitFor(
+      async () => {
+        const active = await a.containerd.ctr(['content', 'active'])
+        return active.includes(layer.digest.slice(7)) && /\d+(\.\d+)?MB/.test(active) ? true : undefined
+      },
+      { timeoutMs: 30_000, intervalMs: 50, what: 'A downloading the layer' },
+    )
+    await new Promise((r) => setTimeout(r, 300)) // the in-flight mark reaches B (poll + key exchange)
+    const pullB = b.containerd.pull(ref, { hostsDir: b.hostsDir, timeoutMs: 120_000 })
+    await Promise.all([pullA, pullB])
+    const digests = [m.descriptor.digest, m.config.digest, layer.digest]
+    await blobsMatch(a, digests)
+    await blobsMatch(b, digests)
+    // B's layer came from A's growing file, not from upstream
+    expect(
+      await counter(b, 'kagami_bytes_served_total', { server: 'mirror', source: 'peer' }),
+    ).toBeGreaterThanOrEqual(layer.size)
+    expect(proxy.bytesToClients()).toBeLessThan(layer.size * 1.5)
+  })
+})
