@@ -15,7 +15,13 @@ import {
   parseReference,
   type Reference,
 } from '../oci/index.js'
-import { ContainerdClient, type PbEnvelope, type PbImage } from './containerd-client.js'
+import {
+  ContainerdClient,
+  type PbEnvelope,
+  type PbImage,
+  type PbWriteRequest,
+  type PbWriteResponse,
+} from './containerd-client.js'
 import { NotFoundError, StoreUnavailableError } from './errors.js'
 import { resolveRange } from './range.js'
 import type {
@@ -27,6 +33,7 @@ import type {
   ReadOptions,
   Store,
   StoreEvent,
+  WriteOptions,
 } from './store.js'
 import { tailFile } from './tail.js'
 import { walkImage } from './walk.js'
@@ -57,6 +64,8 @@ export interface ContainerdStoreInit {
 const GRPC_READ_CHUNK = 64 * 1024 * 1024
 const FILE_HIGH_WATER_MARK = 4 * 1024 * 1024
 const FILE_READS_RECHECK_MS = 1000
+// gRPC's default message limit is 4 MiB: content goes to containerd in 1 MiB writes
+const WRITE_CHUNK_BYTES = 1024 * 1024
 
 /** Maps gRPC failures to Store errors; NOT_FOUND is normal traffic, UNAVAILABLE means containerd is down. */
 function mapError(err: unknown, what: string): Error {
@@ -361,6 +370,50 @@ export class ContainerdStore implements Store {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT')
         throw new NotFoundError(`download ${ref} not found`)
       throw err
+    }
+  }
+
+  async write(
+    ref: string,
+    init: { expected: Digest; sizeBytes: number },
+    body: AsyncIterable<Buffer>,
+    options: WriteOptions = {},
+  ): Promise<void> {
+    const { signal } = options
+    signal?.throwIfAborted()
+    const call = this.client.content.Write(this.client.metadata())
+    const responses = (call as AsyncIterable<PbWriteResponse>)[Symbol.asyncIterator]()
+    const onAbort = (): void => call.cancel()
+    signal?.addEventListener('abort', onAbort, { once: true })
+    // containerd answers every message; one at a time keeps its offset check and our memory simple
+    const ask = async (req: PbWriteRequest): Promise<PbWriteResponse> => {
+      call.write(req)
+      const r = await responses.next()
+      if (r.done === true) throw new StoreUnavailableError(`containerd ended the write of ${ref}`)
+      return r.value
+    }
+    const total = init.sizeBytes
+    const expected = init.expected
+    try {
+      await ask({ action: 'STAT', ref, total, expected })
+      options.onOpen?.()
+      // offset 0 on the first write truncates whatever an earlier, broken attempt left under this ref
+      let offset = 0
+      for await (const chunk of body) {
+        for (let i = 0; i < chunk.length; i += WRITE_CHUNK_BYTES) {
+          const data = chunk.subarray(i, i + WRITE_CHUNK_BYTES)
+          offset = (await ask({ action: 'WRITE', ref, offset, data })).offset
+        }
+      }
+      await ask({ action: 'COMMIT', ref, total, expected, offset })
+      call.end()
+    } catch (err) {
+      call.cancel()
+      if ((err as grpc.ServiceError).code === grpc.status.ALREADY_EXISTS) return
+      signal?.throwIfAborted()
+      throw mapError(err, `write ${ref}`)
+    } finally {
+      signal?.removeEventListener('abort', onAbort)
     }
   }
 

@@ -20,6 +20,7 @@ import type {
   ReadOptions,
   Store,
   StoreEvent,
+  WriteOptions,
 } from './store.js'
 import { walkImage } from './walk.js'
 
@@ -88,6 +89,31 @@ export class MemoryStore implements Store {
   async ingests(options: AbortOptions = {}): Promise<Ingest[]> {
     options.signal?.throwIfAborted()
     return [...this.ingestMap.values()].map((i) => ({ ...i }))
+  }
+
+  async write(
+    ref: string,
+    init: { expected: Digest; sizeBytes: number },
+    body: AsyncIterable<Buffer>,
+    options: WriteOptions = {},
+  ): Promise<void> {
+    options.signal?.throwIfAborted()
+    if (this.blobs.has(init.expected)) return
+    this.startIngest({ ref, expected: init.expected, offsetBytes: 0, totalBytes: init.sizeBytes })
+    options.onOpen?.()
+    try {
+      for await (const chunk of body) {
+        options.signal?.throwIfAborted()
+        this.writeIngest(ref, chunk)
+      }
+      const data = this.ingestData.get(ref) ?? Buffer.alloc(0)
+      if (data.length !== init.sizeBytes || digestOf(data) !== init.expected)
+        throw new Error(`write ${ref}: content does not match ${init.expected}`)
+      this.commitIngest(ref)
+    } catch (err) {
+      this.ingestMap.delete(ref)
+      throw err
+    }
   }
 
   async abortIngest(ref: string, options: AbortOptions = {}): Promise<void> {

@@ -53,6 +53,11 @@ export interface IngestReadOptions extends AbortOptions {
   idleTimeoutMs: number
 }
 
+export interface WriteOptions extends AbortOptions {
+  /** Called once the download exists, so `readIngest` can follow it while it is written. */
+  onOpen?: () => void
+}
+
 export type StoreEvent =
   /** First event of every `watch`, and again after a reconnect: the full set of images now. */
   | { type: 'snapshot'; images: Image[] }
@@ -84,6 +89,17 @@ export interface Store {
    * reader checks the digest at the end). `NotFoundError` when the download is gone or cannot be read here.
    */
   readIngest(ref: string, options: IngestReadOptions): Promise<Readable>
+  /**
+   * Writes content under download `ref` (containerd Content/Write) and commits it once `sizeBytes` bytes
+   * matching `expected` arrived; it is then ordinary content. A copy already held counts as written (and
+   * `onOpen` is not called). Errors: DigestMismatch-like failures from the backend, AbortError, store errors.
+   */
+  write(
+    ref: string,
+    init: { expected: Digest; sizeBytes: number },
+    body: AsyncIterable<Buffer>,
+    options?: WriteOptions,
+  ): Promise<void>
   /** Snapshot, then live changes, until the signal aborts. After a backend reconnect, a new snapshot. */
   watch(options?: AbortOptions): AsyncIterable<StoreEvent>
   close(): Promise<void>

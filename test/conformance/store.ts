@@ -251,6 +251,42 @@ export function storeConformance(name: string, setup: () => Promise<StoreFixture
       })
     })
 
+    it('writes content that can be followed while it is written, then reads it as ordinary content', async () => {
+      const whole = Buffer.alloc(3 * 1024 * 1024 + 17)
+      for (let i = 0; i < whole.length; i += 4096) whole.writeUInt32LE(i, i)
+      const expected = sha(whole) as Digest
+      const ref = `kagami-test-${expected}`
+      const followed: Promise<Buffer>[] = []
+      async function* pieces(): AsyncGenerator<Buffer> {
+        for (let i = 0; i < whole.length; i += 1024 * 1024) {
+          yield whole.subarray(i, i + 1024 * 1024)
+          await new Promise((r) => setTimeout(r, 20))
+        }
+      }
+      await fx.store.write(ref, { expected, sizeBytes: whole.length }, pieces(), {
+        onOpen: () => {
+          if (fx.ingestsReadable === false) return
+          followed.push(
+            fx.store
+              .readIngest(ref, { sizeBytes: whole.length, idleTimeoutMs: 2000 })
+              .then((body) => collect(body)),
+          )
+        },
+      })
+      expect((await fx.store.stat(expected)).sizeBytes).toBe(whole.length)
+      expect(sha(await collect(await fx.store.read(expected)))).toBe(expected)
+      for (const f of followed) expect(sha(await f)).toBe(expected)
+      // a copy already held: nothing to do
+      await fx.store.write(`${ref}-again`, { expected, sizeBytes: whole.length }, pieces())
+      // bytes that do not match never become content
+      const other = sha(Buffer.from('something else')) as Digest
+      await expect(
+        fx.store.write(`${ref}-bad`, { expected: other, sizeBytes: whole.length }, pieces()),
+      ).rejects.toThrow()
+      await expect(fx.store.stat(other)).rejects.toMatchObject({ name: 'NotFoundError' })
+      await fx.store.abortIngest(`${ref}-bad`)
+    })
+
     it('watch survives a backend restart: a new snapshot, then live events', async (ctx) => {
       if (fx.restartBackend === undefined) return ctx.skip()
       const ac = new AbortController()

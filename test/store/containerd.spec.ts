@@ -98,6 +98,7 @@ function bind(store: ContainerdStore) {
     ingests: store.ingests.bind(store),
     abortIngest: store.abortIngest.bind(store),
     readIngest: store.readIngest.bind(store),
+    write: store.write.bind(store),
     read: store.read.bind(store),
     close: store.close.bind(store),
   }
