@@ -6,6 +6,7 @@ import { type Digest, parseDigest } from '../oci/index.js'
 import { CORRUPT_REPORT_PATH, type CorruptReports } from './corrupt-report.js'
 import type { Advertises } from './local.js'
 import type { RegistryMetrics } from './metrics.js'
+import type { ResolverComponents } from './resolve.js'
 import { createRegistryServer } from './server.js'
 
 export interface PeerServerComponents {
@@ -20,6 +21,8 @@ export interface PeerServerComponents {
   filter?: RepositoryFilter
   /** Blobs this node is still downloading, served as they arrive (inflight.ts). */
   inflight?: { ingest(digest: Digest): Ingest | undefined; idleTimeoutMs: number }
+  /** Fetches a blob upstream once for the peers that elected this node (herd.ts). */
+  herd?: ResolverComponents['herd']
 }
 
 /**

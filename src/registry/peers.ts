@@ -20,6 +20,7 @@ import type { ClientRequest } from './local.js'
 import { MAX_MANIFEST_BYTES } from './local.js'
 import type { RegistryMetrics } from './metrics.js'
 import { peerRequest, type PeerResponse } from './peer-client.js'
+import { HERD_HEADER } from './herd.js'
 import { SuspectPeers } from './suspects.js'
 import { PeerLookup } from './lookup.js'
 import { HedgeDelay, race } from './race.js'
@@ -159,6 +160,39 @@ export class PeerFetcher {
   }
 
   /**
+   * Fetches a blob from one chosen peer (the node elected to fetch it from upstream, herd.ts), with `first`'s
+   * extra headers and header deadline; verified, and resumed from other holders as any peer body. Undefined
+   * when that peer cannot serve it in time.
+   */
+  async fetchFrom(
+    peer: Peer,
+    req: ContentRequest,
+    client: ClientRequest,
+    headersTimeoutMs: number,
+  ): Promise<Served | undefined> {
+    if (req.kind !== 'blob' || !('digest' in req.reference)) return undefined
+    const digest = req.reference.digest
+    if (this.suspects.has(digest, peer.id)) return undefined
+    // the size our pull expects lets the elected node answer before upstream does (herd.ts)
+    const expected = await this.expectedSize(digest, client.signal)
+    const first = { headers: { [HERD_HEADER]: String(expected ?? 0) }, headersTimeoutMs }
+    const lookup = new PeerLookup(this.components.router, keyFor(req), {
+      signal: client.signal,
+      skip: (p) => p.id === peer.id || this.suspects.has(digest, p.id),
+    })
+    try {
+      const served = await this.blob(req, client, lookup, peer, { peer: peer.id, ...first, expected })
+      if (served.body === undefined) lookup.close()
+      return served
+    } catch (err) {
+      lookup.close()
+      if (client.signal.aborted || (err as Error).name === 'RangeNotSatisfiableError') throw err
+      this.log.debug({ err: (err as Error).message, peer: peer.id, digest }, 'elected peer could not serve')
+      return undefined
+    }
+  }
+
+  /**
    * A peer sent bytes that fail their digest: skip it for that digest, count it, and tell it, so the node
    * holding a damaged copy can check itself and stop advertising it.
    */
@@ -207,6 +241,7 @@ export class PeerFetcher {
       headers?: Record<string, string>
       signal: AbortSignal
       readBufferBytes?: number
+      headersTimeoutMs?: number
     },
   ): Promise<PeerResponse> {
     return this.signed(peer, path, init.method)
@@ -215,7 +250,7 @@ export class PeerFetcher {
           ...init,
           headers: { ...init.headers, ...auth, [HOP_HEADER]: '1' },
           path,
-          headersTimeoutMs: this.init.peerHeadersTimeoutMs,
+          headersTimeoutMs: init.headersTimeoutMs ?? this.init.peerHeadersTimeoutMs,
           bodyIdleTimeoutMs: this.init.bodyIdleTimeoutMs,
         }),
       )
@@ -301,6 +336,12 @@ export class PeerFetcher {
     client: ClientRequest,
     lookup: PeerLookup,
     first: Peer,
+    firstAttempt?: {
+      peer: string
+      headers: Record<string, string>
+      headersTimeoutMs: number
+      expected: number | undefined
+    },
   ): Promise<Served> {
     const { digest } = req.reference as { digest: Digest }
     const path = pathFor(req)
@@ -308,14 +349,21 @@ export class PeerFetcher {
       client.range !== undefined && /^bytes=\d*-\d*$/.test(client.range.trim())
         ? client.range.trim()
         : undefined
-    const expected = await this.expectedSize(digest, client.signal)
+    const expected =
+      firstAttempt !== undefined ? firstAttempt.expected : await this.expectedSize(digest, client.signal)
     // with the size known, a range past the end is answered before asking anyone (416, as locally)
     if (expected !== undefined) parseRangeHeader(rangeHeader, expected)
     const win = await race(
       lookup,
       first,
       async (peer, signal) => {
-        const res = await this.request(peer, path, { method: client.method, signal })
+        const special = firstAttempt?.peer === peer.id ? firstAttempt : undefined
+        const res = await this.request(peer, path, {
+          method: client.method,
+          signal,
+          headers: special?.headers,
+          headersTimeoutMs: special?.headersTimeoutMs,
+        })
         const sizeBytes = Number(res.headers['content-length'])
         if (!Number.isSafeInteger(sizeBytes) || sizeBytes < 0) {
           res.body.destroy()

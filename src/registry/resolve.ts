@@ -7,6 +7,7 @@ import type { Served } from './served.js'
 import type { TagResolver } from './tags.js'
 
 type ContentRequest = Extract<DistributionRequest, { kind: 'manifest' | 'blob' }>
+type BlobRequest = Extract<DistributionRequest, { kind: 'blob' }>
 
 export interface ResolverComponents {
   store: Store
@@ -23,11 +24,24 @@ export interface ResolverComponents {
    * client is the containerd that writes that very download.
    */
   inflight?: { ingest(digest: Digest): Ingest | undefined; idleTimeoutMs: number }
+  /**
+   * One upstream fetch per blob (herd.ts). On the mirror: asked last, before a miss. On the peer endpoint:
+   * serves a requester that elected this node (`herd` request), fetching upstream once for all of them.
+   */
+  herd?: {
+    fetch(req: BlobRequest, client: ResolveRequest): Promise<Served | undefined>
+    serve(req: BlobRequest, client: ClientRequest, who: 'peer', sizeHint?: number): Promise<Served>
+  }
 }
 
 export interface ResolveRequest extends ClientRequest {
   /** The client's credentials, forwarded upstream when a tag is resolved there. */
   authorization?: string
+  /**
+   * A peer elected this node to fetch the blob upstream for the herd (peer endpoint): the size its pull
+   * expects, 0 when it does not know.
+   */
+  herd?: number
 }
 
 // Not here, and not the client's mistake: peers may have it. Range and bad-input errors are final.
@@ -43,7 +57,7 @@ export async function resolveContent(
   req: ContentRequest,
   client: ResolveRequest,
 ): Promise<Served> {
-  const { store, advertises, peers, tags, inflight } = components
+  const { store, advertises, peers, tags, inflight, herd } = components
   // A tag asks upstream first; it may come back as a by-digest request, or as local-only (tags.ts).
   const route =
     tags !== undefined && req.kind === 'manifest' ? await tags.route(req, client) : { req, peers: true }
@@ -53,10 +67,20 @@ export async function resolveContent(
     const ingest = 'digest' in req.reference ? inflight?.ingest(req.reference.digest) : undefined
     if (req.kind === 'blob' && ingest !== undefined && (err as Error).name === 'NotFoundError')
       return await serveInFlight(store, ingest, client, inflight?.idleTimeoutMs ?? 5000)
+    const hint = client.herd
+    if (
+      req.kind === 'blob' &&
+      hint !== undefined &&
+      herd !== undefined &&
+      (err as Error).name === 'NotFoundError'
+    )
+      return await herd.serve(req, client, 'peer', hint > 0 ? hint : undefined)
     if (!ASK_PEERS.has((err as Error).name) || peers === undefined || !route.peers) throw err
   }
   if (req.kind === 'blob' && 'digest' in req.reference) components.expect?.(req.reference.digest)
-  const served = await peers.fetch(route.req, client)
+  const served =
+    (await peers.fetch(route.req, client)) ??
+    (req.kind === 'blob' ? await herd?.fetch(req, client) : undefined)
   if (served !== undefined) return served
   const ref = 'tag' in req.reference ? req.reference.tag : req.reference.digest
   throw new NotFoundError(`${req.kind} ${ref} not found on this node or its peers`)

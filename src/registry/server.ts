@@ -14,6 +14,7 @@ import { errorResponse, MethodNotAllowedError, type Target } from './errors.js'
 import type { Advertises } from './local.js'
 import type { RegistryMetrics, Source } from './metrics.js'
 import type { PeerFetcher } from './peers.js'
+import { HERD_HEADER } from './herd.js'
 import { resolveContent, type ResolverComponents } from './resolve.js'
 import type { TagResolver } from './tags.js'
 import { BLOB_BUFFER_BYTES, type Served } from './served.js'
@@ -33,6 +34,8 @@ export interface RegistryServerComponents {
   expect?: ResolverComponents['expect']
   /** Peer endpoint only: serves blobs this node is still downloading. */
   inflight?: ResolverComponents['inflight']
+  /** Both: the mirror asks the elected node; the peer endpoint fetches for the herd when elected. */
+  herd?: ResolverComponents['herd']
 }
 
 export interface RegistryServerInit {
@@ -69,6 +72,9 @@ const API_VERSION = { 'docker-distribution-api-version': 'registry/2.0' }
 
 function send(reply: FastifyReply, served: Served): FastifyReply {
   reply.code(served.status).headers({ ...served.headers, ...API_VERSION })
+  // A blob still arriving may have no byte yet; headers would wait for the first one (fastify writes them
+  // with the first chunk) and a peer's header deadline would fire. Send them when the body is piped.
+  if (served.inFlight === true) reply.raw.once('pipe', () => reply.raw.flushHeaders())
   // an empty Buffer (not null) keeps fastify from serialising JSON and rewriting Content-Type on HEAD
   return reply.send(served.body ?? EMPTY)
 }
@@ -242,7 +248,9 @@ export function createRegistryServer(
       method: request.method,
       accept: request.headers.accept,
       range: typeof request.headers.range === 'string' ? request.headers.range : undefined,
-      authorization: request.headers.authorization,
+      // on the peer endpoint the Authorization is the peer's signature, never credentials for upstream
+      authorization: init.server === 'mirror' ? request.headers.authorization : undefined,
+      herd: init.server === 'peer' ? herdSizeHint(request.headers[HERD_HEADER]) : undefined,
       signal: requestSignal(reply),
     })
     if (served.body !== undefined && !Buffer.isBuffer(served.body)) {
@@ -287,6 +295,13 @@ function onFirstWrite(reply: FastifyReply, onFirst: () => void): void {
     restore()
     return end.apply(this, args)
   }
+}
+
+/** The expected size a herd request carries (0: unknown), or undefined for an ordinary request. */
+function herdSizeHint(value: string | string[] | undefined): number | undefined {
+  if (typeof value !== 'string') return undefined
+  const n = Number(value)
+  return Number.isSafeInteger(n) && n >= 0 ? n : 0
 }
 
 /** Aborts when the client goes away, so peer fetches and store reads stop with it. */
