@@ -186,7 +186,11 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
       logger,
       metrics: registryMetrics,
       filter,
-      inflight: { ingest: (d) => inflight?.ingest(d), idleTimeoutMs: config.bodyIdleTimeout },
+      inflight: {
+        ingest: (d) => inflight?.ingest(d),
+        idleTimeoutMs: config.bodyIdleTimeout,
+        served: () => inflight?.served(),
+      },
       herd: {
         fetch: async () => undefined, // the peer endpoint never asks anyone
         serve: async (req, client, who, sizeHint) => {
@@ -238,7 +242,13 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     state = sync
     await sync.start()
     started.push({ name: 'state sync', stop: () => sync.stop() })
-    const downloads = new InFlight({ store, router, advertised: (key) => sync.advertises(key), logger })
+    const downloads = new InFlight({
+      store,
+      router,
+      advertised: (key) => sync.advertises(key),
+      logger,
+      metrics,
+    })
     inflight = downloads
     started.push({ name: 'in-flight downloads', stop: () => downloads.stop() })
 

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino'
+import { Counter, Gauge, type Registry } from 'prom-client'
 import type { Digest } from '../oci/index.js'
 import { digestKey, type RoutingKey } from '../routing/keys.js'
 import type { Router } from '../routing/router.js'
@@ -10,6 +11,8 @@ export interface InFlightComponents {
   /** Ordinary advertised content (state sync): a mark never withdraws what that still advertises. */
   advertised: (key: RoutingKey) => boolean
   logger: Logger
+  /** Registers the in-flight gauge and serve counter when given. */
+  metrics?: Registry
 }
 
 export interface InFlightInit {
@@ -24,9 +27,15 @@ export interface InFlightInit {
   committedTtlMs?: number
   /** Bound on digests expected at once (default 4096): the oldest is forgotten first. */
   maxExpected?: number
+  /**
+   * A download that has not grown for this long is not served (default 2 s). When its source dies, every
+   * node that was following it stalls at once; serving each other those stalled copies would go round in
+   * circles, while a refusal sends them on (to a new elected node, or upstream).
+   */
+  stallMs?: number
 }
 
-type Mark = { state: 'inflight'; ingest: Ingest } | { state: 'committed'; untilMs: number }
+type Mark = { state: 'inflight'; ingest: Ingest; grewAtMs: number } | { state: 'committed'; untilMs: number }
 
 /**
  * Blobs this node is downloading, advertised while they arrive so that peers can fetch them from the growing
@@ -46,12 +55,35 @@ export class InFlight {
   private timer: NodeJS.Timeout | undefined
   private polling: Promise<void> | undefined
   private stopped = false
+  private readonly serves: Counter | undefined
 
   constructor(
     private readonly components: InFlightComponents,
     private readonly init: InFlightInit = {},
   ) {
     this.log = components.logger.child({ component: 'inflight' })
+    const registers = components.metrics !== undefined ? [components.metrics] : undefined
+    if (registers !== undefined) {
+      this.serves = new Counter({
+        name: 'kagami_inflight_serves_total',
+        help: 'Blobs this node served to peers while they were still arriving (from the growing download)',
+        registers,
+      })
+      const count = (): number => this.inflightCount()
+      new Gauge({
+        name: 'kagami_inflight_downloads',
+        help: 'Blobs this node advertises as in flight now (downloading, seen in containerd ingests)',
+        registers,
+        collect() {
+          this.set(count())
+        },
+      })
+    }
+  }
+
+  /** A peer was served a blob of ours that is still arriving. */
+  served(): void {
+    this.serves?.inc()
   }
 
   /** The mirror could not serve `digest` locally: a download of it will likely start here now. */
@@ -71,10 +103,11 @@ export class InFlight {
     return key.kind === 'digest' && this.marks.has(key.digest)
   }
 
-  /** The download of `digest` while it is in flight. */
+  /** The download of `digest` while it is in flight and growing. */
   ingest(digest: Digest): Ingest | undefined {
     const mark = this.marks.get(digest)
-    return mark?.state === 'inflight' ? mark.ingest : undefined
+    if (mark?.state !== 'inflight') return undefined
+    return Date.now() - mark.grewAtMs <= (this.init.stallMs ?? 2000) ? mark.ingest : undefined
   }
 
   /** Digests in flight now (status, metrics). */
@@ -124,10 +157,11 @@ export class InFlight {
         if (mark?.state !== 'inflight') {
           if (mark === undefined && !this.components.advertised(digestKey(digest)))
             fresh.push(digestKey(digest))
-          this.marks.set(digest, { state: 'inflight', ingest })
+          this.marks.set(digest, { state: 'inflight', ingest, grewAtMs: now })
           this.log.debug({ digest, ref: ingest.ref, bytes: ingest.totalBytes }, 'download in flight')
         } else {
-          mark.ingest = ingest // offset moves
+          if (ingest.offsetBytes !== mark.ingest.offsetBytes) mark.grewAtMs = now
+          mark.ingest = ingest
         }
       } else if (until < now && this.marks.get(digest)?.state !== 'inflight') {
         this.expected.delete(digest)

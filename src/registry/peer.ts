@@ -20,7 +20,7 @@ export interface PeerServerComponents {
   metrics: RegistryMetrics
   filter?: RepositoryFilter
   /** Blobs this node is still downloading, served as they arrive (inflight.ts). */
-  inflight?: { ingest(digest: Digest): Ingest | undefined; idleTimeoutMs: number }
+  inflight?: { ingest(digest: Digest): Ingest | undefined; idleTimeoutMs: number; served?(): void }
   /** Fetches a blob upstream once for the peers that elected this node (herd.ts). */
   herd?: ResolverComponents['herd']
 }

@@ -23,7 +23,7 @@ export interface ResolverComponents {
    * Peer endpoint only: blobs this node is downloading, served as they arrive. Never on the mirror: its
    * client is the containerd that writes that very download.
    */
-  inflight?: { ingest(digest: Digest): Ingest | undefined; idleTimeoutMs: number }
+  inflight?: { ingest(digest: Digest): Ingest | undefined; idleTimeoutMs: number; served?(): void }
   /**
    * One upstream fetch per blob (herd.ts). On the mirror: asked last, before a miss. On the peer endpoint:
    * serves a requester that elected this node (`herd` request), fetching upstream once for all of them.
@@ -65,8 +65,11 @@ export async function resolveContent(
     return await serveLocal(store, advertises, route.req, client)
   } catch (err) {
     const ingest = 'digest' in req.reference ? inflight?.ingest(req.reference.digest) : undefined
-    if (req.kind === 'blob' && ingest !== undefined && (err as Error).name === 'NotFoundError')
-      return await serveInFlight(store, ingest, client, inflight?.idleTimeoutMs ?? 5000)
+    if (req.kind === 'blob' && ingest !== undefined && (err as Error).name === 'NotFoundError') {
+      const served = await serveInFlight(store, ingest, client, inflight?.idleTimeoutMs ?? 5000)
+      inflight?.served?.()
+      return served
+    }
     const hint = client.herd
     if (
       req.kind === 'blob' &&

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto'
 import { copyFile, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { elect } from '../../src/registry/herd.js'
 import { startProxy, type ThrottleProxy } from '../../bench/proxy.js'
 import {
   type BuiltImage,
@@ -131,4 +132,64 @@ describe('e2e: herd', () => {
     // manifests and tag lookups are small and go upstream per node; blobs once
     expect(proxy.bytesToClients()).toBeLessThan(blobBytes * 1.2 + 64 * 1024)
   })
+
+  /** The node the cluster elects for `digest` (herd.ts), and the others. */
+  function electedFor(digest: string): { elected: ClusterNode; others: ClusterNode[] } {
+    const id = (n: ClusterNode): string => n.kagami.p2pMultiaddr.split('/p2p/')[1] as string
+    const winner = elect(digest, nodes.map(id))
+    return {
+      elected: nodes.find((n) => id(n) === winner) as ClusterNode,
+      others: nodes.filter((n) => id(n) !== winner),
+    }
+  }
+
+  async function newImage(name: string): Promise<{ ref: string; digests: string[]; layer: string }> {
+    const image = await buildImage({ dir: join(tmp.path, name), layers: [12_000_000], gzip: false })
+    await pushImage(image.dir, `${registry.host}/herd/${name}:v1`)
+    const m = image.manifests[0]!
+    return {
+      ref: `${proxy.host}/herd/${name}:v1`,
+      digests: [m.descriptor.digest, m.config.digest, ...m.layers.map((l) => l.digest)],
+      layer: m.layers[0]!.digest,
+    }
+  }
+
+  it('the elected node’s kagami killed mid-stream: every pull still succeeds, bytes identical', async () => {
+    const { ref, digests, layer } = await newImage('killed')
+    const { elected, others } = electedFor(layer)
+    const pulls = others.map((n) => n.containerd.pull(ref, { hostsDir: n.hostsDir, timeoutMs: 120_000 }))
+    // once the elected node is writing the layer it fetched for the herd, it dies
+    await waitFor(
+      async () => {
+        const active = await elected.containerd.ctr(['content', 'active'])
+        return active.includes(`kagami-herd-${layer.slice(7)}`) && /\d+(\.\d+)?MB/.test(active)
+          ? true
+          : undefined
+      },
+      { timeoutMs: 30_000, intervalMs: 50, what: 'the elected node fetching the layer' },
+    )
+    elected.kagami.kill()
+    await Promise.all(pulls)
+    for (const n of others) await blobsMatch(n, digests)
+    await elected.kagami.restart()
+  }, 180_000)
+
+  it('the elected node frozen (SIGSTOP): pulls go upstream after the budget and succeed', async () => {
+    const { ref, digests, layer } = await newImage('frozen')
+    const { elected, others } = electedFor(layer)
+    elected.kagami.process.kill('SIGSTOP')
+    try {
+      const started = performance.now()
+      await Promise.all(
+        others.map((n) => n.containerd.pull(ref, { hostsDir: n.hostsDir, timeoutMs: 120_000 })),
+      )
+      // reported, not asserted (timing belongs to bench/): budget 2 s here, + the pull itself
+      console.log(
+        `herd e2e: pulls with a frozen elected node took ${((performance.now() - started) / 1000).toFixed(1)} s`,
+      )
+      for (const n of others) await blobsMatch(n, digests)
+    } finally {
+      elected.kagami.process.kill('SIGCONT')
+    }
+  }, 180_000)
 })

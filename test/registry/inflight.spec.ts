@@ -43,7 +43,7 @@ async function startDownloader(node: MirrorNode, advertised: Set<string>) {
   await router.start()
   const marks = new InFlight(
     { store, router, advertised: (k) => k.kind === 'digest' && advertised.has(k.digest), logger },
-    { pollIntervalMs: 20 },
+    { pollIntervalMs: 20, stallMs: 400 },
   )
   built.inflight = marks
   return {
@@ -87,6 +87,20 @@ describe('in-flight downloads', () => {
     await a.store.abortIngest(`layer-${digest}`)
     await eventually(async () => expect(await holders(node.router, digest)).toEqual([]))
     expect(a.inflight.advertises(digestKey(digest))).toBe(false)
+  })
+
+  it('a download that stopped growing is not served: nodes that followed a dead source do not feed each other', async () => {
+    const bytes = blob(64 * 1024, 7)
+    const digest = sha(bytes) as Digest
+    const ref = `layer-${digest}`
+    a.inflight.expect(digest)
+    a.store.startIngest({ ref, expected: digest, offsetBytes: 0, totalBytes: bytes.length })
+    a.store.writeIngest(ref, bytes.subarray(0, 1024))
+    await eventually(async () => expect(a.inflight.ingest(digest)).toBeDefined())
+    await eventually(async () => expect(a.inflight.ingest(digest)).toBeUndefined())
+    a.store.writeIngest(ref, bytes.subarray(1024, 2048)) // growing again: served again
+    await eventually(async () => expect(a.inflight.ingest(digest)).toBeDefined())
+    await a.store.abortIngest(ref)
   })
 
   it('a download nobody asked the mirror for is never advertised', async () => {
