@@ -7,8 +7,9 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { cpus, totalmem } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { run } from '../test/harness/index.js'
+import { type AuthBenchResult, benchAuth } from './auth.js'
 import { benchHerd, type HerdBenchResult } from './herd.js'
-import { log } from './lib.js'
+import { log, stats } from './lib.js'
 import { benchMemory, type MemoryBenchResult } from './memory.js'
 import { benchMirror, type MirrorBenchResult } from './mirror.js'
 import { benchPull, type PullBenchResult } from './pull.js'
@@ -32,6 +33,7 @@ interface Results {
   memory?: MemoryBenchResult
   store?: StoreReadBenchResult
   tags?: TagsBenchResult
+  auth?: AuthBenchResult
 }
 
 const SCENARIOS = {
@@ -42,6 +44,7 @@ const SCENARIOS = {
   memory: () => benchMemory({ idleSeconds: 60 }),
   store: () => benchStoreRead(),
   tags: () => benchTags(),
+  auth: () => benchAuth(),
 } as const
 type Scenario = keyof typeof SCENARIOS
 
@@ -58,28 +61,36 @@ function rows(r: Results): Row[] {
   const out: Row[] = []
   if (r.mirror) {
     const m = r.mirror
-    out.push({
-      goal: 'peer blob ≥ 0.8× raw loopback TCP (1 GiB, one stream)',
-      measured: `kagami ${f(m.gibPerSecond.kagami)} GiB/s vs raw ${f(m.gibPerSecond.rawTcp)} GiB/s = ${f(m.ratios.kagamiVsRaw)}×`,
-      met: m.ratios.kagamiVsRaw >= 0.8,
-      bar: {
-        label: 'kagami',
-        value: m.gibPerSecond.kagami,
-        baseline: m.gibPerSecond.rawTcp,
-        baselineLabel: 'raw TCP',
-      },
-    })
-    out.push({
-      goal: 'peer blob ≥ 1.0× docker-registry serving the same blob',
-      measured: `kagami ${f(m.gibPerSecond.kagami)} GiB/s vs registry ${f(m.gibPerSecond.registry)} GiB/s = ${f(m.ratios.kagamiVsRegistry)}×`,
-      met: m.ratios.kagamiVsRegistry >= 1,
-      bar: {
-        label: 'kagami',
-        value: m.gibPerSecond.kagami,
-        baseline: m.gibPerSecond.registry,
-        baselineLabel: 'registry',
-      },
-    })
+    const g = m.gibPerSecond
+    const rs = (x: { min: number; median: number; max: number }): string =>
+      `${f(x.median)}× (min ${f(x.min)}, max ${f(x.max)}, ${m.runs} runs)`
+    if (m.ratios.peerVsRegistry !== undefined) {
+      const others = [g.registry, g.nodeCeiling, g.peerDirect, g.kagami]
+      out.push({
+        goal: 'one loopback TCP stream (iperf3) is the limit: ≥ every contender (1 GiB)',
+        measured: `iperf3 ${f(g.rawTcp)} GiB/s; registry ${f(g.registry)}, Node ceiling (bare http + 1 MiB reads) ${f(g.nodeCeiling)}, peer endpoint ${f(g.peerDirect)}, relay ${f(g.kagami)} GiB/s`,
+        met: g.rawTcp >= Math.max(...others),
+      })
+      out.push({
+        goal: 'peer endpoint ≥ 1.0× docker-registry serving the same blob',
+        measured: `${f(g.peerDirect)} vs ${f(g.registry)} GiB/s = ${rs(m.ratios.peerVsRegistry)}`,
+        met: m.ratios.peerVsRegistry.median >= 1,
+        bar: { label: 'peer endpoint', value: g.peerDirect, baseline: g.registry, baselineLabel: 'registry' },
+      })
+      out.push({
+        goal: 'mirror relay (curl → B → A) ≥ 0.8× the peer endpoint alone',
+        measured: `${f(g.kagami)} vs ${f(g.peerDirect)} GiB/s = ${rs(m.ratios.relayVsPeer)}; vs registry ${rs(m.ratios.relayVsRegistry)}`,
+        met: m.ratios.relayVsPeer.median >= 0.8,
+        bar: { label: 'relay', value: g.kagami, baseline: g.peerDirect, baselineLabel: 'peer endpoint' },
+      })
+    } else {
+      // results written before the limit and the Node ceiling were measured
+      out.push({
+        goal: 'peer blob ≥ 1.0× docker-registry serving the same blob',
+        measured: `kagami ${f(g.kagami)} GiB/s vs registry ${f(g.registry)} GiB/s = ${f(m.ratios.kagamiVsRegistry)}×`,
+        met: m.ratios.kagamiVsRegistry >= 1,
+      })
+    }
     out.push({
       goal: 'manifest hit via peer, TTFB p50 ≤ 5 ms',
       measured: `p50 ${f(m.manifestHitTtfbMs.p50, 1)} ms, p99 ${f(m.manifestHitTtfbMs.p99, 1)} ms (n=${m.manifestHitTtfbMs.n})`,
@@ -176,8 +187,22 @@ function rows(r: Results): Row[] {
     })
     out.push({
       goal: 'tag HEAD, upstream down: fallback to peers after back-off, p99 ≤ 25 ms',
-      measured: `p50 ${f(t.downMs.p50, 1)} ms, p99 ${f(t.downMs.p99, 1)} ms (n=${t.downMs.n})`,
+      measured: `p50 ${f(t.downMs.p50, 1)} ms, p99 ${f(t.downMs.p99, 1)} ms (n=${t.downMs.n}); peers' tag without asking upstream (\`always\`) p50 ${f(t.alwaysMs?.p50 ?? NaN, 1)} ms, p99 ${f(t.alwaysMs?.p99 ?? NaN, 1)} ms`,
       met: t.downMs.p99 <= 25,
+    })
+  }
+  if (r.auth) {
+    const a = r.auth
+    const med = (xs: number[]): number => stats(xs).p50
+    out.push({
+      goal: 'peer endpoint auth (signed requests from members) costs ≤ 5 % of blob throughput',
+      measured: `on ${f(med(a.gibPerSecond.on))} vs off ${f(med(a.gibPerSecond.off))} GiB/s = ${f(a.throughputRatio, 3)}× (${a.runs} runs, ${f(a.blobBytes / 2 ** 20, 0)} MiB)`,
+      met: a.throughputRatio >= 0.95,
+    })
+    out.push({
+      goal: 'peer endpoint auth: manifest TTFB on vs off',
+      measured: `p50 ${f(a.manifestTtfbMs.on.p50)} vs ${f(a.manifestTtfbMs.off.p50)} ms, p99 ${f(a.manifestTtfbMs.on.p99)} vs ${f(a.manifestTtfbMs.off.p99)} ms (n=${a.manifestTtfbMs.on.n})`,
+      met: undefined,
     })
   }
   if (r.store) {

@@ -6,7 +6,6 @@
  * - upstream down: the registry stopped, the mirror falls back to the peers' tag; after the first failure
  *   the back-off skips the registry, so this should be as fast as any peer hit (p99 ≤ 25 ms).
  */
-import '../src/polyfill.js'
 import { join } from 'node:path'
 import {
   buildImage,
@@ -33,6 +32,11 @@ export interface TagsBenchResult {
   upLocalMs: Stats
   /** Mirror HEAD by tag, upstream stopped: fallback to the peers' tag (back-off after the first failure). */
   downMs: Stats
+  /**
+   * The same request on a node with `--resolve-tags-from-peers=always` (the peers' tag, upstream never
+   * asked: the behaviour before tag resolution), interleaved with `downMs` so both see the same load.
+   */
+  alwaysMs: Stats
 }
 
 const ACCEPT = 'Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json'
@@ -81,25 +85,24 @@ export async function benchTags(init: { samples?: number; delayMs?: number } = {
     const image = await buildImage({ dir: join(tmp.path, 'img'), layers: [100_000], seed: 'bench-tags' })
     await pushImage(image.dir, `${registry.host}/bench/tags:v1`)
     const cluster = await startCluster({
-      names: ['tags-a', 'tags-b'],
+      names: ['tags-a', 'tags-b', 'tags-c'],
       registries: [proxy.url],
+      extraArgs: (name) => (name === 'tags-c' ? ['--resolve-tags-from-peers', 'always'] : []),
       logLevel: 'warn',
       env: { KAGAMI_FROM_DIST: '1' },
     })
     cleanup.push(() => cluster.destroy())
-    const [a, b] = cluster.nodes as [ClusterNode, ClusterNode]
+    const [a, b, c] = cluster.nodes as [ClusterNode, ClusterNode, ClusterNode]
     const ref = `${proxy.host}/bench/tags:v1`
     await a.containerd.pull(ref, { hostsDir: a.hostsDir })
     const ns = encodeURIComponent(proxy.host)
-    await waitFor(
-      async () =>
-        (await head(`${b.kagami.mirrorUrl}/v2/bench/tags/manifests/${image.root.digest}?ns=${ns}`)).status ===
-        200,
-      {
-        timeoutMs: 30_000,
-        what: 'B finds the image on A',
-      },
-    )
+    for (const n of [b, c])
+      await waitFor(
+        async () =>
+          (await head(`${n.kagami.mirrorUrl}/v2/bench/tags/manifests/${image.root.digest}?ns=${ns}`))
+            .status === 200,
+        { timeoutMs: 30_000, what: `${n.name} finds the image on A` },
+      )
     const tagPath = `/v2/bench/tags/manifests/v1?ns=${ns}`
 
     log(`tags: ${samples} HEADs each; upstream round trip ${2 * delayMs} ms`)
@@ -107,11 +110,24 @@ export async function benchTags(init: { samples?: number; delayMs?: number } = {
     const upPeerMs = await sample(`${b.kagami.mirrorUrl}${tagPath}`, samples, 200)
     const upLocalMs = await sample(`${a.kagami.mirrorUrl}${tagPath}`, samples, 200)
     await registry.stop()
-    const downMs = await sample(`${b.kagami.mirrorUrl}${tagPath}`, samples, 200)
+    const down: number[] = []
+    const always: number[] = []
+    for (let i = 0; i < samples; i++) {
+      for (const [node, into] of [
+        [b, down],
+        [c, always],
+      ] as const) {
+        const r = await head(`${node.kagami.mirrorUrl}${tagPath}`)
+        if (r.status !== 200) throw new Error(`HEAD on ${node.name} answered ${r.status}`)
+        into.push(r.ms)
+      }
+    }
+    const downMs = stats(down)
+    const alwaysMs = stats(always)
     log(
-      `tags: direct p50 ${upstreamDirectMs.p50.toFixed(1)} ms; up via peer p50 ${upPeerMs.p50.toFixed(1)} / p99 ${upPeerMs.p99.toFixed(1)} ms; up local p50 ${upLocalMs.p50.toFixed(1)} ms; down p50 ${downMs.p50.toFixed(1)} / p99 ${downMs.p99.toFixed(1)} ms`,
+      `tags: direct p50 ${upstreamDirectMs.p50.toFixed(1)} ms; up via peer p50 ${upPeerMs.p50.toFixed(1)} / p99 ${upPeerMs.p99.toFixed(1)} ms; up local p50 ${upLocalMs.p50.toFixed(1)} ms; down p50 ${downMs.p50.toFixed(1)} / p99 ${downMs.p99.toFixed(1)} ms; always (no upstream) p50 ${alwaysMs.p50.toFixed(1)} / p99 ${alwaysMs.p99.toFixed(1)} ms`,
     )
-    return { delayMs, samples, upstreamDirectMs, upPeerMs, upLocalMs, downMs }
+    return { delayMs, samples, upstreamDirectMs, upPeerMs, upLocalMs, downMs, alwaysMs }
   } finally {
     for (const fn of cleanup.reverse()) await fn().catch(() => undefined)
   }

@@ -24,6 +24,7 @@ export const DERIVED_KEYS = [
   'bootstrap',
   'registries',
   'stateDir',
+  'pskFile',
 ] as const
 
 export function valuesSchema(): unknown {
@@ -61,7 +62,15 @@ export function valuesSchema(): unknown {
         additionalProperties: false,
       },
       stateDir: path,
-      psk: { type: 'object', properties: { secretName: { type: 'string' }, secretKey: { type: 'string' } } },
+      psk: {
+        type: 'object',
+        properties: {
+          enabled: { type: 'boolean' },
+          secretName: { type: 'string' },
+          secretKey: { type: 'string', minLength: 1 },
+        },
+        additionalProperties: false,
+      },
       configure: {
         type: 'object',
         properties: { enabled: { type: 'boolean' }, resources: { type: 'object' } },

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests, the demo and the bench need, when it is missing: Debian packages (containerd,
 # docker-registry, skopeo, Go + sprig for the chart renderer, iproute2, util-linux's unshare for the pod-spec
-# e2e) and node_modules. Idempotent.
+# e2e, iperf3 for the bench's TCP limit) and node_modules. Idempotent.
 #
 # Node: kagami runs on Node 24 (the active LTS). `npm ci` installs it as a dev dependency (the `node`
 # package, pinned in package-lock.json), and `npm test` / `npm run bench` / `npm run demo` / `npx` put
@@ -13,7 +13,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 need=()
-for cmd in containerd:containerd ctr:containerd docker-registry:docker-registry skopeo:skopeo go:golang-go ip:iproute2 unshare:util-linux chromium:chromium; do
+for cmd in containerd:containerd ctr:containerd docker-registry:docker-registry skopeo:skopeo go:golang-go ip:iproute2 unshare:util-linux chromium:chromium iperf3:iperf3; do
   command -v "${cmd%%:*}" >/dev/null 2>&1 || need+=("${cmd##*:}")
 done
 [ -d /usr/share/gocode/src/github.com/Masterminds/sprig ] || need+=(golang-github-masterminds-sprig-dev)

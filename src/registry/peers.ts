@@ -3,6 +3,7 @@ import { pipeline } from 'node:stream/promises'
 import { PassThrough } from 'node:stream'
 import { anySignal } from 'any-signal'
 import type { Logger } from 'pino'
+import { BufferPool } from '../buffer-pool.js'
 import {
   acceptsMediaType,
   type DistributionRequest,
@@ -46,6 +47,8 @@ export interface PeerFetcherComponents {
   store: Store
   logger: Logger
   metrics: RegistryMetrics
+  /** Buffers blob bodies are read into (default: its own; the response recycles them). */
+  pool?: BufferPool
 }
 
 export interface PeerFetcherInit {
@@ -101,6 +104,7 @@ async function readBounded(body: Readable, maxBytes: number): Promise<Buffer> {
 export class PeerFetcher {
   private readonly hedge: HedgeDelay
   private readonly log: Logger
+  private readonly pool: BufferPool
   private readonly suspects: SuspectPeers
 
   constructor(
@@ -108,6 +112,7 @@ export class PeerFetcher {
     private readonly init: PeerFetcherInit,
   ) {
     this.log = components.logger.child({ component: 'peers' })
+    this.pool = components.pool ?? new BufferPool({ bufferBytes: BLOB_BUFFER_BYTES, maxFree: 16 })
     this.hedge = new HedgeDelay({
       initialMs: init.hedgeDelayMs ?? 50,
       minMs: 10,
@@ -248,6 +253,8 @@ export class PeerFetcher {
       .then((auth) =>
         peerRequest(peer, {
           ...init,
+          // blob bodies go into pool buffers (manifests ask for a small read buffer of their own)
+          pool: init.readBufferBytes === undefined ? this.pool : undefined,
           headers: { ...init.headers, ...auth, [HOP_HEADER]: '1' },
           path,
           headersTimeoutMs: init.headersTimeoutMs ?? this.init.peerHeadersTimeoutMs,

@@ -16,6 +16,7 @@ import type { RegistryMetrics, Source } from './metrics.js'
 import type { PeerFetcher } from './peers.js'
 import { HERD_HEADER } from './herd.js'
 import { resolveContent, type ResolverComponents } from './resolve.js'
+import { sendBlob } from './send-blob.js'
 import type { TagResolver } from './tags.js'
 import { BLOB_BUFFER_BYTES, type Served } from './served.js'
 
@@ -70,10 +71,15 @@ const NOT_REGISTRY_TRAFFIC = /^\/(?:healthz|readyz|metrics|status|ui|favicon\.ic
 const REPOSITORY_IN_PATH = /^\/v2\/(.+?)\/(?:manifests|blobs)\//
 const API_VERSION = { 'docker-distribution-api-version': 'registry/2.0' }
 
-function send(reply: FastifyReply, served: Served): FastifyReply {
+async function send(reply: FastifyReply, served: Served): Promise<FastifyReply> {
+  if (served.body !== undefined && !Buffer.isBuffer(served.body) && served.inFlight !== true) {
+    // blobs: written chunk by chunk, each buffer back to its pool once written (send-blob.ts)
+    await sendBlob(reply, served.status, { ...served.headers, ...API_VERSION }, served.body)
+    return reply
+  }
   reply.code(served.status).headers({ ...served.headers, ...API_VERSION })
-  // A blob still arriving may have no byte yet; headers would wait for the first one (fastify writes them
-  // with the first chunk) and a peer's header deadline would fire. Send them when the body is piped.
+  // A blob still arriving may have no byte yet, and sendBlob (like fastify) writes the headers with the first
+  // one: a peer's header deadline would fire. Piped by fastify instead, headers flushed at once.
   if (served.inFlight === true) reply.raw.once('pipe', () => reply.raw.flushHeaders())
   // an empty Buffer (not null) keeps fastify from serialising JSON and rewriting Content-Type on HEAD
   return reply.send(served.body ?? EMPTY)

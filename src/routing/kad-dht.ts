@@ -20,19 +20,18 @@ import { type KadDHT, kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
-import { createLibp2p } from 'libp2p'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { createLibp2p, type Libp2pOptions } from 'libp2p'
 import type { Logger } from 'pino'
 import { Gauge, type Registry } from 'prom-client'
 import type { AbortOptions } from '../abort.js'
 import { checkPeerUrl } from '../trust/peer-url.js'
-import { KeyExchange } from './key-exchange.js'
-import { ExpiringProviderDatastore } from './provider-datastore.js'
+import { KeyExchange, type KeyExchangeInit, type KeyExchangeStats } from './key-exchange.js'
+import { ExpiringProviderDatastore, type ProviderLimits } from './provider-datastore.js'
 import { keyToCid, keyToString, type RoutingKey } from './keys.js'
 import type { Peer, ResolveOptions, Router } from './router.js'
 
 export const DHT_PROTOCOL = '/kagami/kad/1.0.0'
-/** kad-dht's default k: a routing table below it holds every node the DHT has seen. */
-const K_BUCKET_SIZE = 20
 const AGENT_PREFIX = 'kagami/'
 const URL_MARK = ' peer-url='
 
@@ -67,6 +66,32 @@ export interface KadDhtRouterInit {
    * a node without it cannot connect, learn keys or take part in the DHT. Undefined = open network.
    */
   psk?: Uint8Array
+  /**
+   * 'when-needed' (default): no DHT provides while the key exchange covers the cluster, and none for keys
+   * that many exchange peers announce; 'always': provide every key (bench/routing measures provide speed).
+   */
+  dhtProvides?: 'when-needed' | 'always'
+  /** Limits of the key exchange (peer set, list sizes, deadlines, rates). */
+  keyExchangeInit?: KeyExchangeInit
+  /**
+   * A key that this many peers in the key exchange already announce is not provided on the DHT (default 8):
+   * it is common enough that any node's sampled peer set finds it (see bench/results/scale.md).
+   */
+  popularHolders?: number
+  /** Provider records stored for other nodes: per provider and in total. */
+  providerLimits?: Partial<ProviderLimits>
+  /** libp2p transports (default TCP); the scale bench runs hundreds of nodes over the memory transport. */
+  transports?: Libp2pOptions['transports']
+}
+
+/** What the routing layer holds and has sent, for the scale bench and metrics. */
+export interface RoutingStats {
+  exchange: KeyExchangeStats | undefined
+  providerRecords: number
+  routingTable: number
+  connections: number
+  pendingProvides: number
+  provided: number
 }
 
 /** Every A and AAAA record of name (IPv6-primary clusters publish the headless Service as AAAA only). */
@@ -150,11 +175,14 @@ export class KadDhtRouter implements Router {
   async start(): Promise<void> {
     const validityMs = this.init.recordValidityMs ?? 20 * 60_000
     const intervalMs = this.init.reprovideIntervalMs ?? 15 * 60_000
+    this.datastore = new ExpiringProviderDatastore(validityMs, this.init.providerLimits, this.log, (peer) => {
+      void this.node?.hangUp(peerIdFromString(peer)).catch(() => undefined)
+    })
     this.node = await createLibp2p({
       privateKey: this.init.privateKey,
-      datastore: new ExpiringProviderDatastore(validityMs),
+      datastore: this.datastore,
       addresses: { listen: this.init.listen },
-      transports: [tcp()],
+      transports: this.init.transports ?? [tcp()],
       ...(this.init.psk !== undefined ? { connectionProtector: preSharedKey({ psk: this.init.psk }) } : {}),
       connectionEncrypters: [noise()],
       streamMuxers: [yamux()],
@@ -166,6 +194,8 @@ export class KadDhtRouter implements Router {
         // resets bootstrap dials (design.md §4).
         inboundConnectionThreshold: 1000,
         maxIncomingPendingConnections: 100,
+        // the key exchange alone may hold 256 subscriptions and 320 subscribers (mostly the same peers)
+        maxConnections: 1024,
       },
       services: {
         identify: identify(),
@@ -191,8 +221,14 @@ export class KadDhtRouter implements Router {
         }),
       },
     })
+    this.datastore.setSelf(this.node.peerId.toString())
     if (this.init.keyExchange !== false) {
-      this.exchange = new KeyExchange(this.node, () => this.advertised.keys(), this.log)
+      this.exchange = new KeyExchange(
+        this.node,
+        () => this.advertised.keys(),
+        this.log,
+        this.init.keyExchangeInit,
+      )
       await this.exchange.start()
     }
     this.node.addEventListener('peer:identify', (e) => {
@@ -247,6 +283,8 @@ export class KadDhtRouter implements Router {
     })
     this.log.info({ peerId: this.peerId, addrs: this.multiaddrs().map(String) }, 'dht started')
     void this.bootstrap()
+    this.sweepTimer = setInterval(() => this.sweep(), 2_000)
+    this.sweepTimer.unref()
     const every = this.init.rebootstrapIntervalMs ?? 5_000
     this.bootstrapTimer = setInterval(() => void this.bootstrap(), every)
     this.bootstrapTimer.unref()
@@ -313,6 +351,7 @@ export class KadDhtRouter implements Router {
     this.stopController.abort()
     clearInterval(this.bootstrapTimer)
     clearTimeout(this.reprovideTimer)
+    clearInterval(this.sweepTimer)
     this.exchange?.stop()
     await this.node?.stop()
     this.node = undefined
@@ -330,9 +369,14 @@ export class KadDhtRouter implements Router {
   }
 
   /**
-   * Advertises keys: connected peers learn them at once through the key exchange; DHT provides follow in
-   * one shared background queue with bounded concurrency (kad-dht breaks at ~64 parallel provides), in the
-   * order given (callers put tags and manifests first).
+   * Advertises keys: peers in the key exchange learn them at once; DHT provides follow in one shared
+   * background queue with bounded concurrency (kad-dht breaks at ~64 parallel provides), in the order given
+   * (callers put tags and manifests first).
+   *
+   * The DHT is only needed by nodes whose key exchange does not cover the cluster. So provides wait while
+   * our exchange is a full view (every node holds every list: a provide would cost ~20 messages for
+   * nothing), and a key that `popularHolders` exchange peers already announce is not provided (any node's
+   * sampled peer set finds it); both are looked at again every `sweepMs` and at each reprovide interval.
    */
   async advertise(keys: RoutingKey[], options: AbortOptions = {}): Promise<void> {
     const fresh = keys.filter((k) => !this.advertised.has(keyToString(k)))
@@ -341,64 +385,104 @@ export class KadDhtRouter implements Router {
     if (fresh.length === 0) return
     this.exchange?.changed()
     if (this.routingTableSize() === 0) this.providedAlone = true
-    for (const key of fresh) this.provideQueue.push({ key, signal: options.signal })
+    for (const key of fresh) this.provideQueue.set(keyToString(key), { key, signal: options.signal })
     this.startWorkers()
   }
 
-  /** DHT provides still queued or running (the key exchange has already told connected peers). */
+  /** DHT provides still queued or running (the key exchange has already told its peers). */
   pendingProvides(): number {
-    return this.provideQueue.length + this.workers
+    return this.provideQueue.size + this.workers
   }
 
   private exchange: KeyExchange | undefined
+  private datastore: ExpiringProviderDatastore | undefined
   private routingTable: { size: number } | undefined
   /** Set when keys were provided with an empty routing table (a lone node, or before bootstrap finished). */
   private providedAlone = false
   private reprovideTimer: NodeJS.Timeout | undefined
+  private sweepTimer: NodeJS.Timeout | undefined
+  private lastSweep = Date.now()
 
   /** Peers in the DHT routing table. */
   routingTableSize(): number {
     return this.routingTable?.size ?? 0
   }
 
+  routingStats(): RoutingStats {
+    return {
+      exchange: this.exchange?.stats(),
+      providerRecords: this.datastore?.providerRecords() ?? 0,
+      routingTable: this.routingTableSize(),
+      connections: this.node?.getConnections().length ?? 0,
+      pendingProvides: this.pendingProvides(),
+      provided: this.provided.size,
+    }
+  }
+
+  /** Queues every advertised key that is not on the DHT yet. */
   private reprovideAll(): void {
     this.providedAlone = false
-    const keys = [...this.advertised.values()]
-    this.log.info(
-      { keys: keys.length, peers: this.routingTableSize() },
-      'first peers joined; providing again',
-    )
-    for (const key of keys) this.provideQueue.push({ key })
+    let queued = 0
+    for (const [s, key] of this.advertised) {
+      if (this.provided.has(s) || this.provideQueue.has(s)) continue
+      this.provideQueue.set(s, { key })
+      queued++
+    }
+    this.log.debug({ keys: queued, peers: this.routingTableSize() }, 'providing keys not on the DHT yet')
+    this.startWorkers()
+  }
+
+  /** Whether provides wait: our exchange covers the cluster, so nobody looks these keys up on the DHT. */
+  private dhtIdle(): boolean {
+    return this.init.dhtProvides !== 'always' && this.exchange?.complete() === true
+  }
+
+  private sweep(): void {
+    const every = this.init.reprovideIntervalMs ?? 15 * 60_000
+    if (Date.now() - this.lastSweep >= every) {
+      this.lastSweep = Date.now()
+      this.reprovideAll() // popular keys that became rare, and keys that waited
+    }
     this.startWorkers()
   }
 
   private startWorkers(): void {
-    while (this.workers < (this.init.advertiseConcurrency ?? 12) && this.workers < this.provideQueue.length) {
+    if (this.dhtIdle()) return
+    while (this.workers < (this.init.advertiseConcurrency ?? 12) && this.workers < this.provideQueue.size) {
       this.workers++
       void this.provideWorker().finally(() => this.workers--)
     }
   }
 
-  private readonly provideQueue: { key: RoutingKey; signal?: AbortSignal }[] = []
+  private readonly provideQueue = new Map<string, { key: RoutingKey; signal?: AbortSignal }>()
+  /** Keys whose provide reached peers; the kad-dht reprovider keeps them fresh. */
+  private readonly provided = new Set<string>()
   private workers = 0
 
   private async provideWorker(): Promise<void> {
-    for (let job = this.provideQueue.shift(); job !== undefined; job = this.provideQueue.shift()) {
-      const { key, signal } = job
+    while (!this.dhtIdle()) {
+      const next = this.provideQueue.entries().next()
+      if (next.done === true) return
+      const [name, { key, signal }] = next.value
+      this.provideQueue.delete(name)
       try {
         if (signal?.aborted === true || this.stopController.signal.aborted) continue
-        if (!this.advertised.has(keyToString(key))) continue // withdrawn meanwhile
+        if (!this.advertised.has(name) || this.provided.has(name)) continue // withdrawn or done meanwhile
+        if (this.init.dhtProvides !== 'always' && this.exchange !== undefined) {
+          if (this.exchange.holders(name).length >= (this.init.popularHolders ?? 8)) continue
+        }
         const s = anySignal([signal, this.stopController.signal])
         try {
           for await (const _ of this.dht().provide(await keyToCid(key), { signal: s })) {
             // drain: provide resolves once the record is stored on the closest peers
           }
+          if (this.routingTableSize() > 0) this.provided.add(name)
         } finally {
           s.clear()
         }
       } catch (err) {
         // A lone node has nobody to store at; its local record still answers lookups.
-        this.log.debug({ err: (err as Error).message, key: keyToString(key) }, 'provide incomplete')
+        this.log.debug({ err: (err as Error).message, key: name }, 'provide incomplete')
       }
     }
   }
@@ -408,6 +492,7 @@ export class KadDhtRouter implements Router {
     const dht = this.dht()
     for (const key of keys) {
       this.advertised.delete(keyToString(key))
+      this.provided.delete(keyToString(key))
       await dht.cancelReprovide(await keyToCid(key), options)
     }
     this.exchange?.changed()
@@ -469,10 +554,10 @@ export class KadDhtRouter implements Router {
         yield { id, url }
         if (++yielded === options.limit) return
       }
-      // A small cluster is a full mesh: when every routing-table peer has sent us its key list, nobody else
-      // can have the key, and a miss is answered now instead of after a DHT query.
-      const table = this.routingTableSize()
-      if (this.exchange !== undefined && table < K_BUCKET_SIZE && table <= this.exchange.peerCount()) return
+      // Up to maxPeers nodes the exchange is a full view: when every node we know of has sent us its list
+      // and sees the same members, nobody else can have the key, and a miss is answered now instead of
+      // after a DHT query.
+      if (this.exchange?.complete() === true) return
       for await (const event of node.services.dht.findProviders(await keyToCid(key), { signal })) {
         if (event.name !== 'PROVIDER') continue
         for (const provider of event.providers) {
@@ -518,9 +603,13 @@ export class KadDhtRouter implements Router {
     return out.sort((a, b) => Number(b.connected) - Number(a.connected) || b.lastSeen - a.lastSeen)
   }
 
-  /** Keys connected peers announced (tags and digests), to search by partial name. */
+  /**
+   * Keys peers announced, by name, for a partial-name search. None: the key exchange holds peers' lists as
+   * 48-bit hashes (bounded memory at scale), so a search matches this node's own names partially and looks an
+   * exact name or digest up across the cluster.
+   */
   knownKeys(): Iterable<string> {
-    return this.exchange?.keys() ?? []
+    return []
   }
 
   /** Connected peers whose peer endpoint we know. */

@@ -1,52 +1,217 @@
 /**
- * `/kagami/keys/1.0.0`: every node sends each connected kagami peer the full list of keys it advertises,
- * when they connect and again (debounced) after each change. Each node so holds an index of what its
- * connected peers have: a lookup for content on a connected peer is answered locally in microseconds, and
- * advertising 10,000 keys costs one message per peer instead of 10,000 DHT provides (~15/s on this
- * machine). The DHT still serves peers beyond direct connections.
+ * `/kagami/keys/2.0.0`: each node subscribes to the key lists of a bounded set of kagami peers and holds
+ * them in memory, so a lookup for content on one of those peers is answered locally in microseconds and,
+ * while the set covers the whole cluster, a miss is known at once without a DHT query.
  *
- * One message per short-lived stream: 4-byte big-endian length + JSON `{ seq, keys }`. `seq` grows with
- * every list a node sends, so a late, older list never replaces a newer one. The receiver closes the stream
- * once it has applied the list, which is the sender's acknowledgement.
+ * Why subscriptions and deltas (v1 sent every connected peer the full list on every change): with N nodes
+ * and K keys each, full lists cost every node N × K held strings and N × K × 70 bytes per image pull
+ * cluster-wide; see bench/scale.ts and bench/results/scale.md. Here:
+ * - the subscriber opens one long-lived stream per peer; the publisher writes a snapshot (its keys and its
+ *   own subscriptions, the "members"), an END frame, then only deltas (added/removed keys, members that
+ *   joined/left) as they happen. Nothing is re-sent while nothing changes.
+ * - a node subscribes to at most `maxPeers` peers (all of them in clusters up to that size: a full view;
+ *   above it the XOR-closest half and a random half) and serves at most `maxSubscribers`.
+ * - a peer's list is held as a sorted Float64Array of 48-bit key hashes (8 bytes a key, not ~150).
+ * - members spread through the snapshots, so every node learns of every other and the full view heals by
+ *   itself; `complete()` says when every node we know of has given us its list and sees the same members
+ *   as we do, which is when `KadDhtRouter.resolve` may answer a miss from memory.
  *
- * A lookup may answer a miss from these lists alone (see `KadDhtRouter.resolve`), so "connected" must mean
- * "its current list is here": a list that fails to arrive is retried, and when it still fails the sender
- * hangs up, so the receiver forgets that peer's list instead of trusting a stale one.
+ * Frames: u32 big-endian length of (type + payload), u8 type, payload. Keys are UTF-8 lines; members are
+ * lines `<peer id> <multiaddr>…`. Every input is bounded: frame size, keys and members per peer, key syntax,
+ * a deadline for the snapshot and for every frame once its first byte arrived (a trickling peer), and a
+ * per-peer byte and frame rate. A peer that breaks one is logged, disconnected and not served or
+ * subscribed to for `banMs`. A subscriber must never write: one byte from it is such a violation.
+ *
+ * A list that failed to arrive never counts as known: only a subscription whose END frame arrived on a
+ * stream that is still open is used, and it is forgotten the moment its stream or connection closes.
  */
-import type { Libp2p, PeerId, Stream } from '@libp2p/interface'
+import { createHash } from 'node:crypto'
+import type { Connection, Libp2p, PeerId, Stream } from '@libp2p/interface'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import type { Logger } from 'pino'
+import { isKeyString } from './keys.js'
 
-export const KEYS_PROTOCOL = '/kagami/keys/1.0.0'
-const MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-/** Attempts to deliver the current list to one peer before hanging up on it. */
-const SEND_ATTEMPTS = 3
-const RETRY_DELAY_MS = 250
+export const KEYS_PROTOCOL = '/kagami/keys/2.0.0'
 
-interface KeyList {
-  seq: number
-  keys: string[]
-}
+export const FRAME = { keys: 1, end: 2, add: 3, del: 4, join: 5, leave: 6 } as const
+const MAX_ADDRS_PER_MEMBER = 4
 
 export interface KeyExchangeInit {
-  /** Coalesce changes for this long before sending the new list (default 100 ms). */
+  /** Coalesce local changes for this long before sending a delta (default 100 ms). */
   debounceMs?: number
+  /** A subscriber that does not read for this long is dropped (default 10 s). */
   sendTimeoutMs?: number
+  /** Peers whose lists we hold (default 256: a full view of clusters up to 257 nodes). */
+  maxPeers?: number
+  /** Peers we send our list to (default 320). */
+  maxSubscribers?: number
+  /** Keys one peer may announce (default 50,000: ~3.7 MB on the wire, 400 KB held). */
+  maxKeysPerPeer?: number
+  /** Members one peer may announce (default 1,024). */
+  maxMembersPerPeer?: number
+  /** Largest frame (default 256 KiB); a snapshot is sent in 64 KiB frames. */
+  maxFrameBytes?: number
+  /** A frame must arrive whole within this long after its first byte (default 5 s). */
+  frameTimeoutMs?: number
+  /** The snapshot must arrive whole within this long after subscribing (default 30 s). */
+  snapshotTimeoutMs?: number
+  /** Per-peer token bucket: sustained bytes/s and burst (defaults 1 MiB/s, 8 MiB). */
+  bytesPerSecond?: number
+  burstBytes?: number
+  /** Per-peer token bucket on frames (defaults 200/s, burst 2,000). */
+  framesPerSecond?: number
+  burstFrames?: number
+  /** How long a peer that broke a limit is neither served nor subscribed to (default 60 s). */
+  banMs?: number
+  /** How often the subscription set is reconsidered (default 2 s; also after every membership event). */
+  selectIntervalMs?: number
+}
+
+export interface KeyExchangeStats {
+  /** Peers whose complete list we hold. */
+  peers: number
+  subscribers: number
+  /** Keys held from all peers. */
+  heldKeys: number
+  /** Estimated bytes of routing state held by the exchange. */
+  stateBytes: number
+  bytesSent: number
+  bytesReceived: number
+  /** Every node we know of gave us its list and sees the same members. */
+  complete: boolean
+  violations: number
+}
+
+class Violation extends Error {
+  override name = 'KeyExchangeViolation'
+}
+
+/** 48 bits of the key: digests are uniform already; tags are hashed. Exact as a double. */
+export function keyHash(key: string): number {
+  if (key.startsWith('sha256:')) return parseInt(key.slice(7, 19), 16)
+  return createHash('sha256').update(key).digest().readUIntBE(0, 6)
+}
+
+/** FNV-1a, for the membership fingerprint (XOR of members' hashes). */
+function hash32(s: string): number {
+  let h = 0x811c9dc5
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193)
+  return h >>> 0
+}
+
+function contains(sorted: Float64Array, h: number): boolean {
+  let lo = 0
+  let hi = sorted.length - 1
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1
+    const v = sorted[mid]!
+    if (v === h) return true
+    if (v < h) lo = mid + 1
+    else hi = mid - 1
+  }
+  return false
+}
+
+function sortedUnique(values: number[]): Float64Array {
+  const a = Float64Array.from(values).sort()
+  let n = 0
+  for (let i = 0; i < a.length; i++) if (i === 0 || a[i] !== a[n - 1]) a[n++] = a[i]!
+  return a.slice(0, n)
+}
+
+class TokenBucket {
+  private tokens: number
+  private at = Date.now()
+  constructor(
+    private readonly rate: number,
+    private readonly burst: number,
+  ) {
+    this.tokens = burst
+  }
+  take(n: number): boolean {
+    const now = Date.now()
+    this.tokens = Math.min(this.burst, this.tokens + ((now - this.at) / 1000) * this.rate)
+    this.at = now
+    this.tokens -= n
+    return this.tokens >= 0
+  }
+}
+
+export function encodeFrame(type: number, payload: Uint8Array = new Uint8Array(0)): Uint8Array {
+  const out = Buffer.allocUnsafe(5 + payload.length)
+  out.writeUInt32BE(1 + payload.length, 0)
+  out[4] = type
+  out.set(payload, 5)
+  return out
+}
+
+/** Lines packed into frames of at most `maxPayload` bytes each. */
+function lineFrames(type: number, lines: Iterable<string>, maxPayload = 64 * 1024): Uint8Array[] {
+  const out: Uint8Array[] = []
+  let batch: string[] = []
+  let size = 0
+  for (const line of lines) {
+    const n = Buffer.byteLength(line) + 1
+    if (size + n > maxPayload && batch.length > 0) {
+      out.push(encodeFrame(type, Buffer.from(batch.join('\n'))))
+      batch = []
+      size = 0
+    }
+    batch.push(line)
+    size += n
+  }
+  if (batch.length > 0) out.push(encodeFrame(type, Buffer.from(batch.join('\n'))))
+  return out
+}
+
+interface Subscription {
+  id: string
+  peer: PeerId
+  stream?: Stream
+  complete: boolean
+  hashes: Float64Array
+  /** hashes of the snapshot while it arrives */
+  pending: number[]
+  /** member id → its addresses */
+  members: Map<string, string[]>
+  /** XOR of hash32 over members and the peer itself */
+  view: number
+  bytes: TokenBucket
+  frames: TokenBucket
+}
+
+interface Subscriber {
+  id: string
+  stream: Stream
+  queue: Promise<void>
 }
 
 export class KeyExchange {
-  /** key → ids of connected peers that hold it */
-  private readonly index = new Map<string, Set<string>>()
-  /** peer id → the list it sent last */
-  private readonly byPeer = new Map<string, { seq: number; keys: Set<string> }>()
-  private seq = Date.now()
+  private readonly subs = new Map<string, Subscription>()
+  private readonly subscribers = new Map<string, Subscriber>()
+  /** connected peers that speak the protocol (from identify) */
+  private readonly kagamiPeers = new Set<string>()
+  /** their identify listen addresses, passed on to our subscribers with our members */
+  private readonly listenAddrs = new Map<string, string[]>()
+  /** peer id → time its subscription last failed to start (not retried for a while) */
+  private readonly failed = new Map<string, number>()
+  private readonly banned = new Map<string, number>()
+  /** what our subscribers were last sent: deltas are computed against it */
+  private sent = new Set<string>()
+  private sentMembers = new Map<string, string[]>()
   private timer: NodeJS.Timeout | undefined
-  /** peer id → a list is owed to that peer (one sender loop per peer coalesces changes) */
-  private readonly outbox = new Map<string, { peer: PeerId; dirty: boolean }>()
-  private cached: { version: number; message: Uint8Array } | undefined
-  private version = 0
+  private selectTimer: NodeJS.Timeout | undefined
+  private kickTimer: NodeJS.Timeout | undefined
   private stopped = false
-  private readonly debounceMs: number
-  private readonly sendTimeoutMs: number
+  private saturated = false
+  private dialing = 0
+  private bytesSent = 0
+  private bytesReceived = 0
+  private violations = 0
+  private readonly self: string
+  private readonly selfHash: number
+  private readonly cfg: Required<KeyExchangeInit>
 
   constructor(
     private readonly node: Libp2p,
@@ -54,216 +219,467 @@ export class KeyExchange {
     private readonly log: Logger,
     init: KeyExchangeInit = {},
   ) {
-    this.debounceMs = init.debounceMs ?? 100
-    this.sendTimeoutMs = init.sendTimeoutMs ?? 5000
+    this.cfg = {
+      debounceMs: init.debounceMs ?? 100,
+      sendTimeoutMs: init.sendTimeoutMs ?? 10_000,
+      maxPeers: init.maxPeers ?? 256,
+      maxSubscribers: init.maxSubscribers ?? 320,
+      maxKeysPerPeer: init.maxKeysPerPeer ?? 50_000,
+      maxMembersPerPeer: init.maxMembersPerPeer ?? 1024,
+      maxFrameBytes: init.maxFrameBytes ?? 256 * 1024,
+      frameTimeoutMs: init.frameTimeoutMs ?? 5_000,
+      snapshotTimeoutMs: init.snapshotTimeoutMs ?? 30_000,
+      bytesPerSecond: init.bytesPerSecond ?? 1024 * 1024,
+      burstBytes: init.burstBytes ?? 8 * 1024 * 1024,
+      framesPerSecond: init.framesPerSecond ?? 200,
+      burstFrames: init.burstFrames ?? 2_000,
+      banMs: init.banMs ?? 60_000,
+      selectIntervalMs: init.selectIntervalMs ?? 2_000,
+    }
+    this.self = node.peerId.toString()
+    this.selfHash = hash32(this.self)
   }
 
   async start(): Promise<void> {
-    await this.node.handle(
-      KEYS_PROTOCOL,
-      (stream, connection) => void this.receive(stream, connection.remotePeer),
-      {
-        maxInboundStreams: 8,
-      },
-    )
-    this.node.addEventListener('peer:identify', (e) => {
-      if (e.detail.protocols.includes(KEYS_PROTOCOL)) this.schedule(e.detail.peerId)
+    await this.node.handle(KEYS_PROTOCOL, (stream, connection) => this.serve(stream, connection), {
+      // one subscription per connection, plus one replacing it
+      maxInboundStreams: 2,
+      maxOutboundStreams: 2,
     })
-    this.node.addEventListener('peer:disconnect', (e) => this.forget(e.detail.toString()))
+    this.node.addEventListener('peer:identify', (e) => {
+      if (!e.detail.protocols.includes(KEYS_PROTOCOL)) return
+      const id = e.detail.peerId.toString()
+      this.kagamiPeers.add(id)
+      this.listenAddrs.set(
+        id,
+        e.detail.listenAddrs.slice(0, MAX_ADDRS_PER_MEMBER).map((a) => a.decapsulateCode(421).toString()),
+      )
+      this.kick()
+    })
+    this.node.addEventListener('peer:disconnect', (e) => {
+      const id = e.detail.toString()
+      this.kagamiPeers.delete(id)
+      this.listenAddrs.delete(id)
+      // a node that left is never returned once its connection closed
+      const sub = this.subs.get(id)
+      if (sub !== undefined) this.drop(sub)
+      this.subscribers.get(id)?.stream.abort(new Error('disconnected'))
+      this.subscribers.delete(id)
+    })
+    this.selectTimer = setInterval(() => this.select(), this.cfg.selectIntervalMs)
+    this.selectTimer.unref()
   }
 
   stop(): void {
     this.stopped = true
     clearTimeout(this.timer)
+    clearTimeout(this.kickTimer)
+    clearInterval(this.selectTimer)
   }
 
-  /** Connected peers whose key list we hold. */
+  /** Peers whose complete list we hold. */
   peerCount(): number {
-    return this.byPeer.size
+    let n = 0
+    for (const s of this.subs.values()) if (s.complete) n++
+    return n
   }
 
-  /** How many keys `peer` announced (0 when it sent no list). */
+  /** How many keys `peer` announced (0 when we hold no list from it). */
   keyCount(peer: string): number {
-    return this.byPeer.get(peer)?.keys.size ?? 0
+    return this.subs.get(peer)?.hashes.length ?? 0
   }
 
-  /** Every key some connected peer announced (the status page searches tags in it). */
-  keys(): IterableIterator<string> {
-    return this.index.keys()
-  }
-
-  /** Connected peers that announced `key`. */
+  /** Peers whose complete list announces `key`. */
   holders(key: string): string[] {
-    return [...(this.index.get(key) ?? [])]
-  }
-
-  /** Our key list changed: send it to every connected peer soon (changes come in bursts). */
-  changed(): void {
-    this.version++
-    if (this.timer !== undefined) return
-    this.timer = setTimeout(() => {
-      this.timer = undefined
-      for (const peer of this.peersWithProtocol()) this.schedule(peer)
-    }, this.debounceMs)
-    this.timer.unref()
-  }
-
-  private peersWithProtocol(): PeerId[] {
-    const out = new Map<string, PeerId>()
-    for (const c of this.node.getConnections()) out.set(c.remotePeer.toString(), c.remotePeer)
-    return [...out.values()].filter(
-      (p) => this.byPeer.has(p.toString()) || this.node.getConnections(p).length > 0,
-    )
-  }
-
-  /** Owes `peer` our current list; one loop per peer sends it, so a burst of changes costs one message. */
-  private schedule(peer: PeerId): void {
-    const id = peer.toString()
-    const owed = this.outbox.get(id)
-    if (owed !== undefined) {
-      owed.dirty = true
-      return
-    }
-    this.outbox.set(id, { peer, dirty: true })
-    void this.deliver(id)
-  }
-
-  private async deliver(id: string): Promise<void> {
-    const owed = this.outbox.get(id)
-    if (owed === undefined) return
-    let failures = 0
-    try {
-      while (owed.dirty && !this.stopped && this.node.getConnections(owed.peer).length > 0) {
-        owed.dirty = false
-        try {
-          await this.sendTo(owed.peer, this.message())
-          failures = 0
-        } catch (err) {
-          owed.dirty = true
-          if (++failures < SEND_ATTEMPTS) {
-            this.log.debug({ peer: id, err: (err as Error).message }, 'could not send the key list; retrying')
-            await new Promise((resolve) => setTimeout(resolve, RETRY_DELAY_MS * failures).unref())
-            continue
-          }
-          // It would answer misses from a stale list of ours: disconnect, so it forgets the list and asks the
-          // DHT; the next connection starts with a fresh list.
-          this.log.warn(
-            { peer: id, err: (err as Error).message },
-            'could not send the key list; disconnecting',
-          )
-          await this.node.hangUp(owed.peer).catch(() => undefined)
-          return
-        }
-      }
-    } finally {
-      this.outbox.delete(id)
-    }
-  }
-
-  /** Our current list, encoded once per change and shared by every peer's send. */
-  private message(): Uint8Array {
-    if (this.cached?.version === this.version) return this.cached.message
-    const body = Buffer.from(
-      JSON.stringify({ seq: ++this.seq, keys: [...this.localKeys()] } satisfies KeyList),
-    )
-    const out = Buffer.allocUnsafe(4 + body.length)
-    out.writeUInt32BE(body.length, 0)
-    body.copy(out, 4)
-    this.cached = { version: this.version, message: out }
+    const h = keyHash(key)
+    const out: string[] = []
+    for (const s of this.subs.values()) if (s.complete && contains(s.hashes, h)) out.push(s.id)
     return out
   }
 
-  /** Sends one list and waits for the receiver to close the stream, its acknowledgement. Throws on failure. */
-  private async sendTo(peer: PeerId, message: Uint8Array): Promise<void> {
-    const signal = AbortSignal.timeout(this.sendTimeoutMs)
-    const protocols = (await this.node.peerStore.get(peer).catch(() => undefined))?.protocols ?? []
-    if (!protocols.includes(KEYS_PROTOCOL)) return
-    const stream = await this.node.dialProtocol(peer, KEYS_PROTOCOL, { signal })
-    try {
-      if (!stream.send(message)) await stream.onDrain({ signal })
-      await stream.close({ signal })
-      await closed(stream, signal)
-    } catch (err) {
-      stream.abort(err as Error)
-      throw err
+  /**
+   * True when a miss may be answered from memory: we are below `maxPeers`, hold the complete list of every
+   * kagami peer we are connected to or have heard of, and every one of them sees exactly our members.
+   */
+  complete(): boolean {
+    if (this.saturated) return false
+    let count = 1
+    let view = this.selfHash
+    for (const s of this.subs.values()) {
+      if (!s.complete) return false
+      count++
+      view ^= hash32(s.id)
+    }
+    for (const id of this.kagamiPeers) if (!this.subs.has(id) && !this.isBanned(id)) return false
+    for (const s of this.subs.values()) {
+      if (s.members.size + 1 !== count || s.view !== view) return false
+    }
+    return true
+  }
+
+  stats(): KeyExchangeStats {
+    let heldKeys = 0
+    let stateBytes = this.sent.size * 120 + this.subscribers.size * 400
+    for (const s of this.subs.values()) {
+      heldKeys += s.hashes.length
+      stateBytes += 400 + s.hashes.byteLength + s.pending.length * 8 + s.members.size * 200
+    }
+    return {
+      peers: this.peerCount(),
+      subscribers: this.subscribers.size,
+      heldKeys,
+      stateBytes,
+      bytesSent: this.bytesSent,
+      bytesReceived: this.bytesReceived,
+      complete: this.complete(),
+      violations: this.violations,
     }
   }
 
-  private async receive(stream: Stream, peer: PeerId): Promise<void> {
+  /** Our key list changed: send the delta to every subscriber soon (changes come in bursts). */
+  changed(): void {
+    if (this.timer !== undefined || this.stopped) return
+    this.timer = setTimeout(() => {
+      this.timer = undefined
+      this.broadcast()
+    }, this.cfg.debounceMs)
+    this.timer.unref()
+  }
+
+  // ---- publishing ------------------------------------------------------------------------------------
+
+  private currentMembers(): Map<string, string[]> {
+    const out = new Map<string, string[]>()
+    for (const s of this.subs.values()) if (s.complete) out.set(s.id, this.addrsOf(s.peer))
+    return out
+  }
+
+  /** Where others can dial a member: its identify listen addresses, else the address we dialled. */
+  private addrsOf(peer: PeerId): string[] {
     const id = peer.toString()
-    const chunks: Uint8Array[] = []
-    let size = 0
+    const known = this.listenAddrs.get(id)
+    if (known !== undefined && known.length > 0) return known
+    const conn = this.node.getConnections(peer).find((c) => c.direction === 'outbound')
+    return conn !== undefined ? [conn.remoteAddr.decapsulateCode(421).toString()] : []
+  }
+
+  private memberLine(id: string, addrs: string[]): string {
+    return [id, ...addrs].join(' ')
+  }
+
+  private broadcast(): void {
+    if (this.stopped) return
+    const current = new Set(this.localKeys())
+    const added: string[] = []
+    const removed: string[] = []
+    for (const k of current) if (!this.sent.has(k)) added.push(k)
+    for (const k of this.sent) if (!current.has(k)) removed.push(k)
+    this.sent = current
+    const members = this.currentMembers()
+    const joined: string[] = []
+    const left: string[] = []
+    for (const [id, addrs] of members) if (!this.sentMembers.has(id)) joined.push(this.memberLine(id, addrs))
+    for (const id of this.sentMembers.keys()) if (!members.has(id)) left.push(id)
+    this.sentMembers = members
+    const frames = [
+      ...lineFrames(FRAME.del, removed),
+      ...lineFrames(FRAME.add, added),
+      ...lineFrames(FRAME.leave, left),
+      ...lineFrames(FRAME.join, joined),
+    ]
+    if (frames.length === 0) return
+    for (const s of this.subscribers.values()) this.enqueue(s, frames)
+  }
+
+  private serve(stream: Stream, connection: Connection): void {
+    const id = connection.remotePeer.toString()
+    if (this.stopped || this.isBanned(id)) {
+      stream.abort(new Error('not served'))
+      return
+    }
+    const previous = this.subscribers.get(id)
+    if (previous === undefined && this.subscribers.size >= this.cfg.maxSubscribers) {
+      void stream.close().catch(() => undefined) // full: the subscriber tries someone else
+      return
+    }
+    previous?.stream.abort(new Error('replaced by a new subscription'))
+    const s: Subscriber = { id, stream, queue: Promise.resolve() }
+    this.subscribers.set(id, s)
+    void (async () => {
+      try {
+        for await (const _ of stream) {
+          // a subscriber never writes; this also closes trickling or flooding streams at the first byte
+          this.violation(connection.remotePeer, 'wrote to a key subscription')
+          return
+        }
+      } catch {
+        // stream reset or aborted
+      } finally {
+        if (this.subscribers.get(id) === s) this.subscribers.delete(id)
+        stream.abort(new Error('subscription ended'))
+      }
+    })()
+    // the snapshot is what the others were last sent; the next delta brings it up to date
+    this.enqueue(s, [
+      ...lineFrames(FRAME.keys, this.sent),
+      ...lineFrames(
+        FRAME.join,
+        [...this.sentMembers].map(([m, a]) => this.memberLine(m, a)),
+      ),
+      encodeFrame(FRAME.end),
+    ])
+  }
+
+  private enqueue(s: Subscriber, frames: Uint8Array[]): void {
+    s.queue = s.queue
+      .then(async () => {
+        for (const f of frames) {
+          if (this.subscribers.get(s.id) !== s) return
+          this.bytesSent += f.length
+          if (!s.stream.send(f))
+            await s.stream.onDrain({ signal: AbortSignal.timeout(this.cfg.sendTimeoutMs) })
+        }
+      })
+      .catch((err: Error) => {
+        // a subscriber that does not read is dropped; it forgets our list and subscribes again later
+        this.log.debug({ peer: s.id, err: err.message }, 'key subscriber dropped')
+        if (this.subscribers.get(s.id) === s) this.subscribers.delete(s.id)
+        s.stream.abort(err)
+      })
+  }
+
+  // ---- subscribing -----------------------------------------------------------------------------------
+
+  /** Reconsider subscriptions soon (several events in a burst cost one pass). */
+  private kick(): void {
+    if (this.kickTimer !== undefined || this.stopped) return
+    this.kickTimer = setTimeout(() => {
+      this.kickTimer = undefined
+      this.select()
+    }, 50)
+    this.kickTimer.unref()
+  }
+
+  private isBanned(id: string): boolean {
+    const until = this.banned.get(id)
+    if (until === undefined) return false
+    if (until > Date.now()) return true
+    this.banned.delete(id)
+    return false
+  }
+
+  private select(): void {
+    if (this.stopped) return
+    const now = Date.now()
+    const candidates = new Map<string, string[]>()
+    for (const id of this.kagamiPeers) candidates.set(id, [])
+    for (const s of this.subs.values()) {
+      for (const [m, addrs] of s.members) if (!candidates.has(m)) candidates.set(m, addrs)
+    }
+    candidates.delete(this.self)
+    for (const id of candidates.keys()) {
+      const failedAt = this.failed.get(id)
+      if (this.isBanned(id) || (failedAt !== undefined && now - failedAt < 30_000)) candidates.delete(id)
+    }
+    this.saturated = candidates.size > this.cfg.maxPeers
+    let targets: string[]
+    if (!this.saturated) {
+      targets = [...candidates.keys()]
+    } else {
+      // keep what we have (stable lists), fill half of the free slots with the XOR-closest, half at random
+      const kept = [...candidates.keys()].filter((id) => this.subs.has(id))
+      const rest = [...candidates.keys()].filter((id) => !this.subs.has(id))
+      const free = Math.max(0, this.cfg.maxPeers - kept.length)
+      const byDistance = [...rest].sort(
+        (a, b) => ((hash32(a) ^ this.selfHash) >>> 0) - ((hash32(b) ^ this.selfHash) >>> 0),
+      )
+      const closest = byDistance.slice(0, Math.ceil(free / 2))
+      const others = byDistance.slice(closest.length)
+      for (let i = others.length - 1; i > 0; i--) {
+        const j = Math.floor(Math.random() * (i + 1))
+        ;[others[i], others[j]] = [others[j]!, others[i]!]
+      }
+      targets = [...kept, ...closest, ...others.slice(0, free - closest.length)]
+    }
+    for (const id of targets) {
+      if (this.subs.has(id) || this.dialing >= 16) continue
+      void this.subscribe(id, candidates.get(id) ?? [])
+    }
+  }
+
+  private async subscribe(id: string, addrs: string[]): Promise<void> {
+    let peer: PeerId
     try {
+      peer = peerIdFromString(id)
+    } catch {
+      return
+    }
+    const sub: Subscription = {
+      id,
+      peer,
+      complete: false,
+      hashes: new Float64Array(0),
+      pending: [],
+      members: new Map(),
+      view: hash32(id),
+      bytes: new TokenBucket(this.cfg.bytesPerSecond, this.cfg.burstBytes),
+      frames: new TokenBucket(this.cfg.framesPerSecond, this.cfg.burstFrames),
+    }
+    this.subs.set(id, sub)
+    this.dialing++
+    const snapshotTimer = setTimeout(
+      () => this.violation(peer, `no complete key list within ${this.cfg.snapshotTimeoutMs} ms`, sub),
+      this.cfg.snapshotTimeoutMs,
+    )
+    let frameTimer: NodeJS.Timeout | undefined
+    try {
+      if (this.node.getConnections(peer).length === 0 && addrs.length > 0) {
+        const multiaddrs: Multiaddr[] = []
+        for (const a of addrs) {
+          try {
+            multiaddrs.push(multiaddr(a))
+          } catch {
+            // validated on receipt; skip anything odd
+          }
+        }
+        await this.node.peerStore.merge(peer, { multiaddrs })
+      }
+      const stream = await this.node.dialProtocol(peer, KEYS_PROTOCOL, {
+        signal: AbortSignal.timeout(Math.min(this.cfg.snapshotTimeoutMs, 5_000)),
+      })
+      this.dialing--
+      sub.stream = stream
+      if (this.subs.get(id) !== sub) throw new Error('dropped while dialling')
+      let buffered: Buffer = Buffer.alloc(0)
       for await (const chunk of stream) {
         const bytes = chunk instanceof Uint8Array ? chunk : chunk.subarray()
-        size += bytes.length
-        if (size > MAX_MESSAGE_BYTES) throw new Error(`key list over ${MAX_MESSAGE_BYTES} bytes`)
-        chunks.push(bytes)
+        this.bytesReceived += bytes.length
+        if (!sub.bytes.take(bytes.length)) throw new Violation('over its byte rate')
+        buffered = buffered.length === 0 ? Buffer.from(bytes) : Buffer.concat([buffered, bytes])
+        let completed = false
+        while (buffered.length >= 4) {
+          const length = buffered.readUInt32BE(0)
+          if (length < 1 || length > this.cfg.maxFrameBytes) throw new Violation(`a frame of ${length} bytes`)
+          if (buffered.length < 4 + length) break
+          if (!sub.frames.take(1)) throw new Violation('over its frame rate')
+          this.apply(sub, buffered[4]!, buffered.subarray(5, 4 + length))
+          if (sub.complete) clearTimeout(snapshotTimer)
+          buffered = buffered.subarray(4 + length)
+          completed = true
+        }
+        if (buffered.length === 0) {
+          clearTimeout(frameTimer)
+          frameTimer = undefined
+        } else if (completed || frameTimer === undefined) {
+          // a frame has started: it must arrive whole in time (a trickling peer holds nothing for long)
+          clearTimeout(frameTimer)
+          frameTimer = setTimeout(
+            () => this.violation(peer, `a frame took over ${this.cfg.frameTimeoutMs} ms`, sub),
+            this.cfg.frameTimeoutMs,
+          )
+        }
       }
-      const buf = Buffer.concat(chunks)
-      const length = buf.readUInt32BE(0)
-      if (buf.length !== 4 + length) throw new Error('truncated key list')
-      const list = JSON.parse(buf.subarray(4).toString('utf8')) as KeyList
-      if (
-        typeof list.seq !== 'number' ||
-        !Array.isArray(list.keys) ||
-        list.keys.some((k) => typeof k !== 'string')
-      ) {
-        throw new Error('malformed key list')
-      }
-      this.apply(id, list)
-      await stream.close() // acknowledges the list; also frees the inbound stream slot
     } catch (err) {
-      // whatever we held from this peer may be stale now: lookups must not trust it
-      this.forget(id)
-      this.log.debug({ peer: id, err: (err as Error).message }, 'bad key list')
-      stream.abort(err as Error)
+      if (err instanceof Violation) this.violation(peer, err.message, sub)
+      this.log.debug({ peer: id, err: (err as Error).message }, 'key subscription ended')
+    } finally {
+      if (sub.stream === undefined) this.dialing--
+      // refused (the publisher is full) or broken before its list arrived: try others first
+      if (!sub.complete) this.failed.set(id, Date.now())
+      clearTimeout(snapshotTimer)
+      clearTimeout(frameTimer)
+      this.drop(sub)
     }
   }
 
-  private apply(id: string, list: KeyList): void {
-    const current = this.byPeer.get(id)
-    if (current !== undefined && current.seq >= list.seq) return // an older list arrived late
-    this.forget(id)
-    const keys = new Set(list.keys)
-    this.byPeer.set(id, { seq: list.seq, keys })
-    for (const key of keys) {
-      const holders = this.index.get(key) ?? new Set<string>()
-      holders.add(id)
-      this.index.set(key, holders)
+  private lines(payload: Uint8Array): string[] {
+    return payload.length === 0 ? [] : Buffer.from(payload).toString('utf8').split('\n')
+  }
+
+  private apply(sub: Subscription, type: number, payload: Uint8Array): void {
+    switch (type) {
+      case FRAME.keys:
+      case FRAME.add: {
+        if (type === FRAME.keys && sub.complete) throw new Violation('snapshot keys after END')
+        if (type === FRAME.add && !sub.complete) throw new Violation('a delta before END')
+        const hashes: number[] = []
+        for (const key of this.lines(payload)) {
+          if (!isKeyString(key)) throw new Violation(`a malformed key ${JSON.stringify(key.slice(0, 80))}`)
+          hashes.push(keyHash(key))
+        }
+        if (type === FRAME.keys) {
+          for (const h of hashes) sub.pending.push(h)
+          if (sub.pending.length > this.cfg.maxKeysPerPeer) throw new Violation('too many keys')
+        } else {
+          const merged = sortedUnique([...sub.hashes, ...hashes])
+          if (merged.length > this.cfg.maxKeysPerPeer) throw new Violation('too many keys')
+          sub.hashes = merged
+        }
+        return
+      }
+      case FRAME.del: {
+        if (!sub.complete) throw new Violation('a delta before END')
+        const gone = new Set<number>()
+        for (const key of this.lines(payload)) {
+          if (!isKeyString(key)) throw new Violation(`a malformed key ${JSON.stringify(key.slice(0, 80))}`)
+          gone.add(keyHash(key))
+        }
+        sub.hashes = sub.hashes.filter((h) => !gone.has(h))
+        return
+      }
+      case FRAME.end: {
+        if (sub.complete) throw new Violation('a second END')
+        sub.hashes = sortedUnique(sub.pending)
+        sub.pending = []
+        sub.complete = true
+        this.changed() // our members changed
+        return
+      }
+      case FRAME.join: {
+        for (const line of this.lines(payload)) {
+          const [id, ...addrs] = line.split(' ')
+          if (id === undefined || addrs.length > MAX_ADDRS_PER_MEMBER)
+            throw new Violation('a malformed member')
+          try {
+            peerIdFromString(id)
+            for (const a of addrs) multiaddr(a)
+          } catch {
+            throw new Violation('a malformed member')
+          }
+          if (!sub.members.has(id)) sub.view ^= hash32(id)
+          sub.members.set(id, addrs)
+          if (sub.members.size > this.cfg.maxMembersPerPeer) throw new Violation('too many members')
+        }
+        if (sub.complete) this.kick()
+        return
+      }
+      case FRAME.leave: {
+        for (const id of this.lines(payload)) {
+          if (sub.members.delete(id)) sub.view ^= hash32(id)
+        }
+        return
+      }
+      default:
+        throw new Violation(`an unknown frame type ${type}`)
     }
   }
 
-  private forget(id: string): void {
-    for (const key of this.byPeer.get(id)?.keys ?? []) {
-      const holders = this.index.get(key)
-      holders?.delete(id)
-      if (holders?.size === 0) this.index.delete(key)
-    }
-    this.byPeer.delete(id)
+  private drop(sub: Subscription): void {
+    if (this.subs.get(sub.id) !== sub) return
+    this.subs.delete(sub.id)
+    sub.stream?.abort(new Error('subscription dropped'))
+    if (sub.complete) this.changed() // our members changed
+    this.kick()
   }
-}
 
-/** Resolves once both ends have closed the stream; rejects on reset, abort or `signal`. */
-async function closed(stream: Stream, signal: AbortSignal): Promise<void> {
-  if (stream.status === 'closed') return
-  if (stream.status !== 'open' && stream.status !== 'closing') throw new Error(`stream ${stream.status}`)
-  await new Promise<void>((resolve, reject) => {
-    const cleanup = (): void => {
-      stream.removeEventListener('close', onClose)
-      signal.removeEventListener('abort', onAbort)
-    }
-    const onClose = (e: Event): void => {
-      cleanup()
-      const error = (e as Event & { error?: Error }).error
-      if (error !== undefined) reject(error)
-      else resolve()
-    }
-    const onAbort = (): void => {
-      cleanup()
-      reject(signal.reason as Error)
-    }
-    stream.addEventListener('close', onClose)
-    signal.addEventListener('abort', onAbort, { once: true })
-  })
+  private violation(peer: PeerId, reason: string, sub?: Subscription): void {
+    const id = peer.toString()
+    this.violations++
+    this.banned.set(id, Date.now() + this.cfg.banMs)
+    this.log.warn({ peer: id, reason }, 'key exchange: peer broke a limit; disconnecting')
+    if (sub !== undefined) this.drop(sub)
+    this.subscribers.get(id)?.stream.abort(new Error(reason))
+    this.subscribers.delete(id)
+    void this.node.hangUp(peer).catch(() => undefined)
+  }
 }

@@ -1,10 +1,11 @@
-import { constants, createReadStream } from 'node:fs'
+import { constants } from 'node:fs'
 import { access, readdir, readFile, stat as fsStat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import * as grpc from '@grpc/grpc-js'
 import type { Logger } from 'pino'
+import { BufferPool } from '../buffer-pool.js'
 import {
   type Descriptor,
   type Digest,
@@ -23,6 +24,7 @@ import {
   type PbWriteResponse,
 } from './containerd-client.js'
 import { NotFoundError, StoreUnavailableError } from './errors.js'
+import { readFileRange } from './file-read.js'
 import { resolveRange } from './range.js'
 import type {
   AbortOptions,
@@ -40,6 +42,8 @@ import { walkImage } from './walk.js'
 
 export interface ContainerdStoreComponents {
   logger: Logger
+  /** Buffers for direct file reads, shared with the HTTP side that recycles them (default: its own). */
+  pool?: BufferPool
 }
 
 export interface ContainerdStoreInit {
@@ -63,6 +67,8 @@ export interface ContainerdStoreInit {
 // flow-control window in containerd-client.ts). Memory stays bounded by that window, not by the call size.
 const GRPC_READ_CHUNK = 64 * 1024 * 1024
 const FILE_HIGH_WATER_MARK = 4 * 1024 * 1024
+/** File reads: 1 MiB per read(2), as a bare Node file server's fastest setting here (bench/mirror.ts). */
+const FILE_READ_BYTES = 1024 * 1024
 const FILE_READS_RECHECK_MS = 1000
 // gRPC's default message limit is 4 MiB: content goes to containerd in 1 MiB writes
 const WRITE_CHUNK_BYTES = 1024 * 1024
@@ -107,6 +113,7 @@ function toImage(pb: PbImage): Image | undefined {
 export class ContainerdStore implements Store {
   private readonly client: ContainerdClient
   private readonly log: Logger
+  private readonly pool: BufferPool
   /** Media types learned from descriptors while walking images; containerd's Info does not carry them. */
   private readonly mediaTypes = new Map<Digest, string>()
   private fileReads: boolean | undefined
@@ -120,6 +127,7 @@ export class ContainerdStore implements Store {
     private readonly init: ContainerdStoreInit,
   ) {
     this.log = components.logger.child({ component: 'containerd-store' })
+    this.pool = components.pool ?? new BufferPool({ bufferBytes: FILE_READ_BYTES, maxFree: 16 })
     this.client = new ContainerdClient(init.address, init.namespace)
   }
 
@@ -230,20 +238,12 @@ export class ContainerdStore implements Store {
     if (sizeBytes === 0 && options.range === undefined) return Readable.from([], { objectMode: false })
     const { start, end } = resolveRange(options.range, sizeBytes)
     if (await this.canReadFiles()) {
-      const stream = createReadStream(this.blobPath(digest), {
-        start,
-        end,
-        highWaterMark: FILE_HIGH_WATER_MARK,
-        signal: options.signal,
-      })
-      // GC may remove the file between stat and open: fall back to gRPC, which reports NotFound properly.
-      const opened = await new Promise<boolean>((resolve) => {
-        stream.once('ready', () => resolve(true))
-        stream.once('error', () => resolve(false))
-      })
-      if (opened) return stream
-      stream.destroy()
-      options.signal?.throwIfAborted()
+      try {
+        return await readFileRange(this.blobPath(digest), { start, end }, this.pool, options.signal)
+      } catch {
+        // GC may remove the file between stat and open: fall back to gRPC, which reports NotFound properly.
+        options.signal?.throwIfAborted()
+      }
     }
     return this.grpcRead(digest, start, end - start + 1, options.signal)
   }

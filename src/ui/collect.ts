@@ -91,6 +91,8 @@ export class StatusCollector {
     const gonePeers = peers.filter((p) => !p.connected).slice(0, 50)
     const notReady = this.notReady()
     const warnings: string[] = []
+    if (this.init.network === 'open')
+      warnings.push('open network: no pre-shared key, any host that reaches the p2p port can join')
     if (connectedPeers === 0 && this.init.bootstrap.length > 0)
       warnings.push('isolated: no peers connected, every request the node does not hold is a miss')
     const t = activity.totals
@@ -196,6 +198,12 @@ export class StatusCollector {
       )
     }
     await Promise.all(lookups)
+    // A tag's image is also held by nodes that have its root under another name (or by digest only).
+    if (key?.kind === 'tag' && result.digest !== undefined && isDigest(result.digest)) {
+      const seen = new Set(result.holders.map((h) => h.id))
+      for (const p of await this.lookup(digestKey(result.digest), options))
+        if (!seen.has(p.id)) result.holders.push(p)
+    }
     result.matches.sort((a, b) => a.key.localeCompare(b.key))
     return result
   }

@@ -81,6 +81,7 @@ const DEFAULT_ACCEPT = [
 const MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 const REDIRECTS = new Set([301, 302, 303, 307, 308])
 const MAX_REDIRECTS = 3
+const MAX_REGISTRIES = 1024
 
 class UpstreamMetrics {
   readonly requests: Counter<'result'>
@@ -133,6 +134,8 @@ export class UpstreamClient {
   private readonly tokens: TokenCache
   /** Registry → time until which it is skipped. */
   private readonly backoffUntil = new Map<string, number>()
+  /** Registries whose last lookup failed (for logging the change, not every failure). */
+  private readonly failing = new Set<string>()
 
   constructor(
     private readonly components: UpstreamClientComponents,
@@ -162,8 +165,26 @@ export class UpstreamClient {
     } finally {
       signal.clear()
     }
-    if (answer.kind === 'unavailable') this.backoffUntil.set(query.registry, this.now() + this.init.backoffMs)
-    else this.backoffUntil.delete(query.registry)
+    if (answer.kind === 'unavailable') {
+      this.backoffUntil.set(query.registry, this.now() + this.init.backoffMs)
+      // bounded: one entry per failing registry name; a flood of invented names drops the oldest
+      if (this.backoffUntil.size > MAX_REGISTRIES)
+        this.backoffUntil.delete(this.backoffUntil.keys().next().value as string)
+      if (this.failing.size > MAX_REGISTRIES)
+        this.failing.delete(this.failing.values().next().value as string)
+      // Once per outage, not per request: a wrong scheme or CA in --registries must not fail silently.
+      if (!this.failing.has(query.registry)) {
+        this.failing.add(query.registry)
+        this.log.warn(
+          { registry: query.registry, reason: answer.reason, err: answer.detail },
+          'upstream registry did not answer a tag lookup; tags come from this node and peers until it does',
+        )
+      }
+    } else {
+      this.backoffUntil.delete(query.registry)
+      if (this.failing.delete(query.registry))
+        this.log.info({ registry: query.registry }, 'upstream registry answers tag lookups again')
+    }
     const result = answer.kind === 'unavailable' ? answer.reason : answer.kind
     this.metrics.requests.inc({ result })
     this.metrics.seconds.observe({ result }, (performance.now() - started) / 1000)

@@ -64,6 +64,7 @@ const VALID: Record<(typeof DERIVED_KEYS)[number], string> = {
   bootstrap: '{dns:kagami.example:5002}',
   registries: '{https://docker.io}',
   stateDir: '/elsewhere/state',
+  pskFile: '/elsewhere/psk',
 }
 
 const MI = 1024 * 1024
@@ -262,13 +263,15 @@ describe('the rendered chart, item by item', () => {
     const { objects } = await helmTemplate()
     const spec = mainDs(objects)
     const main = spec.containers[0]!
-    // bench/memory.ts measured ~102 MiB RSS idle with ~1,000 keys and ~158 MiB peak serving a 1 GiB blob
-    expect(bytes(main.resources!.requests!.memory!)).toBeGreaterThanOrEqual(110 * MI)
-    expect(bytes(main.resources!.limits!.memory!)).toBeGreaterThanOrEqual(2 * 158 * MI)
+    // bench/memory.ts on Node 24: 226 MiB RSS idle with ~1,000 keys, 330 MiB peak serving a 1 GiB blob
+    // (the pod-spec e2e also checks the running daemon's RSS against the request)
+    expect(bytes(main.resources!.requests!.memory!)).toBeGreaterThanOrEqual(226 * MI)
+    expect(bytes(main.resources!.limits!.memory!)).toBeGreaterThanOrEqual(1.5 * 330 * MI)
     expect(main.startupProbe?.httpGet.path).toBe('/healthz')
     const init = spec.initContainers![0]!
-    expect(init.resources?.requests?.memory).toBeDefined()
-    expect(init.resources?.limits?.memory).toBeDefined()
+    // `kagami configure` / `kagami cleanup` peak at ~70 MiB RSS on Node 24 (/usr/bin/time -f %M)
+    expect(bytes(init.resources!.requests!.memory!)).toBeGreaterThanOrEqual(70 * MI)
+    expect(bytes(init.resources!.limits!.memory!)).toBeGreaterThanOrEqual(140 * MI)
     expect(init.securityContext).toMatchObject({
       readOnlyRootFilesystem: true,
       allowPrivilegeEscalation: false,
@@ -286,5 +289,41 @@ describe('the values used to test derived keys are valid daemon settings', () =>
       const value = raw.startsWith('{') ? raw.slice(1, -1).split(',') : raw
       expect(() => parseConfig(runSchema, { [k]: value }), k).not.toThrow()
     }
+  })
+})
+
+describe('the private-network key (PSK)', () => {
+  it('is on by default: a Secret with a random 64-hex key, mounted read-only, named in the config', async () => {
+    const { objects } = await helmTemplate([])
+    const secret = objects.find((o) => o.kind === 'Secret') as unknown as {
+      metadata: { name: string }
+      data: Record<string, string>
+    }
+    expect(secret.metadata.name).toBe('kagami-psk')
+    expect(Buffer.from(secret.data.psk ?? '', 'base64').toString()).toMatch(/^[0-9a-f]{64}$/)
+    expect(configOf(objects).pskFile).toBe('/etc/kagami/psk/psk')
+    const ds = mainDs(objects)
+    const mount = ds.containers[0]?.volumeMounts?.find((m) => m.name === 'psk')
+    expect(mount).toEqual({ name: 'psk', mountPath: '/etc/kagami/psk', readOnly: true })
+    const volume = ds.volumes?.find((v) => v.name === 'psk') as { secret?: unknown } | undefined
+    expect(volume?.secret).toMatchObject({ secretName: 'kagami-psk', items: [{ key: 'psk', path: 'psk' }] })
+    // a second install renders another key: one per release, never a fixed default
+    const again = (await helmTemplate([])).objects.find(
+      (o) => o.kind === 'Secret',
+    ) as unknown as typeof secret
+    expect(again.data.psk).not.toBe(secret.data.psk)
+  })
+
+  it('uses an existing Secret when named, and an open network only when switched off', async () => {
+    const own = await helmTemplate(['--set', 'psk.secretName=corp-psk', '--set', 'psk.secretKey=key'])
+    expect(own.objects.some((o) => o.kind === 'Secret')).toBe(false)
+    const ownVolume = mainDs(own.objects).volumes?.find((v) => v.name === 'psk') as { secret?: unknown }
+    expect(ownVolume.secret).toMatchObject({
+      secretName: 'corp-psk',
+      items: [{ key: 'key', path: 'psk' }],
+    })
+    const open = await helmTemplate(['--set', 'psk.enabled=false'])
+    expect(open.objects.some((o) => o.kind === 'Secret')).toBe(false)
+    expect(configOf(open.objects).pskFile).toBe('')
   })
 })

@@ -46,8 +46,16 @@ const podSpec = (objects: K8sObject[], hook: boolean): PodSpec => {
   return (ds as unknown as { spec: { template: { spec: PodSpec } } }).spec.template.spec
 }
 
+// what containerd accepts when it resolves a tag (the registry hides an index from a client that does not)
+const ACCEPT = [
+  'application/vnd.oci.image.index.v1+json',
+  'application/vnd.docker.distribution.manifest.list.v2+json',
+  'application/vnd.oci.image.manifest.v1+json',
+  'application/vnd.docker.distribution.manifest.v2+json',
+].join(', ')
+
 async function getStatus(url: string): Promise<number> {
-  const res = await fetch(url, { signal: AbortSignal.timeout(3000) })
+  const res = await fetch(url, { headers: { accept: ACCEPT }, signal: AbortSignal.timeout(3000) })
   await res.arrayBuffer()
   return res.status
 }
@@ -80,6 +88,8 @@ interface PodNode {
  * One "node": a real containerd, a certs.d holding the user's own hosts.toml, a state dir, and the chart
  * rendered with helm's steps (values checked against values.schema.json), free ports and the registry.
  */
+const releaseSecrets = new Map<string, Record<string, string>>()
+
 async function podNode(init: {
   name: string
   dir: string
@@ -129,6 +139,29 @@ async function podNode(init: {
   const args = spec.initContainers?.[0]?.args ?? []
   const configPath = args[args.indexOf('--config-path') + 1]
   const sources: Record<string, string> = { config: configMapDir }
+  // Secret volumes (the PSK): the Secret the chart rendered, written out as the kubelet projects it. One
+  // release has one Secret (helm's lookup keeps it): every node of a preset gets the first render's data.
+  for (const o of objects.filter((x) => x.kind === 'Secret')) {
+    const key = `${init.preset.join(' ')} ${(o.metadata as { name: string }).name}`
+    const first = releaseSecrets.get(key)
+    if (first === undefined) releaseSecrets.set(key, (o as unknown as { data: Record<string, string> }).data)
+    else (o as unknown as { data: Record<string, string> }).data = first
+  }
+  for (const v of volumes) {
+    const ref = (v as { secret?: { secretName: string; items?: { key: string; path: string }[] } }).secret
+    if (ref === undefined) continue
+    const secret = objects.find(
+      (o) => o.kind === 'Secret' && (o.metadata as { name: string }).name === ref.secretName,
+    ) as unknown as { data: Record<string, string> } | undefined
+    if (secret === undefined) throw new Error(`the chart mounts Secret ${ref.secretName} but renders none`)
+    const dir = join(init.dir, `secret-${v.name}`)
+    await mkdir(dir, { recursive: true })
+    for (const item of ref.items ?? Object.keys(secret.data).map((key) => ({ key, path: key })))
+      await writeFile(join(dir, item.path), Buffer.from(secret.data[item.key] ?? '', 'base64'), {
+        mode: 0o400,
+      })
+    sources[v.name] = dir
+  }
   for (const v of volumes) {
     const path = v.hostPath?.path
     if (path === undefined) continue
@@ -223,6 +256,13 @@ describe.each([
       // the daemon runs on Node 24, as the image does
       expect(metrics).toMatch(/^kagami_build_info\{version="\d+\.\d+\.\d+",node="v24\.\d+\.\d+"\} 1$/m)
 
+      // the chart's memory request covers what the running daemon uses (idle, one image)
+      const rss =
+        Number(/VmRSS:\s+(\d+) kB/.exec(await readFile(`/proc/${d.child.pid}/status`, 'utf8'))?.[1]) * 1024
+      const request = node.spec.containers[0]?.resources?.requests?.memory ?? ''
+      expect(request).toMatch(/^\d+Mi$/)
+      expect(rss).toBeLessThan(Number.parseInt(request) * 1024 * 1024)
+
       const before = await requestsAtMirror(node.mirror)
       await node.containerd.pull(ref, { hostsDir: node.certsDir })
       expect(await node.containerd.images()).toContain(ref)
@@ -230,13 +270,16 @@ describe.each([
       expect(await requestsAtMirror(node.mirror)).toBeGreaterThan(before)
     })
 
+    // by digest: what the node holds is served from containerd (a tag may be checked upstream first)
     const manifestUrl = (): string =>
-      `${node.mirror}/v2/pod/app/manifests/v1?ns=${encodeURIComponent(registry.host)}`
+      `${node.mirror}/v2/pod/app/manifests/${image.root.digest}?ns=${encodeURIComponent(registry.host)}`
 
     it('a containerd restart: the daemon reconnects and serves the image from containerd within 10 s', async () => {
       await waitFor(async () => (await getStatus(manifestUrl())) === 200, {
         timeoutMs: 20_000,
         what: 'the pulled image served from the local store',
+        describe: async () =>
+          `${await node.daemon!.tail()}\n${manifestUrl()} → ${await getStatus(manifestUrl()).catch(String)}`,
       })
       await node.containerd.restart()
       const d = node.daemon as ManagedProcess

@@ -10,6 +10,7 @@ import {
   kagamiExit,
   pushImage,
   type RegistryHandle,
+  selfSignedCert,
   startCluster,
   startRegistry,
   startTokenServer,
@@ -262,4 +263,52 @@ describe('kagami run --registries is read (issue #15 item 8)', () => {
     expect(r.code).toBe(2)
     expect(r.stderr).toMatch(/--registries .*\/nonexistent\/corp-ca\.pem/)
   })
+})
+
+describe('e2e: an https registry with its own CA, from the --registries entry', () => {
+  let tmp: { path: string; remove(): Promise<void> }
+  let registry: RegistryHandle
+  let cluster: Cluster
+  let first: BuiltImage
+  let second: BuiltImage
+
+  beforeAll(async () => {
+    tmp = await tempDir('e2e-tags-tls')
+    const cert = await selfSignedCert(tmp.path)
+    registry = await startRegistry({ tls: { certificate: cert.certPath, key: cert.keyPath } })
+    first = await buildImage({ dir: join(tmp.path, 'first'), layers: [100_000], seed: 'tls-first' })
+    second = await buildImage({ dir: join(tmp.path, 'second'), layers: [100_000], seed: 'tls-second' })
+    await pushImage(first.dir, `${registry.host}/tls/app:v1`)
+    // one list for both: configure writes `ca` into hosts.toml for containerd, run trusts it for tags
+    cluster = await startCluster({
+      names: ['tls'],
+      registries: [`${registry.url}?ca=${cert.certPath}`],
+      minPeers: 0,
+    })
+  }, 180_000)
+
+  afterAll(async () => {
+    await cluster?.destroy()
+    await registry?.destroy()
+    await tmp?.remove()
+  })
+
+  it('containerd pulls over TLS, and the mirror asks the same registry for the tag (new digest → 404, not the local tag)', async () => {
+    const [node] = cluster.nodes as [ClusterNode]
+    const ref = `${registry.host}/tls/app:v1`
+    await node.containerd.pull(ref, { hostsDir: node.hostsDir })
+    expect(await imageDigest(node, ref)).toBe(first.root.digest)
+    await eventually(async () =>
+      expect(await headTag(node, registry.host, 'tls/app', 'v1')).toEqual({
+        status: 200,
+        digest: first.root.digest,
+      }),
+    )
+    await pushImage(second.dir, ref)
+    // had the mirror failed TLS, it would fall back to the node's own (now stale) tag and answer 200
+    expect(await headTag(node, registry.host, 'tls/app', 'v1')).toEqual({ status: 404, digest: null })
+    expect(await fallbacks(node)).toEqual({})
+    await node.containerd.pull(ref, { hostsDir: node.hostsDir })
+    expect(await imageDigest(node, ref)).toBe(second.root.digest)
+  }, 120_000)
 })

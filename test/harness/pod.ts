@@ -22,6 +22,7 @@ export interface PodContainer {
   args?: string[]
   env?: { name: string; value?: string; valueFrom?: { fieldRef?: { fieldPath: string } } }[]
   volumeMounts?: { name: string; mountPath: string; subPath?: string; readOnly?: boolean }[]
+  resources?: { requests?: Record<string, string>; limits?: Record<string, string> }
 }
 
 export interface PodVolume {
@@ -46,6 +47,8 @@ export interface PodProcessInit {
   sources: Record<string, string>
   /** Values of `fieldRef` env (e.g. `status.hostIP`). */
   fieldRefs: Record<string, string>
+  /** What the kubelet adds to every pod: the service-account token mount and `KUBERNETES_SERVICE_*`. */
+  kubelet?: { mounts?: PodMount[]; env?: Record<string, string> }
   /** Extra lines for the pod's /etc/hosts (the cluster DNS names the pod resolves). */
   etcHosts?: string[]
   /** Scratch dir for the namespace's tmpfs and the generated /etc/hosts. */
@@ -148,7 +151,7 @@ async function prepare(init: PodProcessInit): Promise<{ argv: string[]; env: Nod
     await writeFile(etc.hosts, `127.0.0.1 localhost\n::1 localhost\n${init.etcHosts.join('\n')}\n`)
     await writeFile(etc.nsswitch, 'hosts: files\n')
   }
-  const script = namespaceScript(podMounts(init), init.scratch, etc)
+  const script = namespaceScript([...podMounts(init), ...(init.kubelet?.mounts ?? [])], init.scratch, etc)
   const argv = [
     '--mount',
     '--propagation',
@@ -165,6 +168,7 @@ async function prepare(init: PodProcessInit): Promise<{ argv: string[]; env: Nod
     PATH: process.env.PATH,
     HOME: '/root',
     NODE_ENV: 'production',
+    ...init.kubelet?.env,
     ...podEnv(init.container, init.fieldRefs),
   }
   return { argv, env }

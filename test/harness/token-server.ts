@@ -1,8 +1,7 @@
 import { randomUUID, sign } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
-import { join } from 'node:path'
-import { run } from './process.js'
+import { selfSignedCert } from './tls.js'
 
 export interface TokenServerHandle {
   /** `http://127.0.0.1:PORT/token`: the registry's `auth.token.realm`. */
@@ -35,23 +34,10 @@ const b64url = (b: Buffer | string): string => Buffer.from(b).toString('base64ur
  * certificate in `x5c`. The real `docker-registry` verifies those tokens against `rootcertbundle`.
  */
 export async function startTokenServer(init: StartTokenServerInit): Promise<TokenServerHandle> {
-  const keyPath = join(init.dir, 'token-key.pem')
-  const certPath = join(init.dir, 'token-cert.pem')
-  await run('openssl', [
-    'req',
-    '-x509',
-    '-newkey',
-    'rsa:2048',
-    '-nodes',
-    '-keyout',
-    keyPath,
-    '-out',
-    certPath,
-    '-days',
-    '2',
-    '-subj',
-    '/CN=kagami-test-token-issuer',
-  ])
+  const { certPath, keyPath } = await selfSignedCert(init.dir, {
+    name: 'token-issuer',
+    subject: '/CN=kagami-test-token-issuer',
+  })
   const key = await readFile(keyPath, 'utf8')
   const certDer = (await readFile(certPath, 'utf8')).replace(/-----[A-Z ]+-----|\s/g, '')
   const service = 'kagami-test-registry'

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { parseConfig, runSchema } from '../../src/config.js'
+import { registryTarget, renderHostsToml } from '../../src/containerd/hosts-toml.js'
 import { parseChallenge } from '../../src/upstream/challenge.js'
 import { Endpoints, parseRegistryEntry } from '../../src/upstream/endpoints.js'
 
@@ -39,6 +40,28 @@ describe('registry list entries (--registries)', () => {
     await expect(Endpoints.load(['https://reg.corp?ca=/nonexistent/ca.pem'])).rejects.toThrow(
       /CA file of registry https:\/\/reg.corp/,
     )
+  })
+
+  it('configure writes the same TLS settings for containerd (a previous file’s own settings win)', () => {
+    const t = registryTarget('https://reg.corp:5000?ca=/etc/kagami/ca.pem&insecure=true')
+    expect(t).toEqual({
+      dir: 'reg.corp:5000',
+      server: 'https://reg.corp:5000',
+      ca: '/etc/kagami/ca.pem',
+      skipVerify: true,
+    })
+    const text = renderHostsToml({ mirrorUrl: 'http://127.0.0.1:30020', dialTimeoutMs: 200, ...t })
+    expect(text).toMatch(
+      /^server = "https:\/\/reg.corp:5000"\nca = "\/etc\/kagami\/ca.pem"\nskip_verify = true$/m,
+    )
+    const kept = renderHostsToml({
+      mirrorUrl: 'http://127.0.0.1:30020',
+      dialTimeoutMs: 200,
+      ...t,
+      previous: 'server = "https://reg.corp:5000"\nca = "/etc/containerd/certs.d/reg.corp:5000/ca.crt"\n',
+    })
+    expect(kept).toContain('ca = "/etc/containerd/certs.d/reg.corp:5000/ca.crt"')
+    expect(registryTarget('https://ghcr.io')).toEqual({ dir: 'ghcr.io', server: 'https://ghcr.io' })
   })
 
   it('config: entries with TLS settings, the tag policy and the budget', () => {

@@ -11,7 +11,7 @@ import {
   buildImage,
   pushImage,
   type RegistryHandle,
-  run,
+  selfSignedCert,
   startRegistry,
   startTokenServer,
   tempDir,
@@ -211,25 +211,9 @@ describe('upstream client: https with the CA or insecure setting of the registry
 
   beforeAll(async () => {
     tmp = await tempDir('upstream-tls')
-    ca = join(tmp.path, 'cert.pem')
-    const key = join(tmp.path, 'key.pem')
-    await run('openssl', [
-      'req',
-      '-x509',
-      '-newkey',
-      'rsa:2048',
-      '-nodes',
-      '-keyout',
-      key,
-      '-out',
-      ca,
-      '-days',
-      '2',
-      '-subj',
-      '/CN=127.0.0.1',
-      '-addext',
-      'subjectAltName=IP:127.0.0.1',
-    ])
+    const cert = await selfSignedCert(tmp.path)
+    ca = cert.certPath
+    const key = cert.keyPath
     registry = await startRegistry({ tls: { certificate: ca, key } })
     image = await buildImage({ dir: join(tmp.path, 'image'), layers: [1000] })
     await pushImage(image.dir, `${registry.host}/tls/app:v1`)

@@ -56,7 +56,8 @@ and libp2p on both families, so IPv6-primary and dual-stack nodes work.
   "p2pAddress" (list (printf "/ip4/0.0.0.0/tcp/%v" .Values.ports.p2p) (printf "/ip6/::/tcp/%v" .Values.ports.p2p))
   "bootstrap" (list (printf "dns:%s-bootstrap.%s.svc.%s:%v" (include "kagami.fullname" .) .Release.Namespace .Values.clusterDomain .Values.ports.p2p))
   "registries" .Values.registries
-  "stateDir" .Values.stateDir -}}
+  "stateDir" .Values.stateDir
+  "pskFile" (ternary "/etc/kagami/psk/psk" "" .Values.psk.enabled) -}}
 {{- toYaml (merge $derived (deepCopy .Values.config)) -}}
 {{- end -}}
 
@@ -83,4 +84,9 @@ capabilities:
 {{- if .Values.allRegistries }}
 - --all-registries
 {{- end }}
+{{- end -}}
+
+{{/* The Secret holding the PSK: the user's, or the one the chart creates. */}}
+{{- define "kagami.pskSecretName" -}}
+{{- default (printf "%s-psk" (include "kagami.fullname" .)) .Values.psk.secretName -}}
 {{- end -}}
