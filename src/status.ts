@@ -3,7 +3,7 @@
  * imports this without loading the daemon (no libp2p, no fastify).
  */
 import type { HistoryBucket, InflightRequest, RecentRequest } from './registry/activity.js'
-import type { AbortOptions } from './store/store.js'
+import type { AbortOptions } from './abort.js'
 
 export interface PeerStatus {
   id: string

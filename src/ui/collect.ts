@@ -4,7 +4,8 @@ import type { KnownPeer } from '../routing/kad-dht.js'
 import { digestKey, keyToString, type RoutingKey, tagKey } from '../routing/keys.js'
 import type { Peer, Router } from '../routing/router.js'
 import type { DaemonStatus, HoldersResult, ImageStatus, PeerStatus } from '../status.js'
-import type { AbortOptions, Image, Store } from '../store/store.js'
+import type { AbortOptions } from '../abort.js'
+import type { Image, Store } from '../store/store.js'
 
 /** The router as the status page reads it: the Router seam plus the DHT router's own bookkeeping. */
 export interface StatusRouter extends Router {
