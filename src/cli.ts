@@ -76,7 +76,7 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
   ).action(async (flags: Record<string, unknown>) => {
     const config = await loadConfig(runSchema, flags, io.env)
     const { runDaemon } = await import('./daemon.js') // keeps configure/cleanup/status free of libp2p
-    exitCode = await runDaemon(config as RunConfig, io)
+    exitCode = await runDaemon(config as RunConfig)
   })
 
   addSchemaOptions(

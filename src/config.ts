@@ -127,6 +127,17 @@ export const runSchema = z
     bodyIdleTimeout: duration
       .prefault('5s')
       .describe('abort a peer body that makes no progress for this long'),
+    herd: z
+      .boolean()
+      .default(true)
+      .describe(
+        'one upstream fetch per blob cluster-wide: a miss asks the node elected for that blob, which fetches it once and serves every node while it arrives',
+      ),
+    herdBudget: duration
+      .prefault('300ms')
+      .describe(
+        'the longest a blob miss waits for the elected node before the 404 that sends containerd upstream',
+      ),
     upstreamTagTimeout: duration
       .prefault('1.5s')
       .describe('budget for asking the upstream registry what a tag points to (token fetch included)'),

@@ -4,7 +4,6 @@ import type { FastifyInstance } from 'fastify'
 import { multiaddr } from '@multiformats/multiaddr'
 import { pino, type Logger } from 'pino'
 import { collectDefaultMetrics, Gauge, Registry } from 'prom-client'
-import type { CliIo } from './cli.js'
 import { ConfigError, type RunConfig } from './config.js'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { loadOrCreateIdentity } from './identity.js'
@@ -12,6 +11,9 @@ import { PeerAuth } from './trust/peer-auth.js'
 import { loadPsk } from './trust/psk.js'
 import { repositoryFilter } from './filter.js'
 import { RegistryMetrics, registerNodeGauges } from './registry/metrics.js'
+import { Herd } from './registry/herd.js'
+import { InFlight } from './registry/inflight.js'
+import { PeerFetcher } from './registry/peers.js'
 import { createMirror } from './registry/mirror.js'
 import { CorruptReports } from './registry/corrupt-report.js'
 import { createPeerServer } from './registry/peer.js'
@@ -20,6 +22,7 @@ import { type KadDhtRouter, kadDhtRouter } from './routing/kad-dht.js'
 import type { RoutingKey } from './routing/keys.js'
 import { type StateSync, stateSync } from './state.js'
 import { containerdStore } from './store/containerd.js'
+import { NotFoundError } from './store/errors.js'
 import type { Store } from './store/store.js'
 import { UpstreamClient } from './upstream/client.js'
 import { Endpoints } from './upstream/endpoints.js'
@@ -164,7 +167,12 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     // The servers answer only with what state sync advertises; it starts after the router, which needs the
     // peer endpoint's URL, so until then they answer nothing locally.
     let state: StateSync | undefined = undefined
-    const advertises = (key: RoutingKey): boolean => state?.advertises(key) ?? false
+    // Blobs being downloaded here are advertised (and served) while they arrive; built once the router is.
+    let inflight: InFlight | undefined = undefined
+    // The herd's flights (one upstream fetch per blob, cluster-wide); built with the mirror, after the router.
+    let herd: Herd | undefined = undefined
+    const advertises = (key: RoutingKey): boolean =>
+      (state?.advertises(key) ?? false) || (inflight?.advertises(key) ?? false)
     const reports = new CorruptReports({
       store,
       logger,
@@ -178,6 +186,18 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
       logger,
       metrics: registryMetrics,
       filter,
+      inflight: {
+        ingest: (d) => inflight?.ingest(d),
+        idleTimeoutMs: config.bodyIdleTimeout,
+        served: () => inflight?.served(),
+      },
+      herd: {
+        fetch: async () => undefined, // the peer endpoint never asks anyone
+        serve: async (req, client, who, sizeHint) => {
+          if (herd === undefined) throw new NotFoundError('not ready to fetch for peers')
+          return await herd.serve(req, client, who, sizeHint)
+        },
+      },
     })
     // the mirror listens on 127.0.0.1 only; Prometheus scrapes the node address
     peerServer.get('/metrics', async (_req, reply) =>
@@ -222,6 +242,15 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     state = sync
     await sync.start()
     started.push({ name: 'state sync', stop: () => sync.stop() })
+    const downloads = new InFlight({
+      store,
+      router,
+      advertised: (key) => sync.advertises(key),
+      logger,
+      metrics,
+    })
+    inflight = downloads
+    started.push({ name: 'in-flight downloads', stop: () => downloads.stop() })
 
     // `--registries` gives each upstream its scheme and TLS settings; tags are asked there first.
     const upstream = new UpstreamClient(
@@ -229,9 +258,46 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
       { tagTimeoutMs: config.upstreamTagTimeout, backoffMs: config.upstreamBackoff },
     )
     const tags = new TagResolver({ upstream, logger, metrics }, { policy: config.resolveTagsFromPeers })
+    const peers = new PeerFetcher(
+      { router, store, signer: peerAuth, logger, metrics: registryMetrics },
+      {
+        resolveTimeoutMs: config.resolveTimeout,
+        peerHeadersTimeoutMs: config.peerHeadersTimeout,
+        bodyIdleTimeoutMs: config.bodyIdleTimeout,
+      },
+    )
+    const flights = new Herd(
+      {
+        self: () => router.peerId,
+        router,
+        upstream,
+        store,
+        expect: (digest) => downloads.expect(digest),
+        fetchFrom: (peer, req, client, headersTimeoutMs) =>
+          peers.fetchFrom(peer, req, client, headersTimeoutMs),
+        logger,
+        metrics,
+      },
+      { budgetMs: config.herdBudget, bodyIdleTimeoutMs: Math.max(config.bodyIdleTimeout, 10_000) },
+    )
+    // with herd off this node neither asks an elected node nor fetches for others (they then fall back)
+    if (config.herd) herd = flights
+    started.push({ name: 'herd', stop: async () => flights.stop() })
 
     const mirror = createMirror(
-      { store, advertises, router, signer: peerAuth, logger, metrics: registryMetrics, filter, tags },
+      {
+        store,
+        advertises,
+        router,
+        signer: peerAuth,
+        logger,
+        metrics: registryMetrics,
+        filter,
+        tags,
+        expect: (digest) => downloads.expect(digest),
+        peers,
+        herd: config.herd ? flights : undefined,
+      },
       {
         resolveTimeoutMs: config.resolveTimeout,
         peerHeadersTimeoutMs: config.peerHeadersTimeout,
@@ -296,7 +362,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
 }
 
 /** `kagami run`: starts, then stops cleanly on SIGTERM/SIGINT (stop advertising, drain responses, exit 0). */
-export async function runDaemon(config: RunConfig, _io: CliIo): Promise<number> {
+export async function runDaemon(config: RunConfig): Promise<number> {
   const logger = pino({
     level: config.logLevel,
     name: 'kagami',

@@ -3,7 +3,7 @@
  * imports this without loading the daemon (no libp2p, no fastify).
  */
 import type { HistoryBucket, InflightRequest, RecentRequest } from './registry/activity.js'
-import type { AbortOptions } from './store/store.js'
+import type { AbortOptions } from './abort.js'
 
 export interface PeerStatus {
   id: string
@@ -77,6 +77,7 @@ export interface HoldersResult {
   digest?: string
   /** This node holds it. */
   self: boolean
+  /** Peers holding the key; for a tag this node holds, also peers holding its root digest. */
   holders: { id: string; url: string }[]
   /** Tags known in the cluster whose name contains the query, with their holders (partial search). */
   matches: { key: string; self: boolean; holders: { id: string; url: string }[] }[]

@@ -1,11 +1,13 @@
 import type { FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
 import type { RepositoryFilter } from '../filter.js'
+import type { Digest } from '../oci/index.js'
 import type { Router } from '../routing/router.js'
 import type { Store } from '../store/store.js'
 import type { Advertises } from './local.js'
 import type { RegistryMetrics } from './metrics.js'
 import { HOP_HEADER, PeerFetcher, type RequestSigner } from './peers.js'
+import type { ResolverComponents } from './resolve.js'
 import { createRegistryServer } from './server.js'
 import type { TagResolver } from './tags.js'
 
@@ -20,6 +22,12 @@ export interface MirrorComponents {
   filter?: RepositoryFilter
   /** Tags resolve upstream first when present; without it a tag is served as local or peers have it. */
   tags?: TagResolver
+  /** Told of blobs this node is about to download, so it can advertise them while they arrive. */
+  expect?: (digest: Digest) => void
+  /** The peer fetcher, when the daemon shares it (the herd fetches through it too); else one is made. */
+  peers?: PeerFetcher
+  /** One upstream fetch per blob, cluster-wide (herd.ts). */
+  herd?: ResolverComponents['herd']
 }
 
 export interface MirrorInit {
@@ -34,16 +42,18 @@ export interface MirrorInit {
 
 /** The mirror containerd asks (bind it to 127.0.0.1): local content, then peers, then a fast 404. */
 export function createMirror(components: MirrorComponents, init: MirrorInit): FastifyInstance {
-  const peers = new PeerFetcher(
-    {
-      router: components.router,
-      store: components.store,
-      signer: components.signer,
-      logger: components.logger,
-      metrics: components.metrics,
-    },
-    init,
-  )
+  const peers =
+    components.peers ??
+    new PeerFetcher(
+      {
+        router: components.router,
+        store: components.store,
+        signer: components.signer,
+        logger: components.logger,
+        metrics: components.metrics,
+      },
+      init,
+    )
   // containerd pulls a few layers at a time per image: generous limits, separate from the peer endpoint's,
   // so a saturated peer endpoint never starves the node's own pulls
   const app = createRegistryServer(

@@ -1,11 +1,12 @@
 import type { FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
 import type { RepositoryFilter } from '../filter.js'
-import type { Store } from '../store/store.js'
-import { parseDigest } from '../oci/index.js'
+import type { Ingest, Store } from '../store/store.js'
+import { type Digest, parseDigest } from '../oci/index.js'
 import { CORRUPT_REPORT_PATH, type CorruptReports } from './corrupt-report.js'
 import type { Advertises } from './local.js'
 import type { RegistryMetrics } from './metrics.js'
+import type { ResolverComponents } from './resolve.js'
 import { createRegistryServer } from './server.js'
 
 export interface PeerServerComponents {
@@ -18,6 +19,10 @@ export interface PeerServerComponents {
   logger: Logger
   metrics: RegistryMetrics
   filter?: RepositoryFilter
+  /** Blobs this node is still downloading, served as they arrive (inflight.ts). */
+  inflight?: { ingest(digest: Digest): Ingest | undefined; idleTimeoutMs: number; served?(): void }
+  /** Fetches a blob upstream once for the peers that elected this node (herd.ts). */
+  herd?: ResolverComponents['herd']
 }
 
 /**

@@ -21,8 +21,10 @@ import type { ClientRequest } from './local.js'
 import { MAX_MANIFEST_BYTES } from './local.js'
 import type { RegistryMetrics } from './metrics.js'
 import { peerRequest, type PeerResponse } from './peer-client.js'
+import { HERD_HEADER } from './herd.js'
 import { SuspectPeers } from './suspects.js'
-import { HedgeDelay, PeerSource, race } from './race.js'
+import { PeerLookup } from './lookup.js'
+import { HedgeDelay, race } from './race.js'
 import { resumableBody, startsAt } from './resume.js'
 import { BLOB_BUFFER_BYTES, type Served } from './served.js'
 import { verifyBytes, VerifyDigest } from './verify.js'
@@ -71,6 +73,8 @@ export interface PeerFetcherInit {
 const EXPECTED_SIZE_TIMEOUT_MS = 250
 /** How long a peer that trickled a blob is skipped for that blob. */
 const SLOW_PEER_TTL_MS = 60_000
+/** Peers one resume asks before the body fails (containerd then retries the whole request). */
+const MAX_REOPEN_ATTEMPTS = 8
 /** Budget for telling a peer its copy failed verification (fire and forget). */
 const REPORT_TIMEOUT_MS = 2000
 
@@ -126,24 +130,16 @@ export class PeerFetcher {
    * could serve it. Never waits without a deadline.
    */
   async fetch(req: ContentRequest, client: ClientRequest): Promise<Served | undefined> {
-    const lookup = new AbortController()
-    const lookupSignal = anySignal([lookup.signal, client.signal])
     const digest = 'digest' in req.reference ? req.reference.digest : undefined
-    const found = this.components.router.resolve(keyFor(req), { signal: lookupSignal })
-    const source = new PeerSource(
-      digest === undefined ? found : skip(found, (p) => this.suspects.has(digest, p.id)),
-    )
-    // Ends the lookup; for a blob only once its body is done, since a resume may need more peers.
-    const done = (): void => {
-      lookup.abort()
-      lookupSignal.clear()
-      void source.close()
-    }
+    const lookup = new PeerLookup(this.components.router, keyFor(req), {
+      signal: client.signal,
+      skip: digest === undefined ? undefined : (p) => this.suspects.has(digest, p.id),
+    })
     const started = performance.now()
     const firstDeadline = anySignal([AbortSignal.timeout(this.init.resolveTimeoutMs), client.signal])
     let first: Peer | undefined
     try {
-      first = await source.next(firstDeadline)
+      first = await lookup.next(firstDeadline)
     } finally {
       firstDeadline.clear()
     }
@@ -152,21 +148,55 @@ export class PeerFetcher {
       (performance.now() - started) / 1000,
     )
     if (first === undefined) {
-      done()
+      lookup.close()
       return undefined
     }
     try {
       const served =
         req.kind === 'manifest'
-          ? await this.manifest(req, client, source, first)
-          : await this.blob(req, client, source, first, done)
-      if (req.kind === 'manifest' || served.body === undefined) done()
+          ? await this.manifest(req, client, lookup, first)
+          : await this.blob(req, client, lookup, first)
+      // a streaming blob body closes the lookup when it ends (a resume may need more peers until then)
+      if (req.kind === 'manifest' || served.body === undefined) lookup.close()
       return served
     } catch (err) {
-      done()
+      lookup.close()
       // a range past the end is the client's mistake, answered as for local content
       if (client.signal.aborted || (err as Error).name === 'RangeNotSatisfiableError') throw err
       this.log.debug({ err: (err as Error).message, key: pathFor(req) }, 'no peer could serve')
+      return undefined
+    }
+  }
+
+  /**
+   * Fetches a blob from one chosen peer (the node elected to fetch it from upstream, herd.ts), with `first`'s
+   * extra headers and header deadline; verified, and resumed from other holders as any peer body. Undefined
+   * when that peer cannot serve it in time.
+   */
+  async fetchFrom(
+    peer: Peer,
+    req: ContentRequest,
+    client: ClientRequest,
+    headersTimeoutMs: number,
+  ): Promise<Served | undefined> {
+    if (req.kind !== 'blob' || !('digest' in req.reference)) return undefined
+    const digest = req.reference.digest
+    if (this.suspects.has(digest, peer.id)) return undefined
+    // the size our pull expects lets the elected node answer before upstream does (herd.ts)
+    const expected = await this.expectedSize(digest, client.signal)
+    const first = { headers: { [HERD_HEADER]: String(expected ?? 0) }, headersTimeoutMs }
+    const lookup = new PeerLookup(this.components.router, keyFor(req), {
+      signal: client.signal,
+      skip: (p) => p.id === peer.id || this.suspects.has(digest, p.id),
+    })
+    try {
+      const served = await this.blob(req, client, lookup, peer, { peer: peer.id, ...first, expected })
+      if (served.body === undefined) lookup.close()
+      return served
+    } catch (err) {
+      lookup.close()
+      if (client.signal.aborted || (err as Error).name === 'RangeNotSatisfiableError') throw err
+      this.log.debug({ err: (err as Error).message, peer: peer.id, digest }, 'elected peer could not serve')
       return undefined
     }
   }
@@ -220,6 +250,7 @@ export class PeerFetcher {
       headers?: Record<string, string>
       signal: AbortSignal
       readBufferBytes?: number
+      headersTimeoutMs?: number
     },
   ): Promise<PeerResponse> {
     return this.signed(peer, path, init.method)
@@ -230,7 +261,7 @@ export class PeerFetcher {
           pool: init.readBufferBytes === undefined ? this.pool : undefined,
           headers: { ...init.headers, ...auth, [HOP_HEADER]: '1' },
           path,
-          headersTimeoutMs: this.init.peerHeadersTimeoutMs,
+          headersTimeoutMs: init.headersTimeoutMs ?? this.init.peerHeadersTimeoutMs,
           bodyIdleTimeoutMs: this.init.bodyIdleTimeoutMs,
         }),
       )
@@ -252,14 +283,14 @@ export class PeerFetcher {
   private async manifest(
     req: ContentRequest,
     client: ClientRequest,
-    source: PeerSource,
+    lookup: PeerLookup,
     first: Peer,
   ): Promise<Served> {
     const path = pathFor(req)
     const headers: Record<string, string> = {}
     if (client.accept !== undefined) headers.accept = client.accept
     const win = await race(
-      source,
+      lookup,
       first,
       async (peer, signal) => {
         // manifests are small: no 4 MiB read buffer per request
@@ -314,9 +345,14 @@ export class PeerFetcher {
   private async blob(
     req: ContentRequest,
     client: ClientRequest,
-    source: PeerSource,
+    lookup: PeerLookup,
     first: Peer,
-    done: () => void,
+    firstAttempt?: {
+      peer: string
+      headers: Record<string, string>
+      headersTimeoutMs: number
+      expected: number | undefined
+    },
   ): Promise<Served> {
     const { digest } = req.reference as { digest: Digest }
     const path = pathFor(req)
@@ -324,14 +360,21 @@ export class PeerFetcher {
       client.range !== undefined && /^bytes=\d*-\d*$/.test(client.range.trim())
         ? client.range.trim()
         : undefined
-    const expected = await this.expectedSize(digest, client.signal)
+    const expected =
+      firstAttempt !== undefined ? firstAttempt.expected : await this.expectedSize(digest, client.signal)
     // with the size known, a range past the end is answered before asking anyone (416, as locally)
     if (expected !== undefined) parseRangeHeader(rangeHeader, expected)
     const win = await race(
-      source,
+      lookup,
       first,
       async (peer, signal) => {
-        const res = await this.request(peer, path, { method: client.method, signal })
+        const special = firstAttempt?.peer === peer.id ? firstAttempt : undefined
+        const res = await this.request(peer, path, {
+          method: client.method,
+          signal,
+          headers: special?.headers,
+          headersTimeoutMs: special?.headersTimeoutMs,
+        })
         const sizeBytes = Number(res.headers['content-length'])
         if (!Number.isSafeInteger(sizeBytes) || sizeBytes < 0) {
           res.body.destroy()
@@ -370,16 +413,14 @@ export class PeerFetcher {
     }
 
     const contributors: Peer[] = [win.peer]
-    const tried = new Set<string>([win.peer.id])
+    lookup.tried(win.peer)
     const reopen = async (offset: number, signal: AbortSignal): Promise<PeerResponse | undefined> => {
-      // other known peers first, then new ones from the lookup, then the ones that failed once
-      const candidates = [...source.known.filter((p) => !tried.has(p.id))]
-      for (;;) {
-        let peer = candidates.shift()
-        if (peer === undefined) peer = await source.next(AbortSignal.timeout(this.init.peerHeadersTimeoutMs))
-        if (peer === undefined) peer = source.known.find((p) => tried.has(p.id) && p.id !== [...tried].at(-1))
+      // other known peers first, then new ones from the lookup, then the ones that failed once; bounded, so
+      // two peers failing in turn cannot keep one resume busy
+      for (let attempt = 0; attempt < MAX_REOPEN_ATTEMPTS; attempt++) {
+        const peer = await lookup.resumeFrom(this.init.peerHeadersTimeoutMs)
         if (peer === undefined || this.suspects.has(digest, peer.id)) return undefined
-        tried.add(peer.id)
+        lookup.tried(peer)
         try {
           const next = await this.request(peer, path, {
             method: 'GET',
@@ -397,6 +438,7 @@ export class PeerFetcher {
           this.onFailure(peer, err)
         }
       }
+      return undefined
     }
     const body = resumableBody({
       first: res,
@@ -424,7 +466,7 @@ export class PeerFetcher {
       })
       .finally(() => {
         win.abort()
-        done()
+        lookup.close()
       })
     return { source: 'peer', status, headers, body: out, digest, peer: win.peer.id }
   }
@@ -442,9 +484,4 @@ export class PeerFetcher {
       this.log.warn({ digest, err: (err as Error).message }, 'could not discard the corrupt download')
     }
   }
-}
-
-/** The peers of `found` for which `skipped` is false. */
-async function* skip(found: AsyncIterable<Peer>, skipped: (p: Peer) => boolean): AsyncIterable<Peer> {
-  for await (const p of found) if (!skipped(p)) yield p
 }

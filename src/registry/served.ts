@@ -9,6 +9,8 @@ export interface Served {
   body?: Buffer | Readable
   digest: string
   peer?: string
+  /** Served from a download still in progress (the peer endpoint's in-flight serving). */
+  inFlight?: boolean
 }
 
 /**

@@ -11,9 +11,11 @@ import type { RepositoryFilter } from '../filter.js'
 import { NotFoundError } from '../store/errors.js'
 import type { Store } from '../store/store.js'
 import { errorResponse, MethodNotAllowedError, type Target } from './errors.js'
-import { type Advertises, type ClientRequest, serveLocal } from './local.js'
+import type { Advertises } from './local.js'
 import type { RegistryMetrics, Source } from './metrics.js'
 import type { PeerFetcher } from './peers.js'
+import { HERD_HEADER } from './herd.js'
+import { resolveContent, type ResolverComponents } from './resolve.js'
 import { sendBlob } from './send-blob.js'
 import type { TagResolver } from './tags.js'
 import { SOCKET_BUFFER_BYTES, type Served } from './served.js'
@@ -29,6 +31,12 @@ export interface RegistryServerComponents {
   filter?: RepositoryFilter
   /** Mirror only: resolves tags upstream first (tags.ts). */
   tags?: TagResolver
+  /** Mirror only: told of blobs about to be downloaded here (inflight.ts). */
+  expect?: ResolverComponents['expect']
+  /** Peer endpoint only: serves blobs this node is still downloading. */
+  inflight?: ResolverComponents['inflight']
+  /** Both: the mirror asks the elected node; the peer endpoint fetches for the herd when elected. */
+  herd?: ResolverComponents['herd']
 }
 
 export interface RegistryServerInit {
@@ -64,12 +72,15 @@ const REPOSITORY_IN_PATH = /^\/v2\/(.+?)\/(?:manifests|blobs)\//
 const API_VERSION = { 'docker-distribution-api-version': 'registry/2.0' }
 
 async function send(reply: FastifyReply, served: Served): Promise<FastifyReply> {
-  if (served.body !== undefined && !Buffer.isBuffer(served.body)) {
+  if (served.body !== undefined && !Buffer.isBuffer(served.body) && served.inFlight !== true) {
     // blobs: written chunk by chunk, each buffer back to its pool once written (send-blob.ts)
     await sendBlob(reply, served.status, { ...served.headers, ...API_VERSION }, served.body)
     return reply
   }
   reply.code(served.status).headers({ ...served.headers, ...API_VERSION })
+  // A blob still arriving may have no byte yet, and sendBlob (like fastify) writes the headers with the first
+  // one: a peer's header deadline would fire. Piped by fastify instead, headers flushed at once.
+  if (served.inFlight === true) reply.raw.once('pipe', () => reply.raw.flushHeaders())
   // an empty Buffer (not null) keeps fastify from serialising JSON and rewriting Content-Type on HEAD
   return reply.send(served.body ?? EMPTY)
 }
@@ -83,7 +94,7 @@ export function createRegistryServer(
   components: RegistryServerComponents,
   init: RegistryServerInit,
 ): FastifyInstance {
-  const { store, advertises, metrics, peers, filter, tags } = components
+  const { metrics, filter } = components
   const app = fastify({
     loggerInstance: components.logger.child({ component: init.server }) as FastifyBaseLogger,
     // one summary line per request is written in onResponse instead of fastify's two
@@ -239,34 +250,15 @@ export function createRegistryServer(
     if (filter !== undefined && !filter.allows(req.registry, req.repository)) {
       throw new NotFoundError(`${req.registry}/${req.repository} is not mirrored by this node`)
     }
-    const client: ClientRequest = {
+    const served = await resolveContent(components, req, {
       method: request.method,
       accept: request.headers.accept,
       range: typeof request.headers.range === 'string' ? request.headers.range : undefined,
+      // on the peer endpoint the Authorization is the peer's signature, never credentials for upstream
+      authorization: init.server === 'mirror' ? request.headers.authorization : undefined,
+      herd: init.server === 'peer' ? herdSizeHint(request.headers[HERD_HEADER]) : undefined,
       signal: requestSignal(reply),
-    }
-    // A tag asks upstream first; it may come back as a by-digest request, or as local-only (tags.ts).
-    const route =
-      tags !== undefined && req.kind === 'manifest'
-        ? await tags.route(req, { ...client, authorization: request.headers.authorization })
-        : { req, peers: true }
-    let served: Served | undefined
-    try {
-      served = await serveLocal(store, advertises, route.req, client)
-    } catch (err) {
-      const name = (err as Error).name
-      // Not here: ask peers (mirror only). Range and bad-input errors are the client's and are final.
-      if (
-        name !== 'NotFoundError' &&
-        name !== 'StoreUnavailableError' &&
-        name !== 'ManifestNotAcceptableError'
-      )
-        throw err
-      if (peers === undefined || !route.peers) throw err
-    }
-    served ??= await peers?.fetch(route.req, client)
-    if (served === undefined)
-      throw new NotFoundError(`${req.kind} ${ref} not found on this node or its peers`)
+    })
     if (served.body !== undefined && !Buffer.isBuffer(served.body)) {
       // a streaming body holds buffers and a file or peer connection until the client has read it all
       if (downloads >= maxDownloads) {
@@ -309,6 +301,13 @@ function onFirstWrite(reply: FastifyReply, onFirst: () => void): void {
     restore()
     return end.apply(this, args)
   }
+}
+
+/** The expected size a herd request carries (0: unknown), or undefined for an ordinary request. */
+function herdSizeHint(value: string | string[] | undefined): number | undefined {
+  if (typeof value !== 'string') return undefined
+  const n = Number(value)
+  return Number.isSafeInteger(n) && n >= 0 ? n : 0
 }
 
 /** Aborts when the client goes away, so peer fetches and store reads stop with it. */

@@ -4,7 +4,8 @@ import type { KnownPeer } from '../routing/kad-dht.js'
 import { digestKey, keyToString, type RoutingKey, tagKey } from '../routing/keys.js'
 import type { Peer, Router } from '../routing/router.js'
 import type { DaemonStatus, HoldersResult, ImageStatus, PeerStatus } from '../status.js'
-import type { AbortOptions, Image, Store } from '../store/store.js'
+import type { AbortOptions } from '../abort.js'
+import type { Image, Store } from '../store/store.js'
 
 /** The router as the status page reads it: the Router seam plus the DHT router's own bookkeeping. */
 export interface StatusRouter extends Router {
@@ -90,6 +91,8 @@ export class StatusCollector {
     const gonePeers = peers.filter((p) => !p.connected).slice(0, 50)
     const notReady = this.notReady()
     const warnings: string[] = []
+    if (this.init.network === 'open')
+      warnings.push('open network: no pre-shared key, any host that reaches the p2p port can join')
     if (connectedPeers === 0 && this.init.bootstrap.length > 0)
       warnings.push('isolated: no peers connected, every request the node does not hold is a miss')
     const t = activity.totals
@@ -195,6 +198,12 @@ export class StatusCollector {
       )
     }
     await Promise.all(lookups)
+    // A tag's image is also held by nodes that have its root under another name (or by digest only).
+    if (key?.kind === 'tag' && result.digest !== undefined && isDigest(result.digest)) {
+      const seen = new Set(result.holders.map((h) => h.id))
+      for (const p of await this.lookup(digestKey(result.digest), options))
+        if (!seen.has(p.id)) result.holders.push(p)
+    }
     result.matches.sort((a, b) => a.key.localeCompare(b.key))
     return result
   }

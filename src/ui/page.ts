@@ -66,6 +66,7 @@ function node(s: DaemonStatus): string {
 <dt>readiness</dt><dd>${s.ready ? badge(true, 'ready') : `${badge(false, 'not ready')}<ul class="reasons">${s.notReady.map((r) => `<li>${esc(r)}</li>`).join('')}</ul>`}</dd>
 <dt>containerd</dt><dd>${badge(s.containerd.connected, s.containerd.connected ? 'connected' : 'disconnected')} <span class="muted">${esc(s.containerd.address)} · namespace ${esc(s.containerd.namespace)}</span></dd>
 <dt>peer endpoint</dt><dd>${esc(s.peerUrl)}</dd>
+<dt>network</dt><dd>${s.network === 'private' ? badge(true, 'private (PSK)') : badge(false, 'open: no PSK', true)}</dd>
 <dt>peers</dt><dd>${connected} connected${connected === 0 ? ` ${badge(false, 'isolated', true)}` : ''}</dd>
 <dt>advertised keys</dt><dd>${s.advertisedKeys} <span class="muted">(${s.pendingProvides} DHT provides pending)</span></dd>
 <dt>served to peers</dt><dd>${s.servedToPeers.requests} requests, ${esc(formatBytes(s.servedToPeers.bytes))} <span class="muted">(last ${esc(formatAgo(s.servedToPeers.lastAt))})</span></dd>

@@ -1,11 +1,13 @@
 import { createHash } from 'node:crypto'
+import { type Readable, Transform } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
 import { anySignal } from 'any-signal'
 import type { Logger } from 'pino'
 import { Counter, Histogram, type Registry } from 'prom-client'
 import { type Digest, isDigest } from '../oci/index.js'
 import { parseChallenge } from './challenge.js'
 import type { Endpoint, Endpoints } from './endpoints.js'
-import { upstreamRequest, type UpstreamResponse } from './http.js'
+import { upstreamRequest, type UpstreamResponse, upstreamStream, type UpstreamStream } from './http.js'
 import { fetchAnonymousToken, TokenCache, UpstreamStatusError } from './tokens.js'
 
 /** Why the upstream gave no answer; the label of the fallback metric. */
@@ -28,6 +30,28 @@ export interface TagQuery {
   accept?: string
   /** The client's own `Authorization`, forwarded as is; no anonymous token is fetched then. */
   authorization?: string
+  signal?: AbortSignal
+}
+
+/** What the upstream registry answers for a blob. */
+export type BlobAnswer =
+  | { kind: 'found'; sizeBytes: number; body: Readable }
+  | { kind: 'not-found' }
+  /** 401/403: the repository needs credentials the request did not carry. */
+  | { kind: 'denied'; status: number }
+  | { kind: 'unavailable'; reason: UnavailableReason; detail: string }
+
+export interface BlobQuery {
+  registry: string
+  repository: string
+  digest: Digest
+  /** The client's own `Authorization`, forwarded as is; no anonymous token is fetched then. */
+  authorization?: string
+  /** Budget until the response headers, token fetch and redirects included. */
+  headersTimeoutMs: number
+  /** The body fails when it makes no progress this long. */
+  bodyIdleTimeoutMs?: number
+  /** Ends the body too. */
   signal?: AbortSignal
 }
 
@@ -55,12 +79,27 @@ const DEFAULT_ACCEPT = [
   'application/vnd.docker.distribution.manifest.v2+json',
 ].join(', ')
 const MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+const REDIRECTS = new Set([301, 302, 303, 307, 308])
+const MAX_REDIRECTS = 3
 const MAX_REGISTRIES = 1024
 
 class UpstreamMetrics {
   readonly requests: Counter<'result'>
   readonly seconds: Histogram<'result'>
+  readonly blobs: Counter<'result'>
+  readonly blobBytes: Counter
   constructor(registry: Registry) {
+    this.blobs = new Counter({
+      name: 'kagami_upstream_blob_requests_total',
+      help: 'Blobs kagami itself fetched from an upstream registry (the herd pull-through), by result (found|not-found|denied|backoff|timeout|unreachable|server-error|rate-limited|bad-response)',
+      labelNames: ['result'],
+      registers: [registry],
+    })
+    this.blobBytes = new Counter({
+      name: 'kagami_upstream_blob_bytes_total',
+      help: 'Blob bytes kagami itself received from upstream registries (the herd pull-through; containerd’s own fetches are not counted)',
+      registers: [registry],
+    })
     this.requests = new Counter({
       name: 'kagami_upstream_tag_requests_total',
       help: 'Tag lookups at the upstream registry by result (found|not-found|denied|backoff|timeout|unreachable|server-error|rate-limited|bad-response)',
@@ -77,7 +116,7 @@ class UpstreamMetrics {
   }
 }
 
-function header(res: UpstreamResponse, name: string): string | undefined {
+function header(res: Pick<UpstreamResponse, 'headers'>, name: string): string | undefined {
   const v = res.headers[name]
   return Array.isArray(v) ? v[0] : v
 }
@@ -222,6 +261,133 @@ export class UpstreamClient {
     const hashed = `sha256:${createHash('sha256').update(got.body).digest('hex')}` as Digest
     this.log.debug({ registry: endpoint.registry }, 'registry sent no digest on HEAD; hashed the manifest')
     return { kind: 'found', digest: hashed, mediaType: header(got, 'content-type')?.split(';')[0]?.trim() }
+  }
+
+  /**
+   * Opens a blob at the upstream registry, with the same token protocol and back-off as tags: an anonymous
+   * token (or the client's Authorization), redirects followed (registries hand blobs to storage hosts; the
+   * credentials stay with the registry's host). Only the headers are bounded by `headersTimeoutMs`.
+   */
+  async openBlob(query: BlobQuery): Promise<BlobAnswer> {
+    // A registry the tag path found down is skipped here too; a blob's own failures set no back-off: the
+    // herd's caller falls back to containerd's own fetch, and tags must not start failing over because of it.
+    const until = this.backoffUntil.get(query.registry)
+    if (until !== undefined && until > this.now()) {
+      this.metrics.blobs.inc({ result: 'backoff' })
+      return { kind: 'unavailable', reason: 'backoff', detail: `${query.registry} failed recently` }
+    }
+    const budget = AbortSignal.timeout(query.headersTimeoutMs)
+    const headersSignal = anySignal([budget, query.signal])
+    const bodySignal = new AbortController()
+    const signal = anySignal([bodySignal.signal, query.signal])
+    let answer: BlobAnswer
+    try {
+      answer = await this.blob(query, signal, headersSignal)
+    } catch (err) {
+      bodySignal.abort()
+      signal.clear()
+      if (query.signal?.aborted === true) throw err
+      const failed = this.failure(err, budget.aborted)
+      answer =
+        failed.kind === 'unavailable' ? failed : { kind: 'unavailable', reason: 'bad-response', detail: '' }
+    } finally {
+      headersSignal.clear()
+    }
+    this.metrics.blobs.inc({ result: answer.kind === 'unavailable' ? answer.reason : answer.kind })
+    if (answer.kind !== 'found') {
+      bodySignal.abort()
+      signal.clear()
+      return answer
+    }
+    // counted on the way through (a 'data' listener on the body itself would start it flowing unread)
+    const counted = new Transform({
+      transform: (chunk: Buffer, _enc, cb) => {
+        this.metrics.blobBytes.inc(chunk.length)
+        cb(null, chunk)
+      },
+    })
+    pipeline(answer.body, counted).catch(() => undefined) // an error destroys both; the reader sees it
+    counted.once('close', () => signal.clear())
+    answer = { ...answer, body: counted }
+    return answer
+  }
+
+  private async blob(query: BlobQuery, signal: AbortSignal, headersSignal: AbortSignal): Promise<BlobAnswer> {
+    const endpoint = this.components.endpoints.endpoint(query.registry)
+    const scope = `repository:${query.repository}:pull`
+    const cacheKey = `${endpoint.registry}|${scope}`
+    const forwarded = query.authorization !== undefined
+    const headers: Record<string, string> = {}
+    if (forwarded) headers.authorization = query.authorization as string
+    else {
+      const cached = this.tokens.get(cacheKey)
+      if (cached !== undefined) headers.authorization = `Bearer ${cached}`
+    }
+    let url = new URL(`${endpoint.baseUrl}/v2/${query.repository}/blobs/${query.digest}`)
+    const open = async (): Promise<UpstreamStream> => {
+      // the request lives as long as the body (signal); its headers within the budget (headersSignal)
+      const pending = upstreamStream(url, {
+        method: 'GET',
+        headers: url.origin === new URL(endpoint.baseUrl).origin ? headers : {},
+        agent: this.components.endpoints.agentFor(endpoint, url),
+        signal,
+      })
+      const timedOut = new Promise<never>((_, reject) => {
+        headersSignal.addEventListener('abort', () => reject(new Error('no answer in the budget')), {
+          once: true,
+        })
+      })
+      timedOut.catch(() => undefined) // settled by the race, or too late to matter
+      pending.catch(() => undefined)
+      return await Promise.race([pending, timedOut])
+    }
+    let res = await open()
+    if (res.status === 401 && !forwarded) {
+      res.body.destroy()
+      this.tokens.delete(cacheKey)
+      const challenge = parseChallenge(header(res, 'www-authenticate'))
+      if (challenge?.scheme !== 'bearer') return { kind: 'denied', status: 401 }
+      const realm = challenge.params.realm
+      let token
+      try {
+        token = await fetchAnonymousToken(challenge, challenge.params.scope ?? scope, {
+          agent:
+            realm !== undefined ? this.components.endpoints.agentFor(endpoint, new URL(realm)) : undefined,
+          signal: headersSignal,
+          now: this.now,
+        })
+      } catch (err) {
+        if ((err as Error).name === 'TokenDeniedError') return { kind: 'denied', status: 401 }
+        throw err
+      }
+      this.tokens.set(cacheKey, token)
+      headers.authorization = `Bearer ${token.token}`
+      res = await open()
+    }
+    for (let hops = 0; REDIRECTS.has(res.status) && hops < MAX_REDIRECTS; hops++) {
+      res.body.destroy()
+      const location = header(res, 'location')
+      if (location === undefined) throw new UpstreamStatusError(`redirect without a location`, res.status)
+      url = new URL(location, url)
+      res = await open()
+    }
+    if (res.status !== 200) res.body.destroy()
+    if (res.status === 401 || res.status === 403) return { kind: 'denied', status: res.status }
+    if (res.status === 404) return { kind: 'not-found' }
+    if (res.status !== 200)
+      throw new UpstreamStatusError(`${endpoint.registry} answered ${res.status} for a blob`, res.status)
+    const sizeBytes = Number(header(res, 'content-length'))
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes < 0) {
+      res.body.destroy()
+      throw new UpstreamStatusError(`${endpoint.registry} sent a blob without a length`, res.status)
+    }
+    const body = res.body
+    const idleMs = query.bodyIdleTimeoutMs
+    if (idleMs !== undefined)
+      body.setTimeout(idleMs, () =>
+        body.destroy(new UpstreamStatusError(`${endpoint.registry}: blob body idle for ${idleMs} ms`, 0)),
+      )
+    return { kind: 'found', sizeBytes, body }
   }
 
   /** Anonymous tokens held (for tests and status). */

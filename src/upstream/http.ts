@@ -1,4 +1,4 @@
-import { type Agent, type IncomingHttpHeaders, request as httpRequest } from 'node:http'
+import { type Agent, type IncomingHttpHeaders, type IncomingMessage, request as httpRequest } from 'node:http'
 import { request as httpsRequest } from 'node:https'
 
 export interface UpstreamResponse {
@@ -54,5 +54,31 @@ export function upstreamRequest(url: URL, init: UpstreamRequestInit): Promise<Up
       )
     })
     req.end(init.body)
+  })
+}
+
+export interface UpstreamStream {
+  status: number
+  headers: IncomingHttpHeaders
+  /** The body, unread: the caller consumes or destroys it. */
+  body: IncomingMessage
+}
+
+/** One request whose body is left to the caller (blobs). Resolves at the response headers. */
+export function upstreamStream(
+  url: URL,
+  init: Omit<UpstreamRequestInit, 'maxBodyBytes' | 'body'>,
+): Promise<UpstreamStream> {
+  return new Promise((resolve, reject) => {
+    const send = url.protocol === 'https:' ? httpsRequest : httpRequest
+    const req = send(url, {
+      method: init.method,
+      headers: init.headers,
+      agent: init.agent,
+      signal: init.signal,
+    })
+    req.once('error', reject)
+    req.once('response', (res) => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: res }))
+    req.end()
   })
 }

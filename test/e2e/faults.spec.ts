@@ -97,6 +97,10 @@ describe('e2e: faults found by black-box trials', () => {
       const l = image.manifests[0]!.layers[0]!
       layer = l.digest
       layerSize = l.size
+      // The herd (#18) leaves a copy on the node elected to fetch upstream for A's pull; this scenario is
+      // about B and D holding nothing, so that copy goes.
+      for (const n of nodes.filter((x) => x !== a && x !== c))
+        await n.containerd.ctr(['content', 'rm', layer]).catch(() => undefined)
       // damage A's copy on disk: one byte flipped in the middle
       const fh = await open(blobFile(a, layer), 'r+')
       const buf = Buffer.alloc(1)

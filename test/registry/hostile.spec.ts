@@ -52,6 +52,7 @@ describe('hostile peers and clients: every wait and resource is bounded', () => 
       floorBytesPerSecond: 64 * 1024,
       floorWindowMs: 1000,
       hedgeDelayMs: 5000,
+      peerHeadersTimeoutMs: 3000, // a loaded machine: the header deadline is not what this tests
     })
     closers.push(node.close)
     await node.provide('trickler', trickle.url, image)
@@ -81,7 +82,7 @@ describe('hostile peers and clients: every wait and resource is bounded', () => 
       res.write(image.layer)
     })
     closers.push(liar.close)
-    const node = await startMirror({ hedgeDelayMs: 5000 })
+    const node = await startMirror({ hedgeDelayMs: 5000, peerHeadersTimeoutMs: 3000 })
     closers.push(node.close)
     // containerd has opened its download: it knows the size from the manifest
     node.store.startIngest({

@@ -103,6 +103,7 @@ function containerdFixture(init: { fileReads: boolean }) {
           await store.abortIngest(ref)
         }
       },
+      ingestsReadable: init.fileReads,
       restartBackend: () => containerd.restart(),
       async teardown() {
         await store.close()
@@ -119,6 +120,8 @@ function bind(store: ContainerdStore) {
     stat: store.stat.bind(store),
     ingests: store.ingests.bind(store),
     abortIngest: store.abortIngest.bind(store),
+    readIngest: store.readIngest.bind(store),
+    write: store.write.bind(store),
     read: store.read.bind(store),
     close: store.close.bind(store),
   }
