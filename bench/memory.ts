@@ -90,7 +90,7 @@ export async function benchMemory(
     })
     const registry = await startRegistry()
     cleanup.push(() => registry.destroy())
-    await pushImage(many.dir, `${registry.host}/bench/many:v1`)
+    await pushImage(many.dir, `${registry.host}/bench/many:v1`, { timeoutMs: 900_000 })
     await pushImage(big.dir, `${registry.host}/bench/big:v1`)
     await pushImage(mid.dir, `${registry.host}/bench/mid:v1`)
     const hosts = join(tmp.path, 'hosts')

@@ -52,8 +52,10 @@ export class BufferPool {
   /** A buffer of `bufferBytes` (contents undefined) to fill and then `lend()` one view of. */
   take(): Buffer {
     this.lastTake = performance.now()
-    // shared memory, so the hash worker (registry/hash-worker.ts) reads chunks without a copy
-    return this.free.pop() ?? Buffer.from(new SharedArrayBuffer(this.init.bufferBytes))
+    // A plain ArrayBuffer, never a SharedArrayBuffer: V8 counts these as external memory, so a dropped one
+    // is collected soon. (Tried for hashing on a worker thread: dropped SharedArrayBuffers were not counted,
+    // and 16 parallel relays piled up 2 GiB of them before a GC.)
+    return this.free.pop() ?? Buffer.allocUnsafeSlow(this.init.bufferBytes)
   }
 
   /** Records the view of a taken buffer that goes downstream; returns it. */

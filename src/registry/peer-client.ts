@@ -45,7 +45,7 @@ export interface PeerResponse {
 
 const MAX_HEADER_BYTES = 64 * 1024
 /** Socket reads buffered ahead of the consumer, with a pool. */
-const POOLED_READ_AHEAD_CHUNKS = 4
+const POOLED_READ_AHEAD_CHUNKS = 2
 const HEADER_END = Buffer.from('\r\n\r\n')
 
 function abortError(signal: AbortSignal): Error {

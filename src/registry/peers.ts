@@ -26,10 +26,8 @@ import { SuspectPeers } from './suspects.js'
 import { PeerLookup } from './lookup.js'
 import { HedgeDelay, race } from './race.js'
 import { resumableBody, startsAt } from './resume.js'
-import { HashWorker } from './hash-worker.js'
 import { BLOB_BUFFER_BYTES, type Served } from './served.js'
 import { verifyBytes, VerifyDigest } from './verify.js'
-import { OffThreadVerifyDigest } from './verify-offthread.js'
 
 type ContentRequest = Extract<DistributionRequest, { kind: 'manifest' | 'blob' }>
 
@@ -51,15 +49,11 @@ export interface PeerFetcherComponents {
   metrics: RegistryMetrics
   /** Buffers blob bodies are read into (default: its own; the response recycles them). */
   pool?: BufferPool
-  /** Hashes big relayed blobs off the main thread (default: its own, started on first use). */
-  hashWorker?: HashWorker
 }
 
 // Socket reads from peers: one pool buffer each (a read returns what has arrived, often far less than
 // 4 MiB, so bigger buffers mostly hold air).
 const PEER_READ_BYTES = 1024 * 1024
-// Below this, a blob is hashed on the main thread: a worker round trip (and its start) would cost more.
-const OFF_THREAD_HASH_MIN_BYTES = 8 * 1024 * 1024
 
 export interface PeerFetcherInit {
   /** How long to look for a first peer before answering a miss. */
@@ -116,7 +110,6 @@ export class PeerFetcher {
   private readonly log: Logger
   private readonly pool: BufferPool
   private readonly suspects: SuspectPeers
-  private readonly hashWorker: HashWorker
 
   constructor(
     private readonly components: PeerFetcherComponents,
@@ -124,7 +117,6 @@ export class PeerFetcher {
   ) {
     this.log = components.logger.child({ component: 'peers' })
     this.pool = components.pool ?? new BufferPool({ bufferBytes: PEER_READ_BYTES, maxFree: 32 })
-    this.hashWorker = components.hashWorker ?? new HashWorker()
     this.hedge = new HedgeDelay({
       initialMs: init.hedgeDelayMs ?? 50,
       minMs: 10,
@@ -465,11 +457,7 @@ export class PeerFetcher {
       },
     })
     const out = new PassThrough({ highWaterMark: BLOB_BUFFER_BYTES })
-    const verify =
-      sizeBytes >= OFF_THREAD_HASH_MIN_BYTES
-        ? new OffThreadVerifyDigest(this.hashWorker, digest, { start, end })
-        : new VerifyDigest(digest, { start, end })
-    pipeline(body, verify, out)
+    pipeline(body, new VerifyDigest(digest, { start, end }), out)
       .catch((err: Error) => {
         this.slow(contributors.at(-1) as Peer, digest, err)
         if (err.name !== 'DigestMismatchError') return

@@ -55,7 +55,7 @@ describe('relay: pooled buffers and deadlines', () => {
     expect(elapsedMs).toBeLessThan(BODY_IDLE_MS + HEADERS_MS + 2000)
   })
 
-  it('a frozen peer and a good one: the body resumes from the good peer and is byte-exact (hashed off-thread)', async () => {
+  it('a frozen peer and a good one: the body resumes from the good peer and is byte-exact', async () => {
     const good = await startPeer((s) => seedImage(s, 'docker.io/library/app:v1', 12 * 1024 * 1024))
     const frozen = await misbehavingPeer((_req, res) => {
       res.writeHead(200, { 'content-length': String(good.image.layer.length) })
@@ -69,7 +69,7 @@ describe('relay: pooled buffers and deadlines', () => {
     expect(frozen.hits()).toBe(1)
   })
 
-  it('a corrupt big blob (hashed off-thread): the client connection is aborted, never a clean body', async () => {
+  it('a corrupt big blob: the client connection is aborted, never a clean body', async () => {
     const img = seedImage(new MemoryStore(), 'docker.io/library/app:v1', 12 * 1024 * 1024 + 5)
     const corrupt = await misbehavingPeer((_req, res) => {
       const bad = Buffer.from(img.layer)
