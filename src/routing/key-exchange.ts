@@ -194,8 +194,8 @@ export class KeyExchange {
   private readonly kagamiPeers = new Set<string>()
   /** their identify listen addresses, passed on to our subscribers with our members */
   private readonly listenAddrs = new Map<string, string[]>()
-  /** peer id → time its subscription last failed to start (not retried for a while) */
-  private readonly failed = new Map<string, number>()
+  /** peer id → when its subscription last failed and how often in a row (retried after 1, 2, 4 … 30 s) */
+  private readonly failed = new Map<string, { at: number; count: number }>()
   private readonly banned = new Map<string, number>()
   /** what our subscribers were last sent: deltas are computed against it */
   private sent = new Set<string>()
@@ -204,7 +204,7 @@ export class KeyExchange {
   private selectTimer: NodeJS.Timeout | undefined
   private kickTimer: NodeJS.Timeout | undefined
   private stopped = false
-  private saturated = false
+  private saturated_ = false
   private dialing = 0
   private bytesSent = 0
   private bytesReceived = 0
@@ -292,12 +292,17 @@ export class KeyExchange {
     return out
   }
 
+  /** More kagami peers are known than `maxPeers`: we hold a sample of the cluster, not all of it. */
+  saturated(): boolean {
+    return this.saturated_
+  }
+
   /**
    * True when a miss may be answered from memory: we are below `maxPeers`, hold the complete list of every
    * kagami peer we are connected to or have heard of, and every one of them sees exactly our members.
    */
   complete(): boolean {
-    if (this.saturated) return false
+    if (this.saturated_) return false
     let count = 1
     let view = this.selfHash
     for (const s of this.subs.values()) {
@@ -398,6 +403,7 @@ export class KeyExchange {
       return
     }
     previous?.stream.abort(new Error('replaced by a new subscription'))
+    this.log.debug({ peer: id, replaced: previous !== undefined }, 'key subscriber added')
     const s: Subscriber = { id, stream, queue: Promise.resolve() }
     this.subscribers.set(id, s)
     void (async () => {
@@ -472,12 +478,13 @@ export class KeyExchange {
     }
     candidates.delete(this.self)
     for (const id of candidates.keys()) {
-      const failedAt = this.failed.get(id)
-      if (this.isBanned(id) || (failedAt !== undefined && now - failedAt < 30_000)) candidates.delete(id)
+      const f = this.failed.get(id)
+      const backoff = f === undefined ? 0 : Math.min(30_000, 1000 * 2 ** (f.count - 1))
+      if (this.isBanned(id) || (f !== undefined && now - f.at < backoff)) candidates.delete(id)
     }
-    this.saturated = candidates.size > this.cfg.maxPeers
+    this.saturated_ = candidates.size > this.cfg.maxPeers
     let targets: string[]
-    if (!this.saturated) {
+    if (!this.saturated_) {
       targets = [...candidates.keys()]
     } else {
       // keep what we have (stable lists), fill half of the free slots with the XOR-closest, half at random
@@ -521,10 +528,20 @@ export class KeyExchange {
     }
     this.subs.set(id, sub)
     this.dialing++
-    const snapshotTimer = setTimeout(
-      () => this.violation(peer, `no complete key list within ${this.cfg.snapshotTimeoutMs} ms`, sub),
-      this.cfg.snapshotTimeoutMs,
-    )
+    let received = 0
+    const snapshotTimer = setTimeout(() => {
+      if (received > 0) {
+        this.violation(peer, `no complete key list within ${this.cfg.snapshotTimeoutMs} ms`, sub)
+        return
+      }
+      // nothing at all: an overloaded or stuck publisher, not an attack; try again later
+      this.log.debug(
+        { peer: id, stream: sub.stream?.status, read: sub.stream?.readStatus, write: sub.stream?.writeStatus },
+        'no key list arrived; subscribing again later',
+      )
+      this.fail(id)
+      this.drop(sub)
+    }, this.cfg.snapshotTimeoutMs)
     let frameTimer: NodeJS.Timeout | undefined
     try {
       if (this.node.getConnections(peer).length === 0 && addrs.length > 0) {
@@ -543,11 +560,13 @@ export class KeyExchange {
       })
       this.dialing--
       sub.stream = stream
+      this.log.debug({ peer: id }, 'key subscription open')
       if (this.subs.get(id) !== sub) throw new Error('dropped while dialling')
       let buffered: Buffer = Buffer.alloc(0)
       for await (const chunk of stream) {
         const bytes = chunk instanceof Uint8Array ? chunk : chunk.subarray()
         this.bytesReceived += bytes.length
+        received += bytes.length
         if (!sub.bytes.take(bytes.length)) throw new Violation('over its byte rate')
         buffered = buffered.length === 0 ? Buffer.from(bytes) : Buffer.concat([buffered, bytes])
         let completed = false
@@ -579,7 +598,7 @@ export class KeyExchange {
     } finally {
       if (sub.stream === undefined) this.dialing--
       // refused (the publisher is full) or broken before its list arrived: try others first
-      if (!sub.complete) this.failed.set(id, Date.now())
+      if (!sub.complete) this.fail(id)
       clearTimeout(snapshotTimer)
       clearTimeout(frameTimer)
       this.drop(sub)
@@ -626,6 +645,7 @@ export class KeyExchange {
         sub.hashes = sortedUnique(sub.pending)
         sub.pending = []
         sub.complete = true
+        this.failed.delete(sub.id)
         this.changed() // our members changed
         return
       }
@@ -655,6 +675,12 @@ export class KeyExchange {
       default:
         throw new Violation(`an unknown frame type ${type}`)
     }
+  }
+
+  private fail(id: string): void {
+    const count = (this.failed.get(id)?.count ?? 0) + 1
+    this.failed.set(id, { at: Date.now(), count })
+    if (this.failed.size > 10_000) this.failed.clear()
   }
 
   private drop(sub: Subscription): void {
