@@ -203,6 +203,7 @@ export class KadDhtRouter implements Router {
         () => this.advertised.keys(),
         this.log,
         this.init.keyExchangeInit,
+        () => this.routingTablePeers(),
       )
       await this.exchange.start()
     }
@@ -340,6 +341,12 @@ export class KadDhtRouter implements Router {
   private reprovideTimer: NodeJS.Timeout | undefined
   private sweepTimer: NodeJS.Timeout | undefined
   private lastSweep = Date.now()
+
+  /** Ids of the peers in the DHT routing table (kad-dht keeps live ones: it pings before evicting). */
+  private *routingTablePeers(): Iterable<string> {
+    const kb = (this.routingTable as { kb?: { toIterable(): Iterable<{ peerId: PeerId }> } } | undefined)?.kb
+    for (const contact of kb?.toIterable() ?? []) yield contact.peerId.toString()
+  }
 
   /** Peers in the DHT routing table. */
   routingTableSize(): number {

@@ -218,6 +218,8 @@ export class KeyExchange {
     private readonly localKeys: () => Iterable<string>,
     private readonly log: Logger,
     init: KeyExchangeInit = {},
+    /** Other peers known to be kagami nodes (the DHT routing table): candidates, and part of "complete". */
+    private readonly knownPeers: () => Iterable<string> = () => [],
   ) {
     this.cfg = {
       debounceMs: init.debounceMs ?? 100,
@@ -311,6 +313,9 @@ export class KeyExchange {
       view ^= hash32(s.id)
     }
     for (const id of this.kagamiPeers) if (!this.subs.has(id) && !this.isBanned(id)) return false
+    for (const id of this.knownPeers()) {
+      if (id !== this.self && this.subs.get(id)?.complete !== true && !this.isBanned(id)) return false
+    }
     for (const s of this.subs.values()) {
       if (s.members.size + 1 !== count || s.view !== view) return false
     }
@@ -473,6 +478,7 @@ export class KeyExchange {
     const now = Date.now()
     const candidates = new Map<string, string[]>()
     for (const id of this.kagamiPeers) candidates.set(id, [])
+    for (const id of this.knownPeers()) candidates.set(id, [])
     for (const s of this.subs.values()) {
       for (const [m, addrs] of s.members) if (!candidates.has(m)) candidates.set(m, addrs)
     }
