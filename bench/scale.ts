@@ -238,7 +238,7 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
     // -- settle: every node holds the lists of min(N - 1, maxPeers) peers
     const want = Math.min(N - 1, init.maxPeers)
     let settled = false
-    const settleDeadline = Date.now() + 300_000
+    const settleDeadline = Date.now() + 600_000
     while (Date.now() < settleDeadline) {
       const s = statsOf()
       const ready = s.filter((x) => (x.exchange?.peers ?? 0) >= want * (N - 1 > init.maxPeers ? 0.9 : 1))
@@ -249,7 +249,9 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
       }
       const violations = s.reduce((a, x) => a + (x.exchange?.violations ?? 0), 0)
       log(
-        `scale ${N}: settling: ${ready.length}/${s.length} hold ${want} lists, ${complete} complete, ${violations} violations`,
+        `scale ${N}: settling: ${ready.length}/${s.length} hold ${want} lists, ${complete} complete, ${violations} violations, ` +
+          `lists ${s.map((x) => x.exchange?.peers ?? 0).join(',')} conns ${s.reduce((a, x) => a + x.connections, 0) / s.length} ` +
+          `${s.find((x) => x.exchange?.incomplete !== undefined)?.exchange?.incomplete ?? ''}`,
       )
       await sleep(3000)
     }

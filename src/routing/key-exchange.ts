@@ -80,6 +80,7 @@ export interface KeyExchangeStats {
   bytesReceived: number
   /** Every node we know of gave us its list and sees the same members. */
   complete: boolean
+  incomplete?: string
   violations: number
 }
 
@@ -192,6 +193,8 @@ export class KeyExchange {
   private readonly subscribers = new Map<string, Subscriber>()
   /** connected peers that speak the protocol (from identify) */
   private readonly kagamiPeers = new Set<string>()
+  /** connected peers whose identify finished (kagami or not): an unidentified one may be a kagami node */
+  private readonly identified = new Set<string>()
   /** their identify listen addresses, passed on to our subscribers with our members */
   private readonly listenAddrs = new Map<string, string[]>()
   /** peer id → when its subscription last failed and how often in a row (retried after 1, 2, 4 … 30 s) */
@@ -249,8 +252,9 @@ export class KeyExchange {
       maxOutboundStreams: 2,
     })
     this.node.addEventListener('peer:identify', (e) => {
-      if (!e.detail.protocols.includes(KEYS_PROTOCOL)) return
       const id = e.detail.peerId.toString()
+      this.identified.add(id)
+      if (!e.detail.protocols.includes(KEYS_PROTOCOL)) return
       this.kagamiPeers.add(id)
       this.listenAddrs.set(
         id,
@@ -261,6 +265,7 @@ export class KeyExchange {
     this.node.addEventListener('peer:disconnect', (e) => {
       const id = e.detail.toString()
       this.kagamiPeers.delete(id)
+      this.identified.delete(id)
       this.listenAddrs.delete(id)
       // a node that left is never returned once its connection closed
       const sub = this.subs.get(id)
@@ -304,22 +309,36 @@ export class KeyExchange {
    * kagami peer we are connected to or have heard of, and every one of them sees exactly our members.
    */
   complete(): boolean {
-    if (this.saturated_) return false
+    return this.incompleteReason() === undefined
+  }
+
+  /** Why `complete()` is false (for stats and debugging), or undefined when it is true. */
+  incompleteReason(): string | undefined {
+    if (this.saturated_) return 'saturated'
     let count = 1
     let view = this.selfHash
     for (const s of this.subs.values()) {
-      if (!s.complete) return false
+      if (!s.complete) return `list of ${s.id} still arriving`
       count++
       view ^= hash32(s.id)
     }
-    for (const id of this.kagamiPeers) if (!this.subs.has(id) && !this.isBanned(id)) return false
+    for (const id of this.kagamiPeers) {
+      if (!this.subs.has(id) && !this.isBanned(id)) return `connected to ${id} without its list`
+    }
+    for (const c of this.node.getConnections()) {
+      const id = c.remotePeer.toString()
+      if (!this.identified.has(id) && this.subs.get(id)?.complete !== true && !this.isBanned(id))
+        return `connected to ${id}, not identified yet`
+    }
     for (const id of this.knownPeers()) {
-      if (id !== this.self && this.subs.get(id)?.complete !== true && !this.isBanned(id)) return false
+      if (id !== this.self && this.subs.get(id)?.complete !== true && !this.isBanned(id))
+        return `${id} in the routing table without its list`
     }
     for (const s of this.subs.values()) {
-      if (s.members.size + 1 !== count || s.view !== view) return false
+      if (s.members.size + 1 !== count || s.view !== view)
+        return `${s.id} sees ${s.members.size + 1} members, we see ${count}`
     }
-    return true
+    return undefined
   }
 
   stats(): KeyExchangeStats {
@@ -337,6 +356,7 @@ export class KeyExchange {
       bytesSent: this.bytesSent,
       bytesReceived: this.bytesReceived,
       complete: this.complete(),
+      incomplete: this.incompleteReason(),
       violations: this.violations,
     }
   }
@@ -479,6 +499,11 @@ export class KeyExchange {
     const candidates = new Map<string, string[]>()
     for (const id of this.kagamiPeers) candidates.set(id, [])
     for (const id of this.knownPeers()) candidates.set(id, [])
+    // a connection whose identify never finished (it can fail under load): ask the peer itself
+    for (const c of this.node.getConnections()) {
+      const id = c.remotePeer.toString()
+      if (!this.identified.has(id) && now - c.timeline.open > 5_000) candidates.set(id, [])
+    }
     for (const s of this.subs.values()) {
       for (const [m, addrs] of s.members) if (!candidates.has(m)) candidates.set(m, addrs)
     }
@@ -600,6 +625,8 @@ export class KeyExchange {
       }
     } catch (err) {
       if (err instanceof Violation) this.violation(peer, err.message, sub)
+      // it does not speak the protocol: not a kagami node, so it cannot hold keys we miss
+      if ((err as Error).name === 'UnsupportedProtocolError') this.identified.add(id)
       this.log.debug({ peer: id, err: (err as Error).message }, 'key subscription ended')
     } finally {
       if (sub.stream === undefined) this.dialing--
