@@ -200,6 +200,7 @@ export class KeyExchange {
   /** peer id → when its subscription last failed and how often in a row (retried after 1, 2, 4 … 30 s) */
   private readonly failed = new Map<string, { at: number; count: number }>()
   private readonly banned = new Map<string, number>()
+  private readonly memberLines = new Map<string, { id: string; addrs: string[] }>()
   /** what our subscribers were last sent: deltas are computed against it */
   private sent = new Set<string>()
   private sentMembers = new Map<string, string[]>()
@@ -343,10 +344,10 @@ export class KeyExchange {
 
   stats(): KeyExchangeStats {
     let heldKeys = 0
-    let stateBytes = this.sent.size * 120 + this.subscribers.size * 400
+    let stateBytes = this.sent.size * 120 + this.subscribers.size * 400 + this.memberLines.size * 300
     for (const s of this.subs.values()) {
       heldKeys += s.hashes.length
-      stateBytes += 400 + s.hashes.byteLength + s.pending.length * 8 + s.members.size * 200
+      stateBytes += 400 + s.hashes.byteLength + s.pending.length * 8 + s.members.size * 60
     }
     return {
       peers: this.peerCount(),
@@ -684,14 +685,7 @@ export class KeyExchange {
       }
       case FRAME.join: {
         for (const line of this.lines(payload)) {
-          const [id, ...addrs] = line.split(' ')
-          if (id === undefined || addrs.length > MAX_ADDRS_PER_MEMBER) throw new Violation('a malformed member')
-          try {
-            peerIdFromString(id)
-            for (const a of addrs) multiaddr(a)
-          } catch {
-            throw new Violation('a malformed member')
-          }
+          const { id, addrs } = this.memberOf(line)
           if (!sub.members.has(id)) sub.view ^= hash32(id)
           sub.members.set(id, addrs)
           if (sub.members.size > this.cfg.maxMembersPerPeer) throw new Violation('too many members')
@@ -714,6 +708,27 @@ export class KeyExchange {
     const count = (this.failed.get(id)?.count ?? 0) + 1
     this.failed.set(id, { at: Date.now(), count })
     if (this.failed.size > 10_000) this.failed.clear()
+  }
+
+  /**
+   * Parses and validates a member line once: every peer announces the same members, so with V peers the
+   * same V lines arrive V times; the parsed strings are shared, which keeps V × V member entries small.
+   */
+  private memberOf(line: string): { id: string; addrs: string[] } {
+    const known = this.memberLines.get(line)
+    if (known !== undefined) return known
+    const [id, ...addrs] = line.split(' ')
+    if (id === undefined || addrs.length > MAX_ADDRS_PER_MEMBER) throw new Violation('a malformed member')
+    try {
+      peerIdFromString(id)
+      for (const a of addrs) multiaddr(a)
+    } catch {
+      throw new Violation('a malformed member')
+    }
+    if (this.memberLines.size >= 4 * this.cfg.maxMembersPerPeer) this.memberLines.clear()
+    const parsed = { id, addrs }
+    this.memberLines.set(line, parsed)
+    return parsed
   }
 
   private drop(sub: Subscription): void {
