@@ -389,7 +389,7 @@ export class KadDhtRouter implements Router {
     if (this.init.dhtProvides === 'always' || exchange === undefined) return false
     const now = Date.now()
     if (now - this.startedAt < (this.init.provideSettleMs ?? 10_000)) return true
-    if (exchange.saturated()) return false
+    if (exchange.saturated() || exchange.hasOtherPeers()) return false
     if (exchange.complete()) {
       this.incompleteSince = undefined
       return true

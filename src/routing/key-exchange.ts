@@ -195,6 +195,8 @@ export class KeyExchange {
   private readonly kagamiPeers = new Set<string>()
   /** connected peers whose identify finished (kagami or not): an unidentified one may be a kagami node */
   private readonly identified = new Set<string>()
+  /** connected kagami DHT nodes that do not speak this protocol */
+  private readonly otherPeers = new Set<string>()
   /** their identify listen addresses, passed on to our subscribers with our members */
   private readonly listenAddrs = new Map<string, string[]>()
   /** peer id → when its subscription last failed and how often in a row (retried after 1, 2, 4 … 30 s) */
@@ -255,7 +257,12 @@ export class KeyExchange {
     this.node.addEventListener('peer:identify', (e) => {
       const id = e.detail.peerId.toString()
       this.identified.add(id)
-      if (!e.detail.protocols.includes(KEYS_PROTOCOL)) return
+      if (!e.detail.protocols.includes(KEYS_PROTOCOL)) {
+        // a node without this exchange (DHT only, or an older kagami) may hold keys no list tells us about
+        if (e.detail.protocols.some((p) => p.startsWith('/kagami/kad/'))) this.otherPeers.add(id)
+        return
+      }
+      this.otherPeers.delete(id)
       this.kagamiPeers.add(id)
       this.listenAddrs.set(
         id,
@@ -267,6 +274,7 @@ export class KeyExchange {
       const id = e.detail.toString()
       this.kagamiPeers.delete(id)
       this.identified.delete(id)
+      this.otherPeers.delete(id)
       this.listenAddrs.delete(id)
       // a node that left is never returned once its connection closed
       const sub = this.subs.get(id)
@@ -300,6 +308,11 @@ export class KeyExchange {
     return out
   }
 
+  /** Connected to a kagami DHT node that does not exchange lists: it finds our keys only on the DHT. */
+  hasOtherPeers(): boolean {
+    return this.otherPeers.size > 0
+  }
+
   /** More kagami peers are known than `maxPeers`: we hold a sample of the cluster, not all of it. */
   saturated(): boolean {
     return this.saturated_
@@ -316,6 +329,7 @@ export class KeyExchange {
   /** Why `complete()` is false (for stats and debugging), or undefined when it is true. */
   incompleteReason(): string | undefined {
     if (this.saturated_) return 'saturated'
+    for (const id of this.otherPeers) return `connected to ${id}, a DHT node without the key exchange`
     let count = 1
     let view = this.selfHash
     for (const s of this.subs.values()) {
@@ -535,7 +549,7 @@ export class KeyExchange {
       targets = [...kept, ...closest, ...others.slice(0, free - closest.length)]
     }
     for (const id of targets) {
-      if (this.subs.has(id) || this.dialing >= 16) continue
+      if (this.subs.has(id) || this.dialing >= 4) continue
       void this.subscribe(id, candidates.get(id) ?? [])
     }
   }
@@ -588,7 +602,7 @@ export class KeyExchange {
         await this.node.peerStore.merge(peer, { multiaddrs })
       }
       const stream = await this.node.dialProtocol(peer, KEYS_PROTOCOL, {
-        signal: AbortSignal.timeout(Math.min(this.cfg.snapshotTimeoutMs, 5_000)),
+        signal: AbortSignal.timeout(Math.min(this.cfg.snapshotTimeoutMs, 10_000)),
       })
       this.dialing--
       sub.stream = stream
