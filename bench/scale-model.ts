@@ -225,15 +225,7 @@ async function main(): Promise<void> {
       `| ${n} | modelled | ${f(m.stateMiB, 2)} MiB state (${f(m.heapMiB)} MiB heap) | ${f(m.trafficKiBs)} KiB/s | ${f(m.hitP99Ms, 2)} / ${f(m.missP99Ms, 2)} ms${n > 257 ? ' (DHT walk; content on one of the 256 sampled peers: local)' : ''} | ${f(m.visibilityS, 2)} s | 0 (by construction) |`,
     )
   }
-  lines.push(
-    '',
-    '## Fitted constants',
-    '',
-    '```json',
-    JSON.stringify(c, null, 2),
-    '```',
-    '',
-  )
+  lines.push('', '## Fitted constants', '', '```json', JSON.stringify(c, null, 2), '```', '')
   await writeFile(`${RESULTS}scale.md`, `${lines.join('\n')}\n`)
   console.log(lines.join('\n'))
 }

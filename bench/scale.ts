@@ -436,7 +436,12 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
       lookupMs.push(performance.now() - t)
     }
     const bytesPerLookup = (wireBytes - w) / 20
-    const dhtCost = { bytesPerProvide, provideMs: stats(provideMs), bytesPerLookup, lookupMs: stats(lookupMs) }
+    const dhtCost = {
+      bytesPerProvide,
+      provideMs: stats(provideMs),
+      bytesPerLookup,
+      lookupMs: stats(lookupMs),
+    }
     log(`scale ${N}: dht ${JSON.stringify(dhtCost)}`)
 
     return {

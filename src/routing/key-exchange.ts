@@ -477,7 +477,8 @@ export class KeyExchange {
         for (const f of frames) {
           if (this.subscribers.get(s.id) !== s) return
           this.bytesSent += f.length
-          if (!s.stream.send(f)) await s.stream.onDrain({ signal: AbortSignal.timeout(this.cfg.sendTimeoutMs) })
+          if (!s.stream.send(f))
+            await s.stream.onDrain({ signal: AbortSignal.timeout(this.cfg.sendTimeoutMs) })
         }
       })
       .catch((err: Error) => {
@@ -582,7 +583,12 @@ export class KeyExchange {
       }
       // nothing at all: an overloaded or stuck publisher, not an attack; try again later
       this.log.debug(
-        { peer: id, stream: sub.stream?.status, read: sub.stream?.readStatus, write: sub.stream?.writeStatus },
+        {
+          peer: id,
+          stream: sub.stream?.status,
+          read: sub.stream?.readStatus,
+          write: sub.stream?.writeStatus,
+        },
         'no key list arrived; subscribing again later',
       )
       this.fail(id)

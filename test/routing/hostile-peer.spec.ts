@@ -182,7 +182,9 @@ describe('hostile peer: key lists', () => {
       async () => attacker.stop(),
     )
     await attacker.handle(KEYS_PROTOCOL, (stream) => {
-      void write(stream, encodeFrame(FRAME.keys, Buffer.from(`${fakeDigest(1)}\nnot a key\n`))).catch(() => {})
+      void write(stream, encodeFrame(FRAME.keys, Buffer.from(`${fakeDigest(1)}\nnot a key\n`))).catch(
+        () => {},
+      )
     })
     await connect(v, attacker)
     await eventually(async () => {
@@ -237,7 +239,9 @@ describe('hostile peer: trickling streams', () => {
     await Promise.all(
       Array.from({ length: 8 }, async () => {
         try {
-          const stream = await attacker.dialProtocol(target, KEYS_PROTOCOL, { signal: AbortSignal.timeout(5000) })
+          const stream = await attacker.dialProtocol(target, KEYS_PROTOCOL, {
+            signal: AbortSignal.timeout(5000),
+          })
           opened.push(stream)
           for (let i = 0; i < 60 && stream.status === 'open'; i++) {
             await write(stream, Uint8Array.of(0x61))
@@ -293,7 +297,9 @@ describe('hostile peer: provider records', () => {
       await Promise.all(
         Array.from({ length: 8 }, async (_, w) => {
           try {
-            const stream = await attacker.dialProtocol(target, DHT_PROTOCOL, { signal: AbortSignal.timeout(5000) })
+            const stream = await attacker.dialProtocol(target, DHT_PROTOCOL, {
+              signal: AbortSignal.timeout(5000),
+            })
             for (let i = w; i < 200_000; i += 8) {
               await write(stream, addProvider(i, id, addr))
               sent++
