@@ -314,7 +314,7 @@ describe('hostile peer: provider records', () => {
     await eventually(async () => {
       expect(violated(v, attacker)).toBe(true)
       expect(attacker.getConnections(victimId(v)).length).toBe(0)
-    })
+    }, 90_000)
     const records = v.router.routingStats().providerRecords
     expect(records).toBe(2_000)
     expect(sent).toBeGreaterThan(records)
