@@ -378,6 +378,14 @@ export class KeyExchange {
 
   /** Our key list changed: send the delta to every subscriber soon (changes come in bursts). */
   changed(): void {
+    this.keysDirty = true
+    this.schedule()
+  }
+
+  private keysDirty = false
+
+  /** A delta (keys or members) is owed to our subscribers: send it after the debounce. */
+  private schedule(): void {
     if (this.timer !== undefined || this.stopped) return
     this.timer = setTimeout(() => {
       this.timer = undefined
@@ -409,12 +417,16 @@ export class KeyExchange {
 
   private broadcast(): void {
     if (this.stopped) return
-    const current = new Set(this.localKeys())
     const added: string[] = []
     const removed: string[] = []
-    for (const k of current) if (!this.sent.has(k)) added.push(k)
-    for (const k of this.sent) if (!current.has(k)) removed.push(k)
-    this.sent = current
+    if (this.keysDirty) {
+      // diffing K keys costs ~1 ms; only when our keys changed, not on every member change
+      this.keysDirty = false
+      const current = new Set(this.localKeys())
+      for (const k of current) if (!this.sent.has(k)) added.push(k)
+      for (const k of this.sent) if (!current.has(k)) removed.push(k)
+      this.sent = current
+    }
     const members = this.currentMembers()
     const joined: string[] = []
     const left: string[] = []
@@ -700,7 +712,7 @@ export class KeyExchange {
         sub.pending = []
         sub.complete = true
         this.failed.delete(sub.id)
-        this.changed() // our members changed
+        this.schedule() // our members changed
         return
       }
       case FRAME.join: {
@@ -755,7 +767,7 @@ export class KeyExchange {
     if (this.subs.get(sub.id) !== sub) return
     this.subs.delete(sub.id)
     sub.stream?.abort(new Error('subscription dropped'))
-    if (sub.complete) this.changed() // our members changed
+    if (sub.complete) this.schedule() // our members changed
     this.kick()
   }
 
