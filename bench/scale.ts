@@ -14,6 +14,7 @@
  */
 import '../src/polyfill.js'
 import { writeFile } from 'node:fs/promises'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
 import type { Libp2p } from '@libp2p/interface'
 import type { KadDHT } from '@libp2p/kad-dht'
@@ -55,6 +56,8 @@ export interface ScaleResult {
   settleSeconds: number
   /** every node's exchange was a full view (or, when sampled, full) at the end of settling */
   settled: boolean
+  /** this process's event-loop delay p99 during the run (ms): every latency below includes it */
+  eventLoopDelayP99Ms: number
   memory: {
     /** (heap + array buffers) growth per node after settling, everything a router holds incl. libp2p */
     heapPerNodeMiB: number
@@ -206,7 +209,14 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
         peerUrl: url,
         bootstrap,
         transports: [memory()],
-        keyExchangeInit: { maxPeers: init.maxPeers, maxSubscribers: Math.ceil(init.maxPeers * 1.25) },
+        keyExchangeInit: {
+          maxPeers: init.maxPeers,
+          maxSubscribers: Math.ceil(init.maxPeers * 1.25),
+          // hundreds of nodes share this process's one event loop on a 2-core machine other jobs share
+          // too: its lag reaches seconds, and a subscriber that has not drained for 10 s is not stuck here
+          sendTimeoutMs: 120_000,
+          snapshotTimeoutMs: 300_000,
+        },
       },
     )
     await router.start()
@@ -221,6 +231,8 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
   const deadline = Date.now() + 30 * 60_000 // the whole run, whatever happens
 
   countWireBytes()
+  const loop = monitorEventLoopDelay({ resolution: 20 })
+  loop.enable()
   const m0 = heapBytes()
   try {
     // -- start: three bootstrap nodes (a headless Service), then the rest in batches
@@ -451,6 +463,7 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
       distinctKeys: distinct,
       settleSeconds,
       settled,
+      eventLoopDelayP99Ms: loop.percentile(99) / 1e6,
       memory,
       traffic,
       lookup,
@@ -460,6 +473,7 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
       dht: dhtCost,
     }
   } finally {
+    loop.disable()
     await Promise.all(live().map((n) => n.router.stop().catch(() => undefined)))
   }
 }
@@ -478,9 +492,15 @@ if (import.meta.url === `file://${process.argv[1]}`) {
       nodes,
       maxPeers,
       churnSeconds: Number(process.env.CHURN_SECONDS ?? 60),
+      // KEYS_SCALE=0.1: a tenth of the keys (lists cost CPU ∝ N² × K in one process; memory and traffic
+      // scale linearly in K, see bench/scale-model.ts)
+      commonKeys: Math.round(2500 * Number(process.env.KEYS_SCALE ?? 1)),
+      rarePool: Math.round(20_000 * Number(process.env.KEYS_SCALE ?? 1)),
+      rarePerNode: Math.round(700 * Number(process.env.KEYS_SCALE ?? 1)),
       samples: Number(process.env.SAMPLES ?? 400),
     })
-    const name = `scale-${nodes}${maxPeers !== undefined ? `-p${maxPeers}` : ''}.json`
+    const scale = process.env.KEYS_SCALE !== undefined ? `-k${process.env.KEYS_SCALE}` : ''
+    const name = `scale-${nodes}${maxPeers !== undefined ? `-p${maxPeers}` : ''}${scale}.json`
     await writeFile(`${RESULTS}${name}`, `${JSON.stringify(result, null, 2)}\n`)
     console.log(JSON.stringify(result, null, 2))
   }
