@@ -174,17 +174,23 @@ export class Herd {
       throw new NotFoundError(`blob ${digest}: upstream refuses it without credentials`)
     const flight = this.flightFor(req)
     const early = who === 'peer' && sizeHint !== undefined && sizeHint > 0
+    // our own containerd waits for the flight at most the budget: a slow upstream then means the usual 404
+    // (containerd fetches itself), never a longer wait on coordination
+    const waitMs = early
+      ? Math.min(EARLY_ANSWER_MS, this.budgetMs / 3)
+      : who === 'self'
+        ? this.budgetMs
+        : undefined
     let timer: NodeJS.Timeout | undefined
-    const f = early
-      ? await Promise.race([
-          flight,
-          new Promise<'pending'>(
-            (resolve) =>
-              (timer = setTimeout(() => resolve('pending'), Math.min(EARLY_ANSWER_MS, this.budgetMs / 3))),
-          ),
-        ])
-      : await flight
+    const f =
+      waitMs === undefined
+        ? await flight
+        : await Promise.race([
+            flight,
+            new Promise<'pending'>((resolve) => (timer = setTimeout(() => resolve('pending'), waitMs))),
+          ])
     clearTimeout(timer)
+    if (f === 'pending' && !early) throw new NotFoundError(`blob ${digest}: upstream slower than the budget`)
     if (f === undefined) {
       this.requests.inc({ role: 'elected', result: 'unavailable' })
       throw new NotFoundError(`blob ${digest}: upstream gave it to nobody here`)
