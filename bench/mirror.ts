@@ -68,27 +68,33 @@ function ratioStats(a: number[], b: number[]): RatioStats {
  */
 async function rawTcp(bytes: number): Promise<{ seconds: number; bytes: number }> {
   const port = await freePort()
-  const server = spawn('iperf3', ['-s', '-1', '-p', String(port)], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const server = spawn('iperf3', ['-s', '-1', '-p', String(port)], { stdio: 'ignore' })
   try {
-    await new Promise<void>((resolve, reject) => {
-      server.stdout.on('data', (d: Buffer) => {
-        if (d.toString().includes('listening')) resolve()
-      })
-      server.once('exit', () => reject(new Error('iperf3 server exited')))
-    })
-    const out = await run('iperf3', [
-      '-c',
-      '127.0.0.1',
-      '-p',
-      String(port),
-      '-n',
-      String(bytes),
-      '-l',
-      '1M',
-      '-J',
-    ])
-    const r = JSON.parse(out) as { end: { sum_received: { bytes: number; seconds: number } } }
-    return { seconds: r.end.sum_received.seconds, bytes: r.end.sum_received.bytes }
+    // iperf3 buffers its "listening" line when stdout is a pipe: retry the client until the server is up
+    let out: string | undefined
+    for (let attempt = 0; out === undefined; attempt++) {
+      try {
+        out = await run('iperf3', [
+          '-c',
+          '127.0.0.1',
+          '-p',
+          String(port),
+          '-n',
+          String(bytes),
+          '-l',
+          '1M',
+          '-J',
+        ])
+      } catch (err) {
+        if (attempt >= 50 || server.exitCode !== null) throw err
+        await new Promise((r) => setTimeout(r, 100))
+      }
+    }
+    type Sum = { bytes: number; seconds: number }
+    const r = JSON.parse(out) as { end: { sum_sent: Sum; sum_received: Sum } }
+    // the sender's count is the bytes asked for; the rate is the receiver's
+    const got = r.end.sum_received
+    return { bytes: r.end.sum_sent.bytes, seconds: (r.end.sum_sent.bytes * got.seconds) / got.bytes }
   } finally {
     server.kill()
   }

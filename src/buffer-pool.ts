@@ -13,7 +13,16 @@
  */
 
 /** Which pool lent a buffer, and the exact view it lent. Ownership only: no configuration lives here. */
-const lent = new WeakMap<ArrayBufferLike, { pool: BufferPool; offset: number; length: number }>()
+const lent = new WeakMap<ArrayBufferLike, Lent>()
+
+interface Lent {
+  pool: BufferPool
+  offset: number
+  length: number
+  /** Readers besides the response (the hash worker) that still need the bytes. */
+  holds: number
+  written: boolean
+}
 
 export interface BufferPoolInit {
   /** Size of each buffer. */
@@ -43,12 +52,21 @@ export class BufferPool {
   /** A buffer of `bufferBytes` (contents undefined) to fill and then `lend()` one view of. */
   take(): Buffer {
     this.lastTake = performance.now()
+    // A plain ArrayBuffer, never a SharedArrayBuffer: V8 counts these as external memory, so a dropped one
+    // is collected soon. (Tried for hashing on a worker thread: dropped SharedArrayBuffers were not counted,
+    // and 16 parallel relays piled up 2 GiB of them before a GC.)
     return this.free.pop() ?? Buffer.allocUnsafeSlow(this.init.bufferBytes)
   }
 
   /** Records the view of a taken buffer that goes downstream; returns it. */
   lend(view: Buffer): Buffer {
-    lent.set(view.buffer, { pool: this, offset: view.byteOffset, length: view.byteLength })
+    lent.set(view.buffer, {
+      pool: this,
+      offset: view.byteOffset,
+      length: view.byteLength,
+      holds: 0,
+      written: false,
+    })
     return view
   }
 
@@ -58,7 +76,8 @@ export class BufferPool {
     this.keep(buf)
   }
 
-  private keep(buf: Buffer): void {
+  /** @internal */
+  keep(buf: Buffer): void {
     if (this.free.length >= this.init.maxFree) return
     this.free.push(buf)
     if (this.trimTimer === undefined) {
@@ -75,14 +94,37 @@ export class BufferPool {
     }
   }
 
-  /** Back to its pool, if `chunk` is exactly a lent view and was lent once; anything else is left alone. */
+  /** Back to its pool once written, if `chunk` is exactly a lent view (and no reader holds it). */
   static recycle(chunk: Uint8Array): void {
-    const l = lent.get(chunk.buffer)
-    if (l === undefined || l.offset !== chunk.byteOffset || l.length !== chunk.byteLength) return
-    lent.delete(chunk.buffer)
-    if (chunk.buffer.byteLength !== l.pool.init.bufferBytes) return
-    l.pool.keep(Buffer.from(chunk.buffer as ArrayBuffer, 0, chunk.buffer.byteLength))
+    const l = lentView(chunk)
+    if (l === undefined || l.written) return
+    l.written = true
+    if (l.holds === 0) release(chunk, l)
   }
+
+  /** Another reader (the hash worker) needs the bytes of a lent view until `unhold`. */
+  static hold(chunk: Uint8Array): void {
+    const l = lentView(chunk)
+    if (l !== undefined) l.holds++
+  }
+
+  static unhold(chunk: Uint8Array): void {
+    const l = lentView(chunk)
+    if (l === undefined || l.holds === 0) return
+    l.holds--
+    if (l.holds === 0 && l.written) release(chunk, l)
+  }
+}
+
+function lentView(chunk: Uint8Array): Lent | undefined {
+  const l = lent.get(chunk.buffer)
+  return l !== undefined && l.offset === chunk.byteOffset && l.length === chunk.byteLength ? l : undefined
+}
+
+function release(chunk: Uint8Array, l: Lent): void {
+  lent.delete(chunk.buffer)
+  if (chunk.buffer.byteLength !== l.pool.init.bufferBytes) return
+  l.pool.keep(Buffer.from(chunk.buffer as ArrayBuffer, 0, chunk.buffer.byteLength))
 }
 
 export function bufferPool(init: BufferPoolInit): BufferPool {

@@ -5,6 +5,11 @@
  * (bench/mirror.ts). With a pool, each socket read lands in a pool buffer that goes downstream as is (no
  * copy, no allocation) and comes back once the mirror's response wrote it (buffer-pool.ts).
  * It speaks only what our peer endpoint sends: one response with Content-Length.
+ *
+ * One connection per request (`Connection: close`), on purpose: a relayed blob pays one loopback/LAN
+ * connect (well under a millisecond) against seconds of body, and `--cpu-prof` of the relay shows its time
+ * in the digest and the two socket copies, not in connection setup (issue #14, bench/mirror.ts). A fresh
+ * connection also means a failed or aborted body can never leave a half-read socket in a pool.
  */
 import { connect, type Socket } from 'node:net'
 import { Readable } from 'node:stream'
@@ -39,6 +44,8 @@ export interface PeerResponse {
 }
 
 const MAX_HEADER_BYTES = 64 * 1024
+/** Socket reads buffered ahead of the consumer, with a pool. */
+const POOLED_READ_AHEAD_CHUNKS = 2
 const HEADER_END = Buffer.from('\r\n\r\n')
 
 function abortError(signal: AbortSignal): Error {
@@ -133,7 +140,11 @@ export function peerRequest(peer: Peer, init: PeerRequestInit): Promise<PeerResp
       }
       remaining = length
       body = new Readable({
-        highWaterMark: pool?.bufferBytes ?? init.readBufferBytes ?? BLOB_BUFFER_BYTES,
+        // With a pool, one chunk per read, never merged: a byte-mode stream's async iterator concatenates
+        // whatever is buffered (a copy, and the pool buffers are lost to the GC), so count chunks instead.
+        ...(pool === undefined
+          ? { highWaterMark: init.readBufferBytes ?? BLOB_BUFFER_BYTES }
+          : { objectMode: true, highWaterMark: POOLED_READ_AHEAD_CHUNKS }),
         read: () => socket.resume(),
         destroy: (err, cb) => {
           if (remaining > 0) socket.destroy()

@@ -51,6 +51,10 @@ export interface PeerFetcherComponents {
   pool?: BufferPool
 }
 
+// Socket reads from peers: one pool buffer each (a read returns what has arrived, often far less than
+// 4 MiB, so bigger buffers mostly hold air).
+const PEER_READ_BYTES = 1024 * 1024
+
 export interface PeerFetcherInit {
   /** How long to look for a first peer before answering a miss. */
   resolveTimeoutMs: number
@@ -112,7 +116,7 @@ export class PeerFetcher {
     private readonly init: PeerFetcherInit,
   ) {
     this.log = components.logger.child({ component: 'peers' })
-    this.pool = components.pool ?? new BufferPool({ bufferBytes: BLOB_BUFFER_BYTES, maxFree: 16 })
+    this.pool = components.pool ?? new BufferPool({ bufferBytes: PEER_READ_BYTES, maxFree: 32 })
     this.hedge = new HedgeDelay({
       initialMs: init.hedgeDelayMs ?? 50,
       minMs: 10,

@@ -18,7 +18,7 @@ import { HERD_HEADER } from './herd.js'
 import { resolveContent, type ResolverComponents } from './resolve.js'
 import { sendBlob } from './send-blob.js'
 import type { TagResolver } from './tags.js'
-import { BLOB_BUFFER_BYTES, type Served } from './served.js'
+import { SOCKET_BUFFER_BYTES, type Served } from './served.js'
 
 export interface RegistryServerComponents {
   store: Store
@@ -111,7 +111,7 @@ export function createRegistryServer(
     // Socket write buffers sized for blobs: with Node's 16 KiB default, serving a file ran at ~0.3 GiB/s
     // here, with 4 MiB at ~1.3–1.9 GiB/s (as fast as docker-registry).
     // Node checks request deadlines every connectionsCheckingInterval (30 s by default): check often.
-    http: { highWaterMark: BLOB_BUFFER_BYTES, connectionsCheckingInterval: 1000 },
+    http: { highWaterMark: SOCKET_BUFFER_BYTES, connectionsCheckingInterval: 1000 },
     // Requests Node's parser rejects (bad characters, oversized headers) still get an OCI error body.
     clientErrorHandler: (err, socket) => {
       if (socket.destroyed || !socket.writable) return

@@ -56,7 +56,7 @@ describe('relay: pooled buffers and deadlines', () => {
   })
 
   it('a frozen peer and a good one: the body resumes from the good peer and is byte-exact', async () => {
-    const good = await startPeer((s) => seedImage(s, 'docker.io/library/app:v1', 6 * 1024 * 1024))
+    const good = await startPeer((s) => seedImage(s, 'docker.io/library/app:v1', 12 * 1024 * 1024))
     const frozen = await misbehavingPeer((_req, res) => {
       res.writeHead(200, { 'content-length': String(good.image.layer.length) })
       res.write(good.image.layer.subarray(0, 2 * 1024 * 1024 + 17))
@@ -67,6 +67,23 @@ describe('relay: pooled buffers and deadlines', () => {
     const body = await fetchBody(`${node.url}/v2/library/app/blobs/${good.image.layerDigest}`)
     expect(sha(body)).toBe(good.image.layerDigest)
     expect(frozen.hits()).toBe(1)
+  })
+
+  it('a corrupt big blob: the client connection is aborted, never a clean body', async () => {
+    const img = seedImage(new MemoryStore(), 'docker.io/library/app:v1', 12 * 1024 * 1024 + 5)
+    const corrupt = await misbehavingPeer((_req, res) => {
+      const bad = Buffer.from(img.layer)
+      bad[5 * 1024 * 1024] = (bad[5 * 1024 * 1024] as number) ^ 0xff // one byte, mid-body
+      res.writeHead(200, { 'content-length': String(bad.length) })
+      res.end(bad)
+    })
+    cleanups.push(corrupt.close)
+    await node.provide('corrupt', corrupt.url, img)
+    const res = await fetch(`${node.url}/v2/library/app/blobs/${img.layerDigest}`, {
+      signal: AbortSignal.timeout(10_000),
+    })
+    expect(res.status).toBe(200)
+    await expect(res.arrayBuffer()).rejects.toThrow()
   })
 })
 
