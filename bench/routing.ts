@@ -34,7 +34,13 @@ async function addNodes(routers: KadDhtRouter[], count: number): Promise<void> {
     const bootstrap = routers.length > 0 ? routers[0]!.multiaddrs().map(String) : []
     const r = new KadDhtRouter(
       { logger },
-      { listen: ['/ip4/127.0.0.1/tcp/0'], peerUrl: `http://127.0.0.1:${42000 + routers.length}`, bootstrap },
+      {
+        listen: ['/ip4/127.0.0.1/tcp/0'],
+        peerUrl: `http://127.0.0.1:${42000 + routers.length}`,
+        bootstrap,
+        // this scenario measures the DHT's provide rate; by default a cluster this small needs no provides
+        dhtProvides: 'always',
+      },
     )
     await r.start()
     routers.push(r)

@@ -14,6 +14,7 @@ import { benchMemory, type MemoryBenchResult } from './memory.js'
 import { benchMirror, type MirrorBenchResult } from './mirror.js'
 import { benchPull, type PullBenchResult } from './pull.js'
 import { benchRouting, type RoutingBenchResult } from './routing.js'
+import { benchScale, type ScaleResult } from './scale.js'
 import { benchStoreRead, type StoreReadBenchResult } from './store-read.js'
 import { benchTags, type TagsBenchResult } from './tags.js'
 
@@ -34,6 +35,7 @@ interface Results {
   store?: StoreReadBenchResult
   tags?: TagsBenchResult
   auth?: AuthBenchResult
+  scale?: ScaleResult[]
 }
 
 const SCENARIOS = {
@@ -45,6 +47,12 @@ const SCENARIOS = {
   store: () => benchStoreRead(),
   tags: () => benchTags(),
   auth: () => benchAuth(),
+  // ~15 min on this machine; the model over these points: bench/scale-model.ts
+  scale: async () => [
+    await benchScale({ nodes: 50 }),
+    await benchScale({ nodes: 100 }),
+    await benchScale({ nodes: 200 }),
+  ],
 } as const
 type Scenario = keyof typeof SCENARIOS
 
@@ -163,6 +171,21 @@ function rows(r: Results): Row[] {
         met: s.hit.p99 <= 50,
       })
     }
+  }
+  for (const s of r.scale ?? []) {
+    out.push({
+      goal: `scale, ${s.nodes} nodes × ${Math.round(s.keysPerNode)} keys: miss p99 ≤ 25 ms, hit p99 ≤ 50 ms, visible everywhere ≤ 5 s, no dead node returned`,
+      measured:
+        `miss p99 ${f(s.lookup.miss.p99, 1)} ms, hit p99 ${f(s.lookup.hit.p99, 1)} ms, visible after p99 ${f(s.visibility.seconds.p99, 2)} s, ` +
+        `dead returned ${s.deadReturned}; routing state ${f(s.memory.routingStatePerNodeMiB, 1)} MiB/node, ` +
+        `${f(s.traffic.churnBytesPerNodePerSecond / 1024, 1)} KiB/s/node under churn`,
+      met:
+        s.lookup.miss.p99 <= 25 &&
+        s.lookup.hit.p99 <= 50 &&
+        s.visibility.incomplete === 0 &&
+        s.visibility.seconds.p99 <= 5 &&
+        s.deadReturned === 0,
+    })
   }
   if (r.memory) {
     const m = r.memory

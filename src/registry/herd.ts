@@ -53,6 +53,12 @@ export interface HerdInit {
 }
 
 const DENIED_TTL_MS = 10 * 60_000
+/**
+ * How long the elected node waits for upstream before answering a requester that sent its size: enough for a
+ * nearby registry to refuse (a clean 404 then), short enough that a loaded node still answers well within the
+ * requester's budget. A refusal that comes later ends the body short; the retry gets the 404.
+ */
+const EARLY_ANSWER_MS = 20
 const MAX_DENIED = 4096
 
 interface Flight {
@@ -61,6 +67,10 @@ interface Flight {
   sizeBytes: number
   committed: boolean
   done: Promise<void>
+}
+
+function repositoryOf(req: BlobRequest): string {
+  return `${req.registry}/${req.repository}`
 }
 
 /** Highest random weight: every node computes the same winner from the same live set, no messages. */
@@ -93,8 +103,8 @@ export class Herd {
   private readonly log: Logger
   private readonly flights = new Map<Digest, Promise<Flight | undefined>>()
   private readonly stopController = new AbortController()
-  /** Blobs upstream refused without credentials: not coalesced for a while (bounded, oldest first). */
-  private readonly denied = new Map<Digest, number>()
+  /** Blobs and repositories upstream refused without credentials: not coalesced for a while (bounded). */
+  private readonly denied = new Map<string, number>()
   private readonly requests: Counter<'role' | 'result'>
   private readonly flightCount: Counter<'result'>
 
@@ -148,7 +158,7 @@ export class Herd {
    * this node (peer endpoint, HERD_HEADER), or for our own mirror's client. NotFoundError when upstream does
    * not give it anonymously.
    *
-   * A peer that sends the size its pull expects (`sizeHint`) gets the response headers within ~100 ms
+   * A peer that sends the size its pull expects (`sizeHint`) gets the response headers within ~20 ms
    * even while upstream has not answered yet: its header deadline is the budget, and upstream (a WAN away, a
    * token fetch first) may take longer. The bytes follow once upstream sends them; a refusal after that
    * point ends the body short and is remembered, so the retry gets the 404.
@@ -160,19 +170,22 @@ export class Herd {
     sizeHint?: number,
   ): Promise<Served> {
     const digest = (req.reference as { digest: Digest }).digest
-    if ((this.denied.get(digest) ?? 0) > Date.now())
+    if ((this.denied.get(digest) ?? 0) > Date.now() || (this.denied.get(repositoryOf(req)) ?? 0) > Date.now())
       throw new NotFoundError(`blob ${digest}: upstream refuses it without credentials`)
     const flight = this.flightFor(req)
     const early = who === 'peer' && sizeHint !== undefined && sizeHint > 0
+    // Our own containerd waits for the flight as it would wait for upstream itself: the flight is bounded by
+    // upstream's header deadline, and it is not coordination (a budget here sent our own pull upstream a
+    // second time whenever this loaded node was slower than 300 ms to open the blob).
+    const waitMs = early ? Math.min(EARLY_ANSWER_MS, this.budgetMs / 3) : undefined
     let timer: NodeJS.Timeout | undefined
-    const f = early
-      ? await Promise.race([
-          flight,
-          new Promise<'pending'>(
-            (resolve) => (timer = setTimeout(() => resolve('pending'), Math.min(100, this.budgetMs / 3))),
-          ),
-        ])
-      : await flight
+    const f =
+      waitMs === undefined
+        ? await flight
+        : await Promise.race([
+            flight,
+            new Promise<'pending'>((resolve) => (timer = setTimeout(() => resolve('pending'), waitMs))),
+          ])
     clearTimeout(timer)
     if (f === undefined) {
       this.requests.inc({ role: 'elected', result: 'unavailable' })
@@ -284,7 +297,9 @@ export class Herd {
     if (answer.kind !== 'found') {
       if (answer.kind === 'denied') {
         this.requests.inc({ role: 'elected', result: 'private' })
+        // the other blobs of a private image are private too: refused at once, not after a short body each
         this.deny(digest)
+        this.deny(repositoryOf(req))
       }
       this.log.debug({ digest, answer: answer.kind }, 'upstream did not give the blob anonymously')
       return undefined
@@ -326,13 +341,13 @@ export class Herd {
     return isOpen || flight.committed ? flight : undefined
   }
 
-  private deny(digest: Digest): void {
-    this.denied.delete(digest)
+  private deny(key: string): void {
+    this.denied.delete(key)
     if (this.denied.size >= MAX_DENIED) {
       const oldest = this.denied.keys().next().value
       if (oldest !== undefined) this.denied.delete(oldest)
     }
-    this.denied.set(digest, Date.now() + DENIED_TTL_MS)
+    this.denied.set(key, Date.now() + DENIED_TTL_MS)
   }
 
   /** A finished flight answers requests from the store a while (its blob may not be advertised yet). */

@@ -36,7 +36,9 @@ export interface RequestVerifier {
 }
 
 export function createPeerServer(components: PeerServerComponents): FastifyInstance {
-  const app = createRegistryServer(components, { server: 'peer' })
+  // The node elected for a blob (herd.ts) serves every other node at once, per blob it won: 16 slots sent
+  // the rest of an 8-node herd upstream with 503s. Each slot holds one file and a few MiB of buffers.
+  const app = createRegistryServer(components, { server: 'peer', maxDownloads: 64 })
   const auth = components.auth
   if (auth !== undefined) {
     // Before anything looks at the content: an outsider gets the same bare 401 for what we have and what we

@@ -71,6 +71,8 @@ export interface KadDhtRouterInit {
    * that many exchange peers announce; 'always': provide every key (bench/routing measures provide speed).
    */
   dhtProvides?: 'when-needed' | 'always'
+  /** With 'when-needed', provides start this long after start, once the exchange knows its peers (10 s). */
+  provideSettleMs?: number
   /** Limits of the key exchange (peer set, list sizes, deadlines, rates). */
   keyExchangeInit?: KeyExchangeInit
   /**
@@ -228,6 +230,7 @@ export class KadDhtRouter implements Router {
         () => this.advertised.keys(),
         this.log,
         this.init.keyExchangeInit,
+        () => this.routingTablePeers(),
       )
       await this.exchange.start()
     }
@@ -283,6 +286,7 @@ export class KadDhtRouter implements Router {
     })
     this.log.info({ peerId: this.peerId, addrs: this.multiaddrs().map(String) }, 'dht started')
     void this.bootstrap()
+    this.startedAt = Date.now()
     this.sweepTimer = setInterval(() => this.sweep(), 2_000)
     this.sweepTimer.unref()
     const every = this.init.rebootstrapIntervalMs ?? 5_000
@@ -403,6 +407,12 @@ export class KadDhtRouter implements Router {
   private sweepTimer: NodeJS.Timeout | undefined
   private lastSweep = Date.now()
 
+  /** Ids of the peers in the DHT routing table (kad-dht keeps live ones: it pings before evicting). */
+  private *routingTablePeers(): Iterable<string> {
+    const kb = (this.routingTable as { kb?: { toIterable(): Iterable<{ peerId: PeerId }> } } | undefined)?.kb
+    for (const contact of kb?.toIterable() ?? []) yield contact.peerId.toString()
+  }
+
   /** Peers in the DHT routing table. */
   routingTableSize(): number {
     return this.routingTable?.size ?? 0
@@ -432,10 +442,29 @@ export class KadDhtRouter implements Router {
     this.startWorkers()
   }
 
-  /** Whether provides wait: our exchange covers the cluster, so nobody looks these keys up on the DHT. */
+  /**
+   * Whether provides wait. While the cluster fits the exchange's peer set, every node holds every list and
+   * nobody looks keys up on the DHT: provides wait unless the view stays incomplete for a minute (a node
+   * that cannot reach everyone). A larger cluster needs the DHT for keys outside each node's sample; there
+   * provides start once the exchange had `provideSettleMs` to show which keys are popular (a fresh node
+   * would otherwise provide every key, then learn that most were common).
+   */
   private dhtIdle(): boolean {
-    return this.init.dhtProvides !== 'always' && this.exchange?.complete() === true
+    const exchange = this.exchange
+    if (this.init.dhtProvides === 'always' || exchange === undefined) return false
+    const now = Date.now()
+    if (now - this.startedAt < (this.init.provideSettleMs ?? 10_000)) return true
+    if (exchange.saturated() || exchange.hasOtherPeers()) return false
+    if (exchange.complete()) {
+      this.incompleteSince = undefined
+      return true
+    }
+    this.incompleteSince ??= now
+    return now - this.incompleteSince < 60_000
   }
+
+  private incompleteSince: number | undefined
+  private startedAt = Date.now()
 
   private sweep(): void {
     const every = this.init.reprovideIntervalMs ?? 15 * 60_000

@@ -80,6 +80,7 @@ export interface KeyExchangeStats {
   bytesReceived: number
   /** Every node we know of gave us its list and sees the same members. */
   complete: boolean
+  incomplete?: string
   violations: number
 }
 
@@ -192,11 +193,16 @@ export class KeyExchange {
   private readonly subscribers = new Map<string, Subscriber>()
   /** connected peers that speak the protocol (from identify) */
   private readonly kagamiPeers = new Set<string>()
+  /** connected peers whose identify finished (kagami or not): an unidentified one may be a kagami node */
+  private readonly identified = new Set<string>()
+  /** connected kagami DHT nodes that do not speak this protocol */
+  private readonly otherPeers = new Set<string>()
   /** their identify listen addresses, passed on to our subscribers with our members */
   private readonly listenAddrs = new Map<string, string[]>()
-  /** peer id → time its subscription last failed to start (not retried for a while) */
-  private readonly failed = new Map<string, number>()
+  /** peer id → when its subscription last failed and how often in a row (retried after 1, 2, 4 … 30 s) */
+  private readonly failed = new Map<string, { at: number; count: number }>()
   private readonly banned = new Map<string, number>()
+  private readonly memberLines = new Map<string, { id: string; addrs: string[] }>()
   /** what our subscribers were last sent: deltas are computed against it */
   private sent = new Set<string>()
   private sentMembers = new Map<string, string[]>()
@@ -204,7 +210,7 @@ export class KeyExchange {
   private selectTimer: NodeJS.Timeout | undefined
   private kickTimer: NodeJS.Timeout | undefined
   private stopped = false
-  private saturated = false
+  private saturated_ = false
   private dialing = 0
   private bytesSent = 0
   private bytesReceived = 0
@@ -218,6 +224,8 @@ export class KeyExchange {
     private readonly localKeys: () => Iterable<string>,
     private readonly log: Logger,
     init: KeyExchangeInit = {},
+    /** Other peers known to be kagami nodes (the DHT routing table): candidates, and part of "complete". */
+    private readonly knownPeers: () => Iterable<string> = () => [],
   ) {
     this.cfg = {
       debounceMs: init.debounceMs ?? 100,
@@ -247,8 +255,14 @@ export class KeyExchange {
       maxOutboundStreams: 2,
     })
     this.node.addEventListener('peer:identify', (e) => {
-      if (!e.detail.protocols.includes(KEYS_PROTOCOL)) return
       const id = e.detail.peerId.toString()
+      this.identified.add(id)
+      if (!e.detail.protocols.includes(KEYS_PROTOCOL)) {
+        // a node without this exchange (DHT only, or an older kagami) may hold keys no list tells us about
+        if (e.detail.protocols.some((p) => p.startsWith('/kagami/kad/'))) this.otherPeers.add(id)
+        return
+      }
+      this.otherPeers.delete(id)
       this.kagamiPeers.add(id)
       this.listenAddrs.set(
         id,
@@ -259,6 +273,8 @@ export class KeyExchange {
     this.node.addEventListener('peer:disconnect', (e) => {
       const id = e.detail.toString()
       this.kagamiPeers.delete(id)
+      this.identified.delete(id)
+      this.otherPeers.delete(id)
       this.listenAddrs.delete(id)
       // a node that left is never returned once its connection closed
       const sub = this.subs.get(id)
@@ -297,32 +313,60 @@ export class KeyExchange {
     return out
   }
 
+  /** Connected to a kagami DHT node that does not exchange lists: it finds our keys only on the DHT. */
+  hasOtherPeers(): boolean {
+    return this.otherPeers.size > 0
+  }
+
+  /** More kagami peers are known than `maxPeers`: we hold a sample of the cluster, not all of it. */
+  saturated(): boolean {
+    return this.saturated_
+  }
+
   /**
    * True when a miss may be answered from memory: we are below `maxPeers`, hold the complete list of every
    * kagami peer we are connected to or have heard of, and every one of them sees exactly our members.
    */
   complete(): boolean {
-    if (this.saturated) return false
+    return this.incompleteReason() === undefined
+  }
+
+  /** Why `complete()` is false (for stats and debugging), or undefined when it is true. */
+  incompleteReason(): string | undefined {
+    if (this.saturated_) return 'saturated'
+    for (const id of this.otherPeers) return `connected to ${id}, a DHT node without the key exchange`
     let count = 1
     let view = this.selfHash
     for (const s of this.subs.values()) {
-      if (!s.complete) return false
+      if (!s.complete) return `list of ${s.id} still arriving`
       count++
       view ^= hash32(s.id)
     }
-    for (const id of this.kagamiPeers) if (!this.subs.has(id) && !this.isBanned(id)) return false
-    for (const s of this.subs.values()) {
-      if (s.members.size + 1 !== count || s.view !== view) return false
+    for (const id of this.kagamiPeers) {
+      if (!this.subs.has(id) && !this.isBanned(id)) return `connected to ${id} without its list`
     }
-    return true
+    for (const c of this.node.getConnections()) {
+      const id = c.remotePeer.toString()
+      if (!this.identified.has(id) && this.subs.get(id)?.complete !== true && !this.isBanned(id))
+        return `connected to ${id}, not identified yet`
+    }
+    for (const id of this.knownPeers()) {
+      if (id !== this.self && this.subs.get(id)?.complete !== true && !this.isBanned(id))
+        return `${id} in the routing table without its list`
+    }
+    for (const s of this.subs.values()) {
+      if (s.members.size + 1 !== count || s.view !== view)
+        return `${s.id} sees ${s.members.size + 1} members, we see ${count}`
+    }
+    return undefined
   }
 
   stats(): KeyExchangeStats {
     let heldKeys = 0
-    let stateBytes = this.sent.size * 120 + this.subscribers.size * 400
+    let stateBytes = this.sent.size * 120 + this.subscribers.size * 400 + this.memberLines.size * 300
     for (const s of this.subs.values()) {
       heldKeys += s.hashes.length
-      stateBytes += 400 + s.hashes.byteLength + s.pending.length * 8 + s.members.size * 200
+      stateBytes += 400 + s.hashes.byteLength + s.pending.length * 8 + s.members.size * 60
     }
     return {
       peers: this.peerCount(),
@@ -332,12 +376,21 @@ export class KeyExchange {
       bytesSent: this.bytesSent,
       bytesReceived: this.bytesReceived,
       complete: this.complete(),
+      incomplete: this.incompleteReason(),
       violations: this.violations,
     }
   }
 
   /** Our key list changed: send the delta to every subscriber soon (changes come in bursts). */
   changed(): void {
+    this.keysDirty = true
+    this.schedule()
+  }
+
+  private keysDirty = false
+
+  /** A delta (keys or members) is owed to our subscribers: send it after the debounce. */
+  private schedule(): void {
     if (this.timer !== undefined || this.stopped) return
     this.timer = setTimeout(() => {
       this.timer = undefined
@@ -369,12 +422,16 @@ export class KeyExchange {
 
   private broadcast(): void {
     if (this.stopped) return
-    const current = new Set(this.localKeys())
     const added: string[] = []
     const removed: string[] = []
-    for (const k of current) if (!this.sent.has(k)) added.push(k)
-    for (const k of this.sent) if (!current.has(k)) removed.push(k)
-    this.sent = current
+    if (this.keysDirty) {
+      // diffing K keys costs ~1 ms; only when our keys changed, not on every member change
+      this.keysDirty = false
+      const current = new Set(this.localKeys())
+      for (const k of current) if (!this.sent.has(k)) added.push(k)
+      for (const k of this.sent) if (!current.has(k)) removed.push(k)
+      this.sent = current
+    }
     const members = this.currentMembers()
     const joined: string[] = []
     const left: string[] = []
@@ -403,6 +460,7 @@ export class KeyExchange {
       return
     }
     previous?.stream.abort(new Error('replaced by a new subscription'))
+    this.log.debug({ peer: id, replaced: previous !== undefined }, 'key subscriber added')
     const s: Subscriber = { id, stream, queue: Promise.resolve() }
     this.subscribers.set(id, s)
     void (async () => {
@@ -473,17 +531,24 @@ export class KeyExchange {
     const now = Date.now()
     const candidates = new Map<string, string[]>()
     for (const id of this.kagamiPeers) candidates.set(id, [])
+    for (const id of this.knownPeers()) candidates.set(id, [])
+    // a connection whose identify never finished (it can fail under load): ask the peer itself
+    for (const c of this.node.getConnections()) {
+      const id = c.remotePeer.toString()
+      if (!this.identified.has(id) && now - c.timeline.open > 5_000) candidates.set(id, [])
+    }
     for (const s of this.subs.values()) {
       for (const [m, addrs] of s.members) if (!candidates.has(m)) candidates.set(m, addrs)
     }
     candidates.delete(this.self)
     for (const id of candidates.keys()) {
-      const failedAt = this.failed.get(id)
-      if (this.isBanned(id) || (failedAt !== undefined && now - failedAt < 30_000)) candidates.delete(id)
+      const f = this.failed.get(id)
+      const backoff = f === undefined ? 0 : Math.min(30_000, 1000 * 2 ** (f.count - 1))
+      if (this.isBanned(id) || (f !== undefined && now - f.at < backoff)) candidates.delete(id)
     }
-    this.saturated = candidates.size > this.cfg.maxPeers
+    this.saturated_ = candidates.size > this.cfg.maxPeers
     let targets: string[]
-    if (!this.saturated) {
+    if (!this.saturated_) {
       targets = [...candidates.keys()]
     } else {
       // keep what we have (stable lists), fill half of the free slots with the XOR-closest, half at random
@@ -502,7 +567,7 @@ export class KeyExchange {
       targets = [...kept, ...closest, ...others.slice(0, free - closest.length)]
     }
     for (const id of targets) {
-      if (this.subs.has(id) || this.dialing >= 16) continue
+      if (this.subs.has(id) || this.dialing >= 4) continue
       void this.subscribe(id, candidates.get(id) ?? [])
     }
   }
@@ -527,10 +592,25 @@ export class KeyExchange {
     }
     this.subs.set(id, sub)
     this.dialing++
-    const snapshotTimer = setTimeout(
-      () => this.violation(peer, `no complete key list within ${this.cfg.snapshotTimeoutMs} ms`, sub),
-      this.cfg.snapshotTimeoutMs,
-    )
+    let received = 0
+    const snapshotTimer = setTimeout(() => {
+      if (received > 0) {
+        this.violation(peer, `no complete key list within ${this.cfg.snapshotTimeoutMs} ms`, sub)
+        return
+      }
+      // nothing at all: an overloaded or stuck publisher, not an attack; try again later
+      this.log.debug(
+        {
+          peer: id,
+          stream: sub.stream?.status,
+          read: sub.stream?.readStatus,
+          write: sub.stream?.writeStatus,
+        },
+        'no key list arrived; subscribing again later',
+      )
+      this.fail(id)
+      this.drop(sub)
+    }, this.cfg.snapshotTimeoutMs)
     let frameTimer: NodeJS.Timeout | undefined
     try {
       if (this.node.getConnections(peer).length === 0 && addrs.length > 0) {
@@ -545,15 +625,17 @@ export class KeyExchange {
         await this.node.peerStore.merge(peer, { multiaddrs })
       }
       const stream = await this.node.dialProtocol(peer, KEYS_PROTOCOL, {
-        signal: AbortSignal.timeout(Math.min(this.cfg.snapshotTimeoutMs, 5_000)),
+        signal: AbortSignal.timeout(Math.min(this.cfg.snapshotTimeoutMs, 10_000)),
       })
       this.dialing--
       sub.stream = stream
+      this.log.debug({ peer: id }, 'key subscription open')
       if (this.subs.get(id) !== sub) throw new Error('dropped while dialling')
       let buffered: Buffer = Buffer.alloc(0)
       for await (const chunk of stream) {
         const bytes = chunk instanceof Uint8Array ? chunk : chunk.subarray()
         this.bytesReceived += bytes.length
+        received += bytes.length
         if (!sub.bytes.take(bytes.length)) throw new Violation('over its byte rate')
         buffered = buffered.length === 0 ? Buffer.from(bytes) : Buffer.concat([buffered, bytes])
         let completed = false
@@ -581,11 +663,13 @@ export class KeyExchange {
       }
     } catch (err) {
       if (err instanceof Violation) this.violation(peer, err.message, sub)
+      // it does not speak the protocol: not a kagami node, so it cannot hold keys we miss
+      if ((err as Error).name === 'UnsupportedProtocolError') this.identified.add(id)
       this.log.debug({ peer: id, err: (err as Error).message }, 'key subscription ended')
     } finally {
       if (sub.stream === undefined) this.dialing--
       // refused (the publisher is full) or broken before its list arrived: try others first
-      if (!sub.complete) this.failed.set(id, Date.now())
+      if (!sub.complete) this.fail(id)
       clearTimeout(snapshotTimer)
       clearTimeout(frameTimer)
       this.drop(sub)
@@ -632,20 +716,13 @@ export class KeyExchange {
         sub.hashes = sortedUnique(sub.pending)
         sub.pending = []
         sub.complete = true
-        this.changed() // our members changed
+        this.failed.delete(sub.id)
+        this.schedule() // our members changed
         return
       }
       case FRAME.join: {
         for (const line of this.lines(payload)) {
-          const [id, ...addrs] = line.split(' ')
-          if (id === undefined || addrs.length > MAX_ADDRS_PER_MEMBER)
-            throw new Violation('a malformed member')
-          try {
-            peerIdFromString(id)
-            for (const a of addrs) multiaddr(a)
-          } catch {
-            throw new Violation('a malformed member')
-          }
+          const { id, addrs } = this.memberOf(line)
           if (!sub.members.has(id)) sub.view ^= hash32(id)
           sub.members.set(id, addrs)
           if (sub.members.size > this.cfg.maxMembersPerPeer) throw new Violation('too many members')
@@ -664,11 +741,38 @@ export class KeyExchange {
     }
   }
 
+  private fail(id: string): void {
+    const count = (this.failed.get(id)?.count ?? 0) + 1
+    this.failed.set(id, { at: Date.now(), count })
+    if (this.failed.size > 10_000) this.failed.clear()
+  }
+
+  /**
+   * Parses and validates a member line once: every peer announces the same members, so with V peers the
+   * same V lines arrive V times; the parsed strings are shared, which keeps V × V member entries small.
+   */
+  private memberOf(line: string): { id: string; addrs: string[] } {
+    const known = this.memberLines.get(line)
+    if (known !== undefined) return known
+    const [id, ...addrs] = line.split(' ')
+    if (id === undefined || addrs.length > MAX_ADDRS_PER_MEMBER) throw new Violation('a malformed member')
+    try {
+      peerIdFromString(id)
+      for (const a of addrs) multiaddr(a)
+    } catch {
+      throw new Violation('a malformed member')
+    }
+    if (this.memberLines.size >= 4 * this.cfg.maxMembersPerPeer) this.memberLines.clear()
+    const parsed = { id, addrs }
+    this.memberLines.set(line, parsed)
+    return parsed
+  }
+
   private drop(sub: Subscription): void {
     if (this.subs.get(sub.id) !== sub) return
     this.subs.delete(sub.id)
     sub.stream?.abort(new Error('subscription dropped'))
-    if (sub.complete) this.changed() // our members changed
+    if (sub.complete) this.schedule() // our members changed
     this.kick()
   }
 

@@ -130,21 +130,13 @@ describe('e2e: faults found by black-box trials', () => {
     })
 
     it('with the registry down, pulls succeed from the good peer; the corrupt node stops serving its copy', async () => {
-      const [a, b, , d] = nodes as [ClusterNode, ClusterNode, ClusterNode, ClusterNode]
+      const [a, b, c, d] = nodes as [ClusterNode, ClusterNode, ClusterNode, ClusterNode]
       await registry.stop()
       try {
-        // the first attempt may stream from the corrupt node (containerd then never commits it); a retry,
-        // as the kubelet makes, must succeed
-        let pulled = false
-        for (let attempt = 0; attempt < 2 && !pulled; attempt++) {
-          pulled = await b.containerd.pull(ref, { hostsDir: b.hostsDir, timeoutMs: 60_000 }).then(
-            () => true,
-            () => false,
-          )
-        }
-        expect(pulled).toBe(true)
-        expect(sha(await readFile(blobFile(b, layer)))).toBe(layer)
-        // A was told, re-hashed its copy and no longer advertises (so no longer serves) it
+        // only A (corrupt) can serve B at first: C's kagami is away. The attempt fails (containerd never
+        // commits the bad bytes); A is told, re-hashes its copy and stops advertising (so serving) it.
+        await c.kagami.stop()
+        await b.containerd.pull(ref, { hostsDir: b.hostsDir, timeoutMs: 60_000 }).catch(() => undefined)
         await waitFor(
           async () => (await a.kagami.status()).advertisedKeys === advertisedByA - 1 || undefined,
           {
@@ -152,6 +144,18 @@ describe('e2e: faults found by black-box trials', () => {
             what: 'A to stop advertising its corrupt copy',
           },
         )
+        // C is back: B's next attempt (as the kubelet retries) succeeds, from C, and starts clean
+        await c.kagami.restart()
+        await waitFor(async () => (await c.kagami.status()).advertisedKeys >= 4 || undefined, {
+          timeoutMs: 30_000,
+          what: 'C to advertise again',
+        })
+        await waitFor(async () => (await b.kagami.status()).peers.length >= 3 || undefined, {
+          timeoutMs: 30_000,
+          what: 'B to see C again',
+        })
+        await b.containerd.pull(ref, { hostsDir: b.hostsDir, timeoutMs: 60_000 })
+        expect(sha(await readFile(blobFile(b, layer)))).toBe(layer)
         // a brand-new node pulls at the first attempt
         await d.containerd.pull(ref, { hostsDir: d.hostsDir, timeoutMs: 60_000 })
         expect(sha(await readFile(blobFile(d, layer)))).toBe(layer)

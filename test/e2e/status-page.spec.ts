@@ -59,7 +59,11 @@ describe('e2e: status page, CLI and metrics on a 2-node cluster', () => {
       timeoutMs: 20_000,
       what: 'B to learn that A holds the image',
     })
+    // with the registry stopped, so the bytes surely come from A (a loaded machine may otherwise miss a
+    // deadline and let containerd fetch from the registry, which is right, but not what this test shows)
+    await registry.stop()
     await b.containerd.pull(ref, { hostsDir: b.hostsDir })
+    await registry.start()
     // B also pulls an image no node has (its mirror misses, containerd goes upstream), and asks its mirror
     // again for what it now holds (local hits): the page then shows every source
     const other = await buildImage({ dir: join(tmp.path, 'other'), layers: [400_000], seed: 'other' })
@@ -202,14 +206,16 @@ describe('e2e: status page, CLI and metrics on a 2-node cluster', () => {
     expect(
       Number(/^kagami_last_peer_serve_timestamp_seconds\{server="peer"\} (\S+)$/m.exec(aText)?.[1]),
     ).toBeGreaterThan(0)
+    // A's peer endpoint served B's pull (with the herd, blobs may also reach B's containerd through its own
+    // kagami, so the count of blobs, not their bytes, is what is sure)
     expect(
       Number(
         new RegExp(
-          `^kagami_bytes_served_total\\{server="peer",source="local",${registryLabel.replace(/[.]/g, '\\.')}\\} (\\d+)`,
+          `^kagami_requests_total\\{server="peer",kind="blob",source="local",status="200",${registryLabel.replace(/[.]/g, '\\.')}\\} (\\d+)`,
           'm',
         ).exec(aText)?.[1],
       ),
-    ).toBeGreaterThan(2_000_000)
+    ).toBeGreaterThanOrEqual(1)
   })
 
   it('every metric the Grafana dashboard and the alert rules query exists in a running daemon', async () => {

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import { createServer as createHttpServer, type Server } from 'node:http'
 import { createServer as createTcpServer, type Socket } from 'node:net'
 import { join } from 'node:path'
@@ -118,6 +119,33 @@ describe('upstream client: token auth against a real token-auth docker-registry'
       kind: 'denied',
       status: 401,
     })
+  })
+
+  it('a blob streams anonymously from a public repository, is denied in a private one, and streams with the client’s Authorization', async () => {
+    const layer = image.manifests[0]!.layers[0]!
+    const blob = (repository: string, authorization?: string) =>
+      upstream.openBlob({
+        registry: registry.host,
+        repository,
+        digest: layer.digest,
+        authorization,
+        headersTimeoutMs: 5000,
+        bodyIdleTimeoutMs: 5000,
+      })
+    const read = async (answer: Awaited<ReturnType<typeof blob>>): Promise<string> => {
+      if (answer.kind !== 'found') throw new Error(`not found: ${answer.kind}`)
+      const chunks: Buffer[] = []
+      for await (const c of answer.body) chunks.push(c as Buffer)
+      const bytes = Buffer.concat(chunks)
+      expect(bytes.length).toBe(answer.sizeBytes)
+      return `sha256:${createHash('sha256').update(bytes).digest('hex')}`
+    }
+    expect(await read(await blob('public/app'))).toBe(layer.digest)
+    expect(await blob('private/app')).toEqual({ kind: 'denied', status: 401 })
+    const own = `Bearer ${tokens.issue(USER, 'private/app', ['pull'])}`
+    expect(await read(await blob('private/app', own))).toBe(layer.digest)
+    // a blob's refusal never puts the registry in back-off for tags
+    expect(await upstream.resolveTag(q('public/app'))).toMatchObject({ kind: 'found' })
   })
 
   it('registry down: unreachable, then back-off without a network call; back after the back-off', async () => {
