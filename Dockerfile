@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
-# kagami: build the TypeScript, keep only production dependencies, run on a slim Node 20 image.
+# kagami: build the TypeScript, keep only production dependencies, run on a slim Node 24 (LTS) image.
 
-FROM node:20-bookworm-slim AS build
+FROM node:24-bookworm-slim AS build
 WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
@@ -9,7 +9,7 @@ COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 RUN npm run build && npm prune --omit=dev
 
-FROM node:20-bookworm-slim
+FROM node:24-bookworm-slim
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="kagami" \
       org.opencontainers.image.description="Peer-to-peer container image sharing for containerd nodes" \
@@ -27,6 +27,6 @@ RUN ln -s /opt/kagami/bin/kagami.js /usr/local/bin/kagami
 # Runs as root: the containerd socket is root:root 0660 and hosts.toml lives in root-owned dirs. The chart
 # drops every capability and mounts the root filesystem read-only; see charts/kagami/README.md.
 USER root
-EXPOSE 30020 30021 30022
+EXPOSE 29020 29021 29022
 ENTRYPOINT ["kagami"]
 CMD ["run"]

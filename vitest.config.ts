@@ -2,7 +2,6 @@ import { defineConfig } from 'vitest/config'
 
 export default defineConfig({
   test: {
-    setupFiles: ['./src/polyfill.ts'],
     include: ['test/**/*.spec.ts'],
     // Real containerd, registry and DHT nodes start per suite; keep suites from starving each other on 2 cores.
     fileParallelism: true,

@@ -1,70 +1,165 @@
 /**
  * Herd: N nodes pull the same new image at once. Reports upstream bytes (counted at a proxy in front of the
- * registry) divided by the image size. Every node runs containerd + kagami with the mirror first.
+ * registry) divided by the image size, and the slowest node's pull time against a solo pull of an image of
+ * the same size in the same cluster. Every node runs containerd + kagami with the mirror first.
+ *
+ * The WAN variant puts the registry behind a 100 Mbit/s, 20 ms RTT link (bench/proxy.ts): the herd should
+ * finish in about one image-transfer time over that link, not N.
  */
-import '../src/polyfill.js'
 import { join } from 'node:path'
-import { buildImage, pushImage, startCluster, startRegistry, tempDir } from '../test/harness/index.js'
+import {
+  buildImage,
+  type ClusterNode,
+  pushImage,
+  startCluster,
+  startRegistry,
+  tempDir,
+} from '../test/harness/index.js'
 import { log, MiB } from './lib.js'
-import { startProxy } from './proxy.js'
+import { startProxy, type ThrottleProxy } from './proxy.js'
 
-export interface HerdBenchResult {
+export interface HerdRun {
   nodes: number
   imageBytes: number
   upstreamBytes: number
   upstreamRatio: number
+  /** Wall time until every node finished. */
   seconds: number
+  slowestSeconds: number
+  soloSeconds: number
+  slowestVsSolo: number
 }
 
-export async function benchHerd(
-  init: { nodes?: number; layerBytes?: number } = {},
+export interface HerdBenchResult extends HerdRun {
+  wan?: HerdRun & { linkBytesPerSecond: number; transferSeconds: number; herdVsTransfer: number }
+  /** Further node counts measured in the same run (the headline fields are the first). */
+  more?: HerdRun[]
+}
+
+const WAN_RATE = 12_500_000 // 100 Mbit/s
+const WAN_DELAY_MS = 10 // one way: 20 ms RTT
+
+async function timedPull(node: ClusterNode, ref: string): Promise<number> {
+  const t0 = performance.now()
+  await node.containerd.pull(ref, { hostsDir: node.hostsDir, timeoutMs: 600_000 })
+  return (performance.now() - t0) / 1000
+}
+
+/** A solo pull of one image, then the herd pull of another of the same size, through `proxy`. */
+async function herdRun(
+  nodes: ClusterNode[],
+  proxy: ThrottleProxy,
+  images: { solo: string; herd: string },
+  imageBytes: number,
+): Promise<HerdRun> {
+  const soloSeconds = await timedPull(nodes[0] as ClusterNode, `${proxy.host}/${images.solo}`)
+  proxy.reset()
+  const t0 = performance.now()
+  const times = await Promise.all(nodes.map((n) => timedPull(n, `${proxy.host}/${images.herd}`)))
+  const seconds = (performance.now() - t0) / 1000
+  const upstreamBytes = proxy.bytesToClients()
+  const slowestSeconds = Math.max(...times)
+  return {
+    nodes: nodes.length,
+    imageBytes,
+    upstreamBytes,
+    upstreamRatio: upstreamBytes / imageBytes,
+    seconds,
+    slowestSeconds,
+    soloSeconds,
+    slowestVsSolo: slowestSeconds / soloSeconds,
+  }
+}
+
+export async function benchHerdOnce(
+  init: { nodes?: number; layerBytes?: number; layers?: number; wan?: boolean } = {},
 ): Promise<HerdBenchResult> {
   const n = init.nodes ?? 5
   const cleanup: (() => Promise<void>)[] = []
   try {
     const tmp = await tempDir('bench-herd')
     cleanup.push(() => tmp.remove())
-    const image = await buildImage({
-      dir: join(tmp.path, 'img'),
-      layers: Array(4).fill(init.layerBytes ?? 16 * MiB),
-      seed: 'herd',
-    })
-    const imageBytes = [...image.blobs.values()].reduce((s, b) => s + b.sizeBytes, 0)
     const registry = await startRegistry()
     cleanup.push(() => registry.destroy())
-    const ref = `${registry.host}/bench/herd:v1`
-    await pushImage(image.dir, ref)
+    const layers = Array(init.layers ?? 4).fill(init.layerBytes ?? 16 * MiB)
+    const names = ['solo', 'herd', 'wan-solo', 'wan-herd']
+    let imageBytes = 0
+    for (const name of names) {
+      // plain tar: random bytes do not compress, and gzip would only cost CPU on a 2-core machine
+      const image = await buildImage({
+        dir: join(tmp.path, name),
+        layers,
+        seed: `${name}-${Date.now()}`,
+        gzip: false,
+      })
+      imageBytes = [...image.blobs.values()].reduce((s, b) => s + b.sizeBytes, 0)
+      await pushImage(image.dir, `${registry.host}/bench/${name}:v1`)
+    }
     const [h, p] = registry.host.split(':') as [string, string]
-    const upstream = await startProxy({ target: { host: h, port: Number(p) } })
-    cleanup.push(() => upstream.close())
-    // the upstream every node's hosts.toml names is the counting proxy
+    const target = { host: h, port: Number(p) }
+    const lan = await startProxy({ target })
+    cleanup.push(() => lan.close())
+    const wan = await startProxy({ target, rateBytesPerSecond: WAN_RATE, delayMs: WAN_DELAY_MS })
+    cleanup.push(() => wan.close())
+    // the upstreams every node's hosts.toml names are the counting proxies
     const cluster = await startCluster({
       names: Array.from({ length: n }, (_, i) => `herd-${i}`),
-      registries: [upstream.url],
+      registries: [lan.url, wan.url],
       logLevel: 'warn',
+      // KAGAMI_HERD_BUDGET and KAGAMI_HERD from the environment reach the daemons (the harness passes it on)
       env: { KAGAMI_FROM_DIST: '1' },
-      minPeers: Math.min(n - 1, 2),
+      minPeers: n - 1,
     })
     cleanup.push(() => cluster.destroy())
-    const nodes = cluster.nodes
-    upstream.reset()
-    log(`herd: ${n} nodes pull ${(imageBytes / MiB).toFixed(0)} MiB at once`)
-    const t0 = performance.now()
-    const proxyRef = `${upstream.host}/bench/herd:v1`
-    await Promise.all(
-      nodes.map((node) => node.containerd.pull(proxyRef, { hostsDir: node.hostsDir, timeoutMs: 600_000 })),
+    log(`herd: ${n} nodes pull ${(imageBytes / MiB).toFixed(0)} MiB at once (loopback upstream)`)
+    const run = await herdRun(
+      cluster.nodes,
+      lan,
+      { solo: 'bench/solo:v1', herd: 'bench/herd:v1' },
+      imageBytes,
     )
-    const seconds = (performance.now() - t0) / 1000
-    const upstreamBytes = upstream.bytesToClients()
     log(
-      `herd: upstream served ${(upstreamBytes / MiB).toFixed(1)} MiB = ${(upstreamBytes / imageBytes).toFixed(2)}× the image in ${seconds.toFixed(1)} s`,
+      `herd: upstream ${(run.upstreamBytes / MiB).toFixed(1)} MiB = ${run.upstreamRatio.toFixed(2)}× the image; slowest ${run.slowestSeconds.toFixed(1)} s vs solo ${run.soloSeconds.toFixed(1)} s = ${run.slowestVsSolo.toFixed(2)}×`,
     )
-    return { nodes: n, imageBytes, upstreamBytes, upstreamRatio: upstreamBytes / imageBytes, seconds }
+    const result: HerdBenchResult = { ...run }
+    if (init.wan !== false) {
+      log(`herd: ${n} nodes, upstream behind ${(WAN_RATE / 1e6) * 8} Mbit/s, ${2 * WAN_DELAY_MS} ms RTT`)
+      const w = await herdRun(
+        cluster.nodes,
+        wan,
+        { solo: 'bench/wan-solo:v1', herd: 'bench/wan-herd:v1' },
+        imageBytes,
+      )
+      const transferSeconds = imageBytes / WAN_RATE
+      result.wan = {
+        ...w,
+        linkBytesPerSecond: WAN_RATE,
+        transferSeconds,
+        herdVsTransfer: w.seconds / transferSeconds,
+      }
+      log(
+        `herd (WAN): upstream ${w.upstreamRatio.toFixed(2)}× the image; herd ${w.seconds.toFixed(1)} s vs one transfer ${transferSeconds.toFixed(1)} s = ${result.wan.herdVsTransfer.toFixed(2)}×; slowest vs solo ${w.slowestVsSolo.toFixed(2)}×`,
+      )
+    }
+    return result
   } finally {
     for (const fn of cleanup.reverse()) await fn().catch(() => undefined)
   }
 }
 
+/** N = 5 with the WAN variant, then N = 8 (HERD_NODES=5,8 by default). */
+export async function benchHerd(
+  init: { nodes?: number[]; layerBytes?: number } = {},
+): Promise<HerdBenchResult> {
+  const counts = init.nodes ?? (process.env.HERD_NODES ?? '5,8').split(',').map(Number)
+  const [first, ...rest] = counts
+  const result = await benchHerdOnce({ nodes: first, layerBytes: init.layerBytes })
+  result.more = []
+  for (const n of rest)
+    result.more.push(await benchHerdOnce({ nodes: n, layerBytes: init.layerBytes, wan: false }))
+  return result
+}
+
 if (import.meta.url === `file://${process.argv[1]}`) {
-  console.log(JSON.stringify(await benchHerd({ nodes: Number(process.env.NODES ?? 5) }), null, 2))
+  console.log(JSON.stringify(await benchHerd(), null, 2))
 }

@@ -1,8 +1,8 @@
 /**
- * Memory: RSS of a `kagami run` process (compiled build) idle with ~1,000 advertised keys, and its peak
- * while serving a 1 GiB blob to a peer.
+ * Memory: RSS of a `kagami run` process (compiled build) idle with ~1,000 advertised keys, its peak while
+ * serving a 1 GiB blob to a peer, and the peaks of both nodes while 16 clients download a 256 MiB blob at
+ * once through node B's mirror (node A serves them all, node B relays and verifies them all).
  */
-import '../src/polyfill.js'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import {
@@ -23,6 +23,34 @@ export interface MemoryBenchResult {
   idleRssMiB: number
   servingPeakRssMiB: number
   servedBytes: number
+  /** 16 parallel downloads of a 256 MiB blob through B's mirror: peak RSS of A (serving) and B (relaying). */
+  parallel?: {
+    downloads: number
+    blobBytes: number
+    servingPeakRssMiB: number
+    relayingPeakRssMiB: number
+    seconds: number
+  }
+}
+
+/** Samples the RSS of `pids` every 50 ms until stopped; returns the peak of each. */
+function peakSampler(pids: number[]): { stop(): Promise<number[]> } {
+  const peaks = pids.map(() => 0)
+  const sample = async (): Promise<void> => {
+    await Promise.all(
+      pids.map(async (pid, i) => {
+        peaks[i] = Math.max(peaks[i] as number, await rssMiB(pid).catch(() => 0))
+      }),
+    )
+  }
+  const timer = setInterval(() => void sample(), 50)
+  return {
+    async stop() {
+      clearInterval(timer)
+      await sample()
+      return peaks
+    },
+  }
 }
 
 async function rssMiB(pid: number): Promise<number> {
@@ -31,8 +59,10 @@ async function rssMiB(pid: number): Promise<number> {
 }
 
 export async function benchMemory(
-  init: { idleSeconds?: number; blobBytes?: number } = {},
+  init: { idleSeconds?: number; blobBytes?: number; parallel?: number; parallelBlobBytes?: number } = {},
 ): Promise<MemoryBenchResult> {
+  const parallel = init.parallel ?? 16
+  const parallelBlobBytes = init.parallelBlobBytes ?? 256 * MiB
   const idleSeconds = init.idleSeconds ?? 60
   const cleanup: (() => Promise<void>)[] = []
   try {
@@ -52,10 +82,17 @@ export async function benchMemory(
       gzip: false,
       seed: 'memory-big',
     })
+    const mid = await buildImage({
+      dir: join(tmp.path, 'mid'),
+      layers: [parallelBlobBytes - 1536],
+      gzip: false,
+      seed: 'memory-mid',
+    })
     const registry = await startRegistry()
     cleanup.push(() => registry.destroy())
-    await pushImage(many.dir, `${registry.host}/bench/many:v1`)
+    await pushImage(many.dir, `${registry.host}/bench/many:v1`, { timeoutMs: 900_000 })
     await pushImage(big.dir, `${registry.host}/bench/big:v1`)
+    await pushImage(mid.dir, `${registry.host}/bench/mid:v1`)
     const hosts = join(tmp.path, 'hosts')
     await writeHostsDir(hosts, { registryHost: registry.host })
     const cluster = await startCluster({
@@ -75,6 +112,7 @@ export async function benchMemory(
       timeoutMs: 600_000,
     })
     await ca.pull(`${registry.host}/bench/big:v1`, { hostsDir: hosts, timeoutMs: 600_000 })
+    await ca.pull(`${registry.host}/bench/mid:v1`, { hostsDir: hosts, timeoutMs: 600_000 })
     const status = await waitFor(
       async () => {
         const s = await a.status()
@@ -104,7 +142,38 @@ export async function benchMemory(
     log(
       `memory: idle RSS ${idleRssMiB.toFixed(1)} MiB, peak while serving ${(r.bytes / MiB).toFixed(0)} MiB: ${peak.toFixed(1)} MiB`,
     )
+
+    // 16 clients at once through B's mirror: every body is relayed and verified by B, served by A
+    const midLayer = mid.manifests[0]!.layers[0]!
+    const bPid = b.process.child.pid as number
+    const peaks = peakSampler([pid, bPid])
+    const t0 = performance.now()
+    const all = await Promise.all(
+      Array.from({ length: parallel }, () =>
+        curl(
+          `${b.mirrorUrl}/v2/bench/mid/blobs/${midLayer.digest}?ns=${encodeURIComponent(registry.host)}`,
+          [],
+          600,
+        ),
+      ),
+    )
+    const seconds = (performance.now() - t0) / 1000
+    const [servingPeak, relayingPeak] = (await peaks.stop()) as [number, number]
+    for (const x of all) {
+      if (x.status !== 200 || x.bytes !== midLayer.size)
+        throw new Error(`parallel download failed: ${x.status} ${x.bytes}`)
+    }
+    log(
+      `memory: ${parallel} parallel ${(midLayer.size / MiB).toFixed(0)} MiB downloads in ${seconds.toFixed(1)} s: peak RSS serving (A) ${servingPeak.toFixed(1)} MiB, relaying (B) ${relayingPeak.toFixed(1)} MiB`,
+    )
     return {
+      parallel: {
+        downloads: parallel,
+        blobBytes: midLayer.size,
+        servingPeakRssMiB: servingPeak,
+        relayingPeakRssMiB: relayingPeak,
+        seconds,
+      },
       advertisedKeys: status.advertisedKeys,
       idleSeconds,
       idleRssMiB,

@@ -1,10 +1,9 @@
 /**
  * Blob throughput and request latency, side by side in one run:
- * - 1 GiB blob over one stream: raw loopback TCP copy (the limit) vs docker-registry vs kagami
- *   (peer endpoint on node A → mirror on node B → curl);
+ * - 1 GiB blob over one stream: raw loopback TCP (iperf3, the limit), docker-registry, a bare Node file
+ *   server (the in-runtime ceiling), kagami's peer endpoint alone, and kagami's mirror relaying from a peer;
  * - time to first byte for a manifest hit via a peer, and for a miss (404).
  */
-import '../src/polyfill.js'
 import { spawn } from 'node:child_process'
 import { join } from 'node:path'
 import {
@@ -19,54 +18,108 @@ import {
   type ClusterNode,
   startCluster,
 } from '../test/harness/index.js'
+import { benchMember } from './member.js'
 import { curl, GiB, log, median, stats, type Stats } from './lib.js'
+
+/** Contenders of the one-stream throughput table, every one measured in each run, side by side. */
+export const CONTENDERS = ['rawTcp', 'registry', 'nodeCeiling', 'peerDirect', 'kagami'] as const
+export type Contender = (typeof CONTENDERS)[number]
 
 export interface MirrorBenchResult {
   blobBytes: number
   runs: number
-  /** `peerDirect`: curl straight from node A's peer endpoint (one hop), to split the relay's cost from the peer's. */
-  gibPerSecond: { rawTcp: number; registry: number; kagami: number; peerDirect: number }
-  ratios: { kagamiVsRaw: number; kagamiVsRegistry: number }
+  /**
+   * Medians of each contender. `rawTcp`: iperf3, one stream memory to memory (the limit); `registry`:
+   * docker-registry serving the blob (Go, sendfile); `nodeCeiling`: a bare Node http server piping the same
+   * file with 1 MiB buffers (what this runtime does without kagami's code); `peerDirect`: curl straight
+   * from node A's peer endpoint; `kagami`: curl → node B's mirror → node A's peer endpoint (the relay).
+   */
+  gibPerSecond: Record<Contender, number>
+  /** Every run's rate per contender (GiB/s), in run order. */
+  samples: Record<Contender, number[]>
+  /** Ratios taken run by run (both sides from the same run), then min/median/max. */
+  ratios: {
+    kagamiVsRaw: number
+    kagamiVsRegistry: number
+    peerVsRegistry: RatioStats
+    relayVsPeer: RatioStats
+    relayVsRegistry: RatioStats
+  }
   manifestHitTtfbMs: Stats
   missTtfbMs: Stats
 }
 
-// The limit: the kernel's sendfile on one side, 4 MiB recv_into on the other, so neither end is the
-// bottleneck (a Node reader gets 64 KiB per read and tops out well below the link).
-const RAW_SERVER = `
-import socket, sys
-path, port = sys.argv[1], int(sys.argv[2])
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", port)); s.listen(1)
-print("ready", flush=True)
-c, _ = s.accept()
-with open(path, "rb") as f: c.sendfile(f)
-c.close()
-`
-const RAW_CLIENT = `
-import socket, sys
-c = socket.create_connection(("127.0.0.1", int(sys.argv[1]))); buf = bytearray(4 << 20); n = 0
-while True:
-    k = c.recv_into(buf)
-    if k == 0: break
-    n += k
-print(n)
-`
+export interface RatioStats {
+  min: number
+  median: number
+  max: number
+}
 
-/** Raw loopback TCP between two processes: the limit for one stream on this machine. */
-async function rawTcp(path: string): Promise<{ seconds: number; bytes: number }> {
+function ratioStats(a: number[], b: number[]): RatioStats {
+  const r = a.map((x, i) => x / (b[i] as number)).sort((x, y) => x - y)
+  return { min: r[0] ?? NaN, median: median(r), max: r.at(-1) ?? NaN }
+}
+
+/**
+ * The limit: one loopback TCP stream between two iperf3 processes (memory to memory, 1 MiB writes), so
+ * neither end is the bottleneck. It is at least as fast as every contender below, which all read a file
+ * too: if it were not, the row would not be a limit (issue #14: a Python sendfile pair measured below
+ * docker-registry).
+ */
+async function rawTcp(bytes: number): Promise<{ seconds: number; bytes: number }> {
   const port = await freePort()
-  const server = spawn('python3', ['-c', RAW_SERVER, path, String(port)])
+  const server = spawn('iperf3', ['-s', '-1', '-p', String(port)], { stdio: 'ignore' })
   try {
-    await new Promise<void>((resolve, reject) => {
-      server.stdout.once('data', () => resolve())
-      server.once('exit', () => reject(new Error('raw TCP server exited')))
-    })
-    const t0 = performance.now()
-    const out = await run('python3', ['-c', RAW_CLIENT, String(port)])
-    return { seconds: (performance.now() - t0) / 1000, bytes: Number(out.trim()) }
+    // iperf3 buffers its "listening" line when stdout is a pipe: retry the client until the server is up
+    let out: string | undefined
+    for (let attempt = 0; out === undefined; attempt++) {
+      try {
+        out = await run('iperf3', [
+          '-c',
+          '127.0.0.1',
+          '-p',
+          String(port),
+          '-n',
+          String(bytes),
+          '-l',
+          '1M',
+          '-J',
+        ])
+      } catch (err) {
+        if (attempt >= 50 || server.exitCode !== null) throw err
+        await new Promise((r) => setTimeout(r, 100))
+      }
+    }
+    type Sum = { bytes: number; seconds: number }
+    const r = JSON.parse(out) as { end: { sum_sent: Sum; sum_received: Sum } }
+    // the sender's count is the bytes asked for; the rate is the receiver's
+    const got = r.end.sum_received
+    return { bytes: r.end.sum_sent.bytes, seconds: (r.end.sum_sent.bytes * got.seconds) / got.bytes }
   } finally {
     server.kill()
   }
+}
+
+// The in-runtime ceiling: the same Node as the daemon, no framework, 1 MiB file reads and socket buffers.
+const NODE_CEILING = `
+const { createServer } = require('node:http'); const { createReadStream, statSync } = require('node:fs')
+const [path, port] = process.argv.slice(1); const size = statSync(path).size; const hwm = 1 << 20
+createServer({ highWaterMark: hwm }, (req, res) => {
+  res.writeHead(200, { 'content-length': String(size) })
+  createReadStream(path, { highWaterMark: hwm }).pipe(res)
+}).listen(Number(port), '127.0.0.1', () => console.log('ready'))
+`
+
+async function nodeCeiling(path: string): Promise<{ url: string; stop(): void }> {
+  const port = await freePort()
+  const child = spawn(process.execPath, ['-e', NODE_CEILING, path, String(port)], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  })
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.once('data', () => resolve())
+    child.once('exit', () => reject(new Error('node ceiling server exited')))
+  })
+  return { url: `http://127.0.0.1:${port}/`, stop: () => child.kill() }
 }
 
 export async function benchMirror(
@@ -112,29 +165,42 @@ export async function benchMirror(
       what: 'B sees A',
     })
 
+    const member = await benchMember(cluster, na)
+    cleanup.push(() => member.stop())
     const blobPath = join(ca.contentDir, 'blobs', 'sha256', layer.digest.slice(7))
     const ns = encodeURIComponent(registry.host)
-    const rates = {
-      rawTcp: [] as number[],
-      registry: [] as number[],
-      kagami: [] as number[],
-      peerDirect: [] as number[],
+    const ceiling = await nodeCeiling(blobPath)
+    cleanup.push(async () => ceiling.stop())
+    const urls: Record<Exclude<Contender, 'rawTcp'>, string> = {
+      registry: `${registry.url}/v2/bench/big/blobs/${layer.digest}`,
+      nodeCeiling: ceiling.url,
+      peerDirect: `${a.peerUrl}/v2/bench/big/blobs/${layer.digest}?ns=${ns}`,
+      kagami: `${b.mirrorUrl}/v2/bench/big/blobs/${layer.digest}?ns=${ns}`,
     }
+    const rates = Object.fromEntries(CONTENDERS.map((c) => [c, [] as number[]])) as Record<
+      Contender,
+      number[]
+    >
     for (let i = 0; i < runs; i++) {
-      const raw = await rawTcp(blobPath)
-      if (raw.bytes !== layer.size) throw new Error(`raw TCP copied ${raw.bytes} bytes, want ${layer.size}`)
-      rates.rawTcp.push(raw.bytes / raw.seconds / GiB)
-      const r = await curl(`${registry.url}/v2/bench/big/blobs/${layer.digest}`)
-      if (r.status !== 200 || r.bytes !== layer.size) throw new Error(`registry: ${r.status} ${r.bytes}`)
-      rates.registry.push(r.bytes / r.seconds / GiB)
-      const k = await curl(`${b.mirrorUrl}/v2/bench/big/blobs/${layer.digest}?ns=${ns}`)
-      if (k.status !== 200 || k.bytes !== layer.size) throw new Error(`kagami: ${k.status} ${k.bytes}`)
-      rates.kagami.push(k.bytes / k.seconds / GiB)
-      const p = await curl(`${a.peerUrl}/v2/bench/big/blobs/${layer.digest}?ns=${ns}`)
-      if (p.status !== 200 || p.bytes !== layer.size) throw new Error(`peer: ${p.status} ${p.bytes}`)
-      rates.peerDirect.push(p.bytes / p.seconds / GiB)
+      // every contender once per run, in the same order, so a noisy moment hits one run, not one contender
+      for (const c of CONTENDERS) {
+        if (c === 'rawTcp') {
+          const raw = await rawTcp(layer.size)
+          if (raw.bytes !== layer.size) throw new Error(`iperf3 moved ${raw.bytes} bytes, want ${layer.size}`)
+          rates.rawTcp.push(raw.bytes / raw.seconds / GiB)
+          continue
+        }
+        // the peer endpoint answers members only: sign as a mirror does
+        const headers =
+          c === 'peerDirect'
+            ? [await member.authorization('GET', new URL(urls[c]).pathname + new URL(urls[c]).search)]
+            : []
+        const r = await curl(urls[c], headers)
+        if (r.status !== 200 || r.bytes !== layer.size) throw new Error(`${c}: ${r.status} ${r.bytes}`)
+        rates[c].push(r.bytes / r.seconds / GiB)
+      }
       log(
-        `mirror: run ${i + 1}: raw ${rates.rawTcp.at(-1)!.toFixed(2)}, registry ${rates.registry.at(-1)!.toFixed(2)}, kagami ${rates.kagami.at(-1)!.toFixed(2)}, peer direct ${rates.peerDirect.at(-1)!.toFixed(2)} GiB/s`,
+        `mirror: run ${i + 1}: ${CONTENDERS.map((c) => `${c} ${rates[c].at(-1)!.toFixed(2)}`).join(', ')} GiB/s`,
       )
     }
 
@@ -151,17 +217,19 @@ export async function benchMirror(
       if (m.status !== 404) throw new Error(`miss answered ${m.status}`)
       miss.push(m.ttfbSeconds * 1000)
     }
-    const g = {
-      rawTcp: median(rates.rawTcp),
-      registry: median(rates.registry),
-      kagami: median(rates.kagami),
-      peerDirect: median(rates.peerDirect),
-    }
+    const g = Object.fromEntries(CONTENDERS.map((c) => [c, median(rates[c])])) as Record<Contender, number>
     return {
       blobBytes: layer.size,
       runs,
       gibPerSecond: g,
-      ratios: { kagamiVsRaw: g.kagami / g.rawTcp, kagamiVsRegistry: g.kagami / g.registry },
+      samples: rates,
+      ratios: {
+        kagamiVsRaw: g.kagami / g.rawTcp,
+        kagamiVsRegistry: g.kagami / g.registry,
+        peerVsRegistry: ratioStats(rates.peerDirect, rates.registry),
+        relayVsPeer: ratioStats(rates.kagami, rates.peerDirect),
+        relayVsRegistry: ratioStats(rates.kagami, rates.registry),
+      },
       manifestHitTtfbMs: stats(hit),
       missTtfbMs: stats(miss),
     }

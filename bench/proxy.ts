@@ -9,6 +9,11 @@ export interface ThrottleProxy {
   url: string
   host: string
   bytesToClients(): number
+  /**
+   * While stalled, the proxy accepts connections and requests but forwards nothing towards the upstream:
+   * a registry that "answers very slowly" (never, within any client's budget).
+   */
+  stall(on: boolean): void
   reset(): void
   close(): Promise<void>
 }
@@ -38,12 +43,18 @@ export async function startProxy(init: {
       await new Promise((r) => setTimeout(r, Math.max(1, ((n - available) / rate) * 1000)))
     }
   }
-  /** Forwards chunks in order, each after the delay and within the rate. */
+  let stalled: { promise: Promise<void>; release: () => void } | undefined
+  /** Forwards chunks in order, each after the delay and within the rate (and not while stalled). */
   const relay = (from: Socket, to: Socket, count: boolean): void => {
     let chain = Promise.resolve()
+    const closed = new Promise<void>((r) => from.once('close', () => r()))
     from.on('data', (chunk: Buffer) => {
       from.pause()
       chain = chain.then(async () => {
+        // a client that gives up while stalled closes its side, so the wait ends with it
+        while (!count && stalled !== undefined && !from.destroyed && !to.destroyed)
+          await Promise.race([stalled.promise, closed])
+        if (from.destroyed && !count) return
         if (delay > 0) await new Promise((r) => setTimeout(r, delay))
         await take(chunk.length)
         if (count) sent += chunk.length
@@ -71,10 +82,23 @@ export async function startProxy(init: {
     url: `http://127.0.0.1:${port}`,
     host: `127.0.0.1:${port}`,
     bytesToClients: () => sent,
+    stall: (on) => {
+      if (on && stalled === undefined) {
+        let release = (): void => undefined
+        const promise = new Promise<void>((r) => (release = r))
+        stalled = { promise, release }
+      } else if (!on && stalled !== undefined) {
+        const s = stalled
+        stalled = undefined
+        s.release()
+      }
+    },
     reset: () => {
       sent = 0
     },
     close: async () => {
+      stalled?.release()
+      stalled = undefined
       for (const s of sockets) s.destroy()
       await new Promise<void>((resolve) => server.close(() => resolve()))
     },

@@ -2,7 +2,6 @@
  * Image pulls with real containerd (`ctr image pull`, 5 layers, ~200 MiB): straight from the registry vs via
  * a peer, on loopback and with the registry behind an emulated WAN (~20 ms RTT, ~100 Mbit/s).
  */
-import '../src/polyfill.js'
 import { join } from 'node:path'
 import {
   buildImage,

@@ -2,7 +2,6 @@
  * DHT: time to advertise 10,000 keys on one node of 10; resolve latency (first provider) p50/p99 at 10 and
  * 20 nodes, plus misses. All nodes are real libp2p kad-dht instances on 127.0.0.1 in this process.
  */
-import '../src/polyfill.js'
 import { digestOf } from '../src/oci/index.js'
 import { KadDhtRouter } from '../src/routing/kad-dht.js'
 import { digestKey, type RoutingKey } from '../src/routing/keys.js'

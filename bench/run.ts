@@ -3,19 +3,20 @@
  * `kagami run` processes on loopback; writes bench/results/<timestamp>.json, bench/results/latest.md and
  * SVG charts. Every ratio is measured side by side in the same run.
  */
-import '../src/polyfill.js'
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { cpus, totalmem } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { run } from '../test/harness/index.js'
+import { type AuthBenchResult, benchAuth } from './auth.js'
 import { benchHerd, type HerdBenchResult } from './herd.js'
-import { log } from './lib.js'
+import { log, stats } from './lib.js'
 import { benchMemory, type MemoryBenchResult } from './memory.js'
 import { benchMirror, type MirrorBenchResult } from './mirror.js'
 import { benchPull, type PullBenchResult } from './pull.js'
 import { benchRouting, type RoutingBenchResult } from './routing.js'
 import { benchScale, type ScaleResult } from './scale.js'
 import { benchStoreRead, type StoreReadBenchResult } from './store-read.js'
+import { benchTags, type TagsBenchResult } from './tags.js'
 
 const RESULTS = fileURLToPath(new URL('./results/', import.meta.url))
 const ROOT = fileURLToPath(new URL('../', import.meta.url))
@@ -32,16 +33,20 @@ interface Results {
   routing?: RoutingBenchResult
   memory?: MemoryBenchResult
   store?: StoreReadBenchResult
+  tags?: TagsBenchResult
+  auth?: AuthBenchResult
   scale?: ScaleResult[]
 }
 
 const SCENARIOS = {
   mirror: () => benchMirror(),
   pull: () => benchPull(),
-  herd: () => benchHerd({ nodes: 5 }),
+  herd: () => benchHerd(),
   routing: () => benchRouting({ keys: 10_000, capSeconds: 120 }),
   memory: () => benchMemory({ idleSeconds: 60 }),
   store: () => benchStoreRead(),
+  tags: () => benchTags(),
+  auth: () => benchAuth(),
   // ~15 min on this machine; the model over these points: bench/scale-model.ts
   scale: async () => [
     await benchScale({ nodes: 50 }),
@@ -64,28 +69,36 @@ function rows(r: Results): Row[] {
   const out: Row[] = []
   if (r.mirror) {
     const m = r.mirror
-    out.push({
-      goal: 'peer blob ≥ 0.8× raw loopback TCP (1 GiB, one stream)',
-      measured: `kagami ${f(m.gibPerSecond.kagami)} GiB/s vs raw ${f(m.gibPerSecond.rawTcp)} GiB/s = ${f(m.ratios.kagamiVsRaw)}×`,
-      met: m.ratios.kagamiVsRaw >= 0.8,
-      bar: {
-        label: 'kagami',
-        value: m.gibPerSecond.kagami,
-        baseline: m.gibPerSecond.rawTcp,
-        baselineLabel: 'raw TCP',
-      },
-    })
-    out.push({
-      goal: 'peer blob ≥ 1.0× docker-registry serving the same blob',
-      measured: `kagami ${f(m.gibPerSecond.kagami)} GiB/s vs registry ${f(m.gibPerSecond.registry)} GiB/s = ${f(m.ratios.kagamiVsRegistry)}×`,
-      met: m.ratios.kagamiVsRegistry >= 1,
-      bar: {
-        label: 'kagami',
-        value: m.gibPerSecond.kagami,
-        baseline: m.gibPerSecond.registry,
-        baselineLabel: 'registry',
-      },
-    })
+    const g = m.gibPerSecond
+    const rs = (x: { min: number; median: number; max: number }): string =>
+      `${f(x.median)}× (min ${f(x.min)}, max ${f(x.max)}, ${m.runs} runs)`
+    if (m.ratios.peerVsRegistry !== undefined) {
+      const others = [g.registry, g.nodeCeiling, g.peerDirect, g.kagami]
+      out.push({
+        goal: 'one loopback TCP stream (iperf3) is the limit: ≥ every contender (1 GiB)',
+        measured: `iperf3 ${f(g.rawTcp)} GiB/s; registry ${f(g.registry)}, Node ceiling (bare http + 1 MiB reads) ${f(g.nodeCeiling)}, peer endpoint ${f(g.peerDirect)}, relay ${f(g.kagami)} GiB/s`,
+        met: g.rawTcp >= Math.max(...others),
+      })
+      out.push({
+        goal: 'peer endpoint ≥ 1.0× docker-registry serving the same blob',
+        measured: `${f(g.peerDirect)} vs ${f(g.registry)} GiB/s = ${rs(m.ratios.peerVsRegistry)}`,
+        met: m.ratios.peerVsRegistry.median >= 1,
+        bar: { label: 'peer endpoint', value: g.peerDirect, baseline: g.registry, baselineLabel: 'registry' },
+      })
+      out.push({
+        goal: 'mirror relay (curl → B → A) ≥ 0.8× the peer endpoint alone',
+        measured: `${f(g.kagami)} vs ${f(g.peerDirect)} GiB/s = ${rs(m.ratios.relayVsPeer)}; vs registry ${rs(m.ratios.relayVsRegistry)}`,
+        met: m.ratios.relayVsPeer.median >= 0.8,
+        bar: { label: 'relay', value: g.kagami, baseline: g.peerDirect, baselineLabel: 'peer endpoint' },
+      })
+    } else {
+      // results written before the limit and the Node ceiling were measured
+      out.push({
+        goal: 'peer blob ≥ 1.0× docker-registry serving the same blob',
+        measured: `kagami ${f(g.kagami)} GiB/s vs registry ${f(g.registry)} GiB/s = ${f(m.ratios.kagamiVsRegistry)}×`,
+        met: m.ratios.kagamiVsRegistry >= 1,
+      })
+    }
     out.push({
       goal: 'manifest hit via peer, TTFB p50 ≤ 5 ms',
       measured: `p50 ${f(m.manifestHitTtfbMs.p50, 1)} ms, p99 ${f(m.manifestHitTtfbMs.p99, 1)} ms (n=${m.manifestHitTtfbMs.n})`,
@@ -124,11 +137,25 @@ function rows(r: Results): Row[] {
   }
   if (r.herd) {
     const h = r.herd
-    out.push({
-      goal: `herd: ${h.nodes} nodes pull one new image at once, upstream ≤ 1.2× the image`,
-      measured: `upstream served ${f(h.upstreamRatio)}× the image (${f(h.upstreamBytes / 2 ** 20, 0)} MiB of ${f(h.imageBytes / 2 ** 20, 0)} MiB) in ${f(h.seconds, 1)} s`,
-      met: h.upstreamRatio <= 1.2,
-    })
+    for (const run of [h, ...(h.more ?? [])]) {
+      out.push({
+        goal: `herd: ${run.nodes} nodes pull one new image at once, upstream ≤ 1.2× the image`,
+        measured: `upstream served ${f(run.upstreamRatio)}× the image (${f(run.upstreamBytes / 2 ** 20, 0)} MiB of ${f(run.imageBytes / 2 ** 20, 0)} MiB) in ${f(run.seconds, 1)} s`,
+        met: run.upstreamRatio <= 1.2,
+      })
+      if (run.slowestVsSolo !== undefined)
+        out.push({
+          goal: `herd: ${run.nodes} nodes, slowest pull ≤ 1.3× a solo pull (same run)`,
+          measured: `slowest ${f(run.slowestSeconds, 1)} s vs solo ${f(run.soloSeconds, 1)} s = ${f(run.slowestVsSolo)}×`,
+          met: run.slowestVsSolo <= 1.3,
+        })
+    }
+    if (h.wan !== undefined)
+      out.push({
+        goal: `herd behind a 100 Mbit/s, 20 ms RTT upstream: ${h.wan.nodes} nodes done in about one image transfer`,
+        measured: `herd ${f(h.wan.seconds, 1)} s vs one transfer ${f(h.wan.transferSeconds, 1)} s = ${f(h.wan.herdVsTransfer)}×; upstream ${f(h.wan.upstreamRatio)}× the image; slowest vs solo ${f(h.wan.slowestVsSolo)}×`,
+        met: h.wan.herdVsTransfer <= 1.5,
+      })
   }
   if (r.routing) {
     const a = r.routing.advertise
@@ -171,6 +198,42 @@ function rows(r: Results): Row[] {
       goal: 'peak RSS serving a 1 GiB blob ≤ 120 MiB',
       measured: `${f(m.servingPeakRssMiB, 1)} MiB`,
       met: m.servingPeakRssMiB <= 120,
+    })
+    if (m.parallel !== undefined) {
+      const p = m.parallel
+      out.push({
+        goal: `peak RSS, ${p.downloads} parallel ${f(p.blobBytes / 2 ** 20, 0)} MiB downloads through a mirror`,
+        measured: `serving node ${f(p.servingPeakRssMiB, 1)} MiB, relaying node ${f(p.relayingPeakRssMiB, 1)} MiB (${f(p.seconds, 1)} s)`,
+        met: undefined,
+      })
+    }
+  }
+  if (r.tags) {
+    const t = r.tags
+    const rtt = 2 * t.delayMs
+    out.push({
+      goal: `tag HEAD, upstream up (${rtt} ms RTT): ≈ one upstream round trip (p50 ≤ RTT + 10 ms)`,
+      measured: `via peer p50 ${f(t.upPeerMs.p50, 1)} ms, p99 ${f(t.upPeerMs.p99, 1)} ms; local p50 ${f(t.upLocalMs.p50, 1)} ms; registry direct (new connection) p50 ${f(t.upstreamDirectMs.p50, 1)} ms (n=${t.samples})`,
+      met: t.upPeerMs.p50 <= rtt + 10,
+    })
+    out.push({
+      goal: 'tag HEAD, upstream down: fallback to peers after back-off, p99 ≤ 25 ms',
+      measured: `p50 ${f(t.downMs.p50, 1)} ms, p99 ${f(t.downMs.p99, 1)} ms (n=${t.downMs.n}); peers' tag without asking upstream (\`always\`) p50 ${f(t.alwaysMs?.p50 ?? NaN, 1)} ms, p99 ${f(t.alwaysMs?.p99 ?? NaN, 1)} ms`,
+      met: t.downMs.p99 <= 25,
+    })
+  }
+  if (r.auth) {
+    const a = r.auth
+    const med = (xs: number[]): number => stats(xs).p50
+    out.push({
+      goal: 'peer endpoint auth (signed requests from members) costs ≤ 5 % of blob throughput',
+      measured: `on ${f(med(a.gibPerSecond.on))} vs off ${f(med(a.gibPerSecond.off))} GiB/s = ${f(a.throughputRatio, 3)}× (${a.runs} runs, ${f(a.blobBytes / 2 ** 20, 0)} MiB)`,
+      met: a.throughputRatio >= 0.95,
+    })
+    out.push({
+      goal: 'peer endpoint auth: manifest TTFB on vs off',
+      measured: `p50 ${f(a.manifestTtfbMs.on.p50)} vs ${f(a.manifestTtfbMs.off.p50)} ms, p99 ${f(a.manifestTtfbMs.on.p99)} vs ${f(a.manifestTtfbMs.off.p99)} ms (n=${a.manifestTtfbMs.on.n})`,
+      met: undefined,
     })
   }
   if (r.store) {
@@ -278,11 +341,12 @@ async function main(): Promise<void> {
     log(`bench: ${s}`)
     try {
       ;(results as unknown as Record<string, unknown>)[s] = await SCENARIOS[s]()
+      // a failed scenario keeps its previous result and the date that result was measured
+      results.seconds[s] = (performance.now() - t0) / 1000
+      results.measuredAt![s] = new Date().toISOString()
     } catch (err) {
       log(`bench: ${s} failed: ${(err as Error).message}`)
     }
-    results.seconds[s] = (performance.now() - t0) / 1000
-    results.measuredAt![s] = new Date().toISOString()
   }
   await mkdir(RESULTS, { recursive: true })
   const stamp = results.startedAt.replace(/[:.]/g, '-')

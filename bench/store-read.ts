@@ -1,5 +1,4 @@
 /** Read throughput of a 1 GiB blob from the containerd Store: direct file reads vs gRPC Content/Read. */
-import '../src/polyfill.js'
 import { join } from 'node:path'
 import pino from 'pino'
 import { ContainerdStore } from '../src/store/containerd.js'

@@ -3,7 +3,6 @@
  * image through the registry; the registry stops; B pulls by tag and C by digest from their peers. Prints
  * which node served which blob, and cleans everything up.
  */
-import '../src/polyfill.js'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import {

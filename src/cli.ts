@@ -11,6 +11,7 @@ import {
   type RunConfig,
 } from './config.js'
 import { cleanup, configure } from './containerd/configure.js'
+import { VERSION } from './version.js'
 
 export interface CliIo {
   stdout: (line: string) => void
@@ -59,6 +60,7 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
   let exitCode = 0
   const program = new Command('kagami')
     .description('Peer-to-peer container image sharing for containerd nodes')
+    .version(VERSION, '-V, --version', 'print the version')
     .exitOverride()
     .configureOutput({ writeOut: (s) => io.stdout(s.trimEnd()), writeErr: (s) => io.stderr(s.trimEnd()) })
     .showSuggestionAfterError()
@@ -74,7 +76,7 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
   ).action(async (flags: Record<string, unknown>) => {
     const config = await loadConfig(runSchema, flags, io.env)
     const { runDaemon } = await import('./daemon.js') // keeps configure/cleanup/status free of libp2p
-    exitCode = await runDaemon(config as RunConfig, io)
+    exitCode = await runDaemon(config as RunConfig)
   })
 
   addSchemaOptions(
@@ -107,14 +109,55 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
     })
 
   program
+    .command('psk')
+    .description('print a new random private-network key (64 hex characters) for --psk-file')
+    .action(async () => {
+      const { generatePsk } = await import('./trust/psk.js')
+      io.stdout(generatePsk())
+    })
+
+  program
+    .command('cleanup-wait')
+    .description("uninstall hook: wait until every node's cleanup pod is done (never fails the uninstall)")
+    .requiredOption('--daemonset <name>', 'the cleanup DaemonSet')
+    .requiredOption('--namespace <ns>', 'its namespace')
+    .option('--timeout <seconds>', 'give up waiting after this long (and still succeed)', '120')
+    .action(async (flags: { daemonset: string; namespace: string; timeout: string }) => {
+      const { inClusterApi, waitForCleanup } = await import('./cleanup-wait.js')
+      const api = await inClusterApi(io.env)
+      const r = await waitForCleanup(
+        { fetch, log: io.stderr },
+        {
+          ...api,
+          namespace: flags.namespace,
+          daemonSet: flags.daemonset,
+          timeoutMs: Number(flags.timeout) * 1000,
+        },
+      )
+      io.stdout(`cleaned up on ${r.done.length} node(s)`)
+      if (r.skipped.length > 0)
+        io.stdout(`skipped (pod never started, node not running pods): ${r.skipped.join(' ')}`)
+      if (r.timedOut) io.stdout(`gave up waiting for: ${r.pending.join(' ') || 'the DaemonSet status'}`)
+    })
+
+  program
     .command('status')
-    .description("show a running daemon's peers, advertised keys, hits and misses")
-    .option('--mirror-address <host:port>', 'address of the mirror', '127.0.0.1:30020')
+    .description("show a running daemon's readiness, peers, images, hits and misses (as its /ui page does)")
+    .option('--mirror-address <host:port>', 'address of the mirror', '127.0.0.1:29020')
+    .option('--peers', 'list every peer seen: address, last seen, keys, bytes fetched from it')
+    .option('--image <ref>', 'which peers hold an image (registry/repo:tag), a digest, or part of a name')
     .option('--json', 'print the raw JSON')
-    .action(async (flags: { mirrorAddress: string; json?: boolean }) => {
-      const { fetchStatus, formatStatus } = await import('./status.js')
-      const status = await fetchStatus(flags.mirrorAddress, { signal: AbortSignal.timeout(5000) })
-      io.stdout(flags.json === true ? JSON.stringify(status, null, 2) : formatStatus(status))
+    .action(async (flags: { mirrorAddress: string; peers?: boolean; image?: string; json?: boolean }) => {
+      const status = await import('./status.js')
+      const signal = AbortSignal.timeout(10_000)
+      if (flags.image !== undefined) {
+        const holders = await status.fetchHolders(flags.mirrorAddress, flags.image, { signal })
+        io.stdout(flags.json === true ? JSON.stringify(holders, null, 2) : status.formatHolders(holders))
+        return
+      }
+      const s = await status.fetchStatus(flags.mirrorAddress, { signal })
+      if (flags.json === true) io.stdout(JSON.stringify(flags.peers === true ? s.peers : s, null, 2))
+      else io.stdout(flags.peers === true ? status.formatPeers(s) : status.formatStatus(s))
     })
 
   try {

@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises'
+import { isIP } from 'node:net'
 import { parse as parseYaml } from 'yaml'
 import { z } from 'zod'
 import { multiaddr } from '@multiformats/multiaddr'
@@ -26,8 +27,13 @@ export const duration = z
 /** `host:port`, where host is an IPv4 address, a name, or a bracketed IPv6 address; port 0–65535. */
 export const hostPort = z
   .string()
-  .regex(/^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/, 'host:port, e.g. 127.0.0.1:30020')
+  .regex(/^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/, 'host:port, e.g. 127.0.0.1:29020')
   .refine((v) => Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, 'port must be 0–65535')
+
+/** A bare host: an IPv4 or (unbracketed) IPv6 address, or a DNS name, as Kubernetes' `status.hostIP` gives it. */
+const bareHost = z
+  .string()
+  .refine((v) => isIP(v) !== 0 || /^[A-Za-z0-9.-]+$/.test(v), 'an IP address or a name')
 
 const multiaddrString = z.string().refine((v) => {
   try {
@@ -36,7 +42,7 @@ const multiaddrString = z.string().refine((v) => {
   } catch {
     return false
   }
-}, 'a multiaddr, e.g. /ip4/0.0.0.0/tcp/30022')
+}, 'a multiaddr, e.g. /ip4/0.0.0.0/tcp/29022')
 
 /** A static multiaddr (`/ip4/…/tcp/…/p2p/…`) or `dns:<name>:<port>` (all addresses of name). */
 const bootstrapEntry = z
@@ -54,9 +60,13 @@ const bootstrapEntry = z
       ctx.addIssue({ code: 'custom', message: 'dns:<name>:<port> with a port from 1 to 65535' })
   })
 
+// `?ca=<file>` and `?insecure=true` carry a registry's TLS settings for `run` (src/upstream/endpoints.ts).
 const registryUrl = z
   .string()
-  .regex(/^https?:\/\/[^/\s]+\/?$/, 'a registry URL like https://docker.io or http://127.0.0.1:5000')
+  .regex(
+    /^https?:\/\/[^/\s?#]+\/?(\?(ca=[^&\s#]+|insecure=(true|false))(&(ca=[^&\s#]+|insecure=(true|false)))*)?$/,
+    'a registry URL like https://docker.io, http://127.0.0.1:5000 or https://reg.corp?ca=/etc/ca.pem',
+  )
 
 const glob = z.string().min(1).max(512)
 
@@ -76,21 +86,25 @@ export const runSchema = z
       .string()
       .default('/var/lib/containerd/io.containerd.content.v1.content')
       .describe('containerd content dir, read directly when readable (fast path); empty disables it'),
+    // Ports sit below the NodePort range (30000–32767, where kube-proxy rewrites traffic to node IPs and
+    // 127.0.0.1) and below Linux's ephemeral range (32768+); see the chart README for the migration note.
     mirrorAddress: hostPort
-      .default('127.0.0.1:30020')
+      .default('127.0.0.1:29020')
       .describe('address of the registry mirror containerd asks'),
     peerAddress: hostPort
-      .default('0.0.0.0:30021')
+      .default('[::]:29021')
       .describe('address of the peer endpoint other nodes fetch from (serves only local content)'),
     peerAdvertiseAddress: z
-      .union([hostPort, z.literal('')])
+      .union([hostPort, bareHost, z.literal('')])
       .default('')
       .describe(
-        'host:port other nodes use to reach the peer endpoint; default: peer address (with the p2p host when bound to 0.0.0.0)',
+        'host[:port] other nodes use to reach the peer endpoint (a bare IPv6 address is bracketed; no port = the peer port); default: peer address (with the p2p host when bound to every interface)',
       ),
-    p2pAddress: multiaddrString
-      .default('/ip4/0.0.0.0/tcp/30022')
-      .describe('libp2p listen multiaddr for the DHT'),
+    p2pAddress: z
+      .array(multiaddrString)
+      .min(1)
+      .default(['/ip4/0.0.0.0/tcp/29022', '/ip6/::/tcp/29022'])
+      .describe('libp2p listen multiaddrs for the DHT (an IPv6 one is skipped where the host has no IPv6)'),
     bootstrap: z
       .array(bootstrapEntry)
       .default([])
@@ -98,7 +112,9 @@ export const runSchema = z
     registries: z
       .array(registryUrl)
       .default([])
-      .describe('registries to mirror; empty mirrors every registry containerd asks about'),
+      .describe(
+        'registries as in configure: http:// or https:// (and ?ca=<file>, ?insecure=true) for asking them for tags; unlisted registries are asked over https',
+      ),
     include: z
       .array(glob)
       .default([])
@@ -111,10 +127,43 @@ export const runSchema = z
     bodyIdleTimeout: duration
       .prefault('5s')
       .describe('abort a peer body that makes no progress for this long'),
+    herd: z
+      .boolean()
+      .default(true)
+      .describe(
+        'one upstream fetch per blob cluster-wide: a miss asks the node elected for that blob, which fetches it once and serves every node while it arrives',
+      ),
+    herdBudget: duration
+      .prefault('300ms')
+      .describe(
+        'the longest a blob miss waits for the elected node before the 404 that sends containerd upstream',
+      ),
+    upstreamTagTimeout: duration
+      .prefault('1.5s')
+      .describe('budget for asking the upstream registry what a tag points to (token fetch included)'),
+    upstreamBackoff: duration
+      .prefault('5s')
+      .describe('after an upstream failure, serve tags without asking it for this long'),
+    resolveTagsFromPeers: z
+      .enum(['never', 'fallback', 'always'])
+      .default('fallback')
+      .describe(
+        'tags from peers: fallback = only while upstream does not answer; never = upstream or this node only; always = never ask upstream',
+      ),
     resyncInterval: duration.prefault('60s').describe('full store-to-DHT resync interval'),
     reprovideInterval: duration.prefault('15m').describe('how often provider records are refreshed'),
     recordValidity: duration.prefault('20m').describe('how long a provider record stays valid'),
     stateDir: z.string().min(1).default('/var/lib/kagami').describe('persistent state (libp2p identity)'),
+    pskFile: z
+      .string()
+      .default('')
+      .describe(
+        'private-network key shared by the cluster (64 hex chars or a libp2p swarm.key); empty = open network, for development only',
+      ),
+    peerAuth: z
+      .enum(['required', 'off'])
+      .default('required')
+      .describe('peer endpoint requests must be signed by a connected member; off only for benchmarks'),
     logLevel: z
       .enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal'])
       .default('info')
@@ -129,7 +178,7 @@ export const configureSchema = z
       .min(1)
       .default('/etc/containerd/certs.d')
       .describe('containerd registry config_path (hosts.toml dirs)'),
-    mirrorUrl: z.string().url().default('http://127.0.0.1:30020').describe('URL of the local kagami mirror'),
+    mirrorUrl: z.string().url().default('http://127.0.0.1:29020').describe('URL of the local kagami mirror'),
     registries: z.array(registryUrl).default([]).describe('registries to write a hosts.toml for'),
     allRegistries: z
       .boolean()

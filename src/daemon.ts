@@ -1,20 +1,34 @@
+import { isIP } from 'node:net'
 import { networkInterfaces } from 'node:os'
 import type { FastifyInstance } from 'fastify'
 import { multiaddr } from '@multiformats/multiaddr'
 import { pino, type Logger } from 'pino'
-import { collectDefaultMetrics, Registry } from 'prom-client'
-import type { CliIo } from './cli.js'
-import type { RunConfig } from './config.js'
+import { collectDefaultMetrics, Gauge, Registry } from 'prom-client'
+import { ConfigError, type RunConfig } from './config.js'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { loadOrCreateIdentity } from './identity.js'
+import { PeerAuth } from './trust/peer-auth.js'
+import { loadPsk } from './trust/psk.js'
 import { repositoryFilter } from './filter.js'
-import { RegistryMetrics } from './registry/metrics.js'
+import { RegistryMetrics, registerNodeGauges } from './registry/metrics.js'
+import { Herd } from './registry/herd.js'
+import { InFlight } from './registry/inflight.js'
+import { PeerFetcher } from './registry/peers.js'
 import { createMirror } from './registry/mirror.js'
+import { CorruptReports } from './registry/corrupt-report.js'
 import { createPeerServer } from './registry/peer.js'
-import { kadDhtRouter } from './routing/kad-dht.js'
-import { stateSync } from './state.js'
-import type { DaemonStatus } from './status.js'
+import { TagResolver } from './registry/tags.js'
+import { type KadDhtRouter, kadDhtRouter } from './routing/kad-dht.js'
+import type { RoutingKey } from './routing/keys.js'
+import { type StateSync, stateSync } from './state.js'
 import { containerdStore } from './store/containerd.js'
+import { NotFoundError } from './store/errors.js'
 import type { Store } from './store/store.js'
+import { UpstreamClient } from './upstream/client.js'
+import { Endpoints } from './upstream/endpoints.js'
+import { StatusCollector } from './ui/collect.js'
+import { registerStatusRoutes } from './ui/routes.js'
+import { VERSION } from './version.js'
 
 /** A step of start-up that must be undone on stop, in reverse order. */
 interface Stoppable {
@@ -34,13 +48,26 @@ function splitHostPort(address: string): { host: string; port: number } {
   return { host: address.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(address.slice(i + 1)) }
 }
 
+/** `host:port` for a URL: an IPv6 address goes in brackets (`[fd00::7]:29021`). */
+function joinHostPort(host: string, port: number): string {
+  return isIP(host) === 6 ? `[${host}]:${port}` : `${host}:${port}`
+}
+
+/** The peer URL other nodes use: `--peer-advertise-address` is host:port, or a bare host (the chart's `$(HOST_IP)`). */
+function advertisedPeerUrl(config: RunConfig, peerPort: number): string {
+  const a = config.peerAdvertiseAddress
+  if (a === '') return `http://${joinHostPort(advertisedPeerHost(config), peerPort)}`
+  if (isIP(a) !== 0 || !a.includes(':')) return `http://${joinHostPort(a, peerPort)}`
+  return `http://${a}`
+}
+
 /** The address other nodes use for our peer endpoint, when it is bound to every interface. */
 function advertisedPeerHost(config: RunConfig): string {
   const bound = splitHostPort(config.peerAddress).host
   if (bound !== '0.0.0.0' && bound !== '::') return bound
-  const p2pHost = multiaddr(config.p2pAddress)
-    .getComponents()
-    .find((c) => c.name === 'ip4' || c.name === 'ip6')?.value
+  const p2pHost = config.p2pAddress
+    .flatMap((a) => multiaddr(a).getComponents())
+    .find((c) => (c.name === 'ip4' || c.name === 'ip6') && c.value !== '0.0.0.0' && c.value !== '::')?.value
   if (p2pHost !== undefined && p2pHost !== '0.0.0.0' && p2pHost !== '::') return p2pHost
   for (const addrs of Object.values(networkInterfaces())) {
     for (const a of addrs ?? []) if (a.family === 'IPv4' && !a.internal) return a.address
@@ -54,6 +81,9 @@ async function listen(server: FastifyInstance, address: string, option: string):
     return await server.listen({ host, port })
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code
+    // `[::]` (every address, both families) on a host without IPv6: every IPv4 address instead
+    if (host === '::' && (code === 'EAFNOSUPPORT' || code === 'EADDRNOTAVAIL'))
+      return await listen(server, `0.0.0.0:${port}`, option)
     const why =
       code === 'EADDRINUSE'
         ? 'address already in use'
@@ -75,18 +105,6 @@ async function checkStore(store: Store, config: RunConfig): Promise<void> {
   }
 }
 
-/** Sums a counter's values by `source` for the mirror (what `kagami status` shows). */
-async function sumBySource(registry: Registry, name: string): Promise<Record<string, number>> {
-  const out: Record<string, number> = {}
-  const values = (await registry.getSingleMetric(name)?.get())?.values ?? []
-  for (const v of values) {
-    if (v.labels.server !== 'mirror') continue
-    const source = String(v.labels.source ?? 'none')
-    out[source] = (out[source] ?? 0) + v.value
-  }
-  return out
-}
-
 /**
  * Starts every part in dependency order: store → peer endpoint → router → state sync → mirror. Anything
  * that fails stops what already started, so a bad flag or busy port leaves nothing behind.
@@ -96,6 +114,12 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
   const metrics = new Registry()
   collectDefaultMetrics({ register: metrics })
   const registryMetrics = new RegistryMetrics(metrics)
+  new Gauge({
+    name: 'kagami_build_info',
+    help: 'kagami version and Node.js runtime (always 1)',
+    labelNames: ['version', 'node'],
+    registers: [metrics],
+  }).set({ version: VERSION, node: process.version }, 1)
   const filter = repositoryFilter({ include: config.include, exclude: config.exclude })
   const started: Stoppable[] = []
   const startedAt = Date.now()
@@ -110,6 +134,14 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
   }
 
   try {
+    // `--registries` first: a bad CA file is a config error, reported before anything starts
+    const endpoints = await Endpoints.load(config.registries).catch((err: Error) => {
+      throw err.name === 'UpstreamConfigError'
+        ? new ConfigError(`invalid --registries (KAGAMI_REGISTRIES): ${err.message}`)
+        : err
+    })
+    started.push({ name: 'upstream endpoints', stop: async () => endpoints.close() })
+
     const store = containerdStore(
       { logger },
       {
@@ -121,7 +153,52 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     started.push({ name: 'store', stop: () => store.close() })
     await checkStore(store, config)
 
-    const peerServer = createPeerServer({ store, logger, metrics: registryMetrics, filter })
+    const psk = config.pskFile === '' ? undefined : await loadPsk(config.pskFile)
+    if (psk === undefined)
+      logger.warn(
+        'open network: any host that reaches the p2p port can join and fetch; set --psk-file (the chart does)',
+      )
+    const privateKey = await loadOrCreateIdentity(config.stateDir, logger)
+    const self = peerIdFromPrivateKey(privateKey).toString()
+    // The router starts after the peer endpoint (it announces the endpoint's URL): until then nobody is a member.
+    let members: KadDhtRouter | undefined = undefined
+    const peerAuth = new PeerAuth({ privateKey, self, isMember: (id) => members?.isConnected(id) ?? false })
+
+    // The servers answer only with what state sync advertises; it starts after the router, which needs the
+    // peer endpoint's URL, so until then they answer nothing locally.
+    let state: StateSync | undefined = undefined
+    // Blobs being downloaded here are advertised (and served) while they arrive; built once the router is.
+    let inflight: InFlight | undefined = undefined
+    // The herd's flights (one upstream fetch per blob, cluster-wide); built with the mirror, after the router.
+    let herd: Herd | undefined = undefined
+    const advertises = (key: RoutingKey): boolean =>
+      (state?.advertises(key) ?? false) || (inflight?.advertises(key) ?? false)
+    const reports = new CorruptReports({
+      store,
+      logger,
+      onCorrupt: (digest) => void state?.quarantine(digest),
+    })
+    const peerServer = createPeerServer({
+      store,
+      advertises,
+      reports,
+      auth: config.peerAuth === 'required' ? peerAuth : undefined,
+      logger,
+      metrics: registryMetrics,
+      filter,
+      inflight: {
+        ingest: (d) => inflight?.ingest(d),
+        idleTimeoutMs: config.bodyIdleTimeout,
+        served: () => inflight?.served(),
+      },
+      herd: {
+        fetch: async () => undefined, // the peer endpoint never asks anyone
+        serve: async (req, client, who, sizeHint) => {
+          if (herd === undefined) throw new NotFoundError('not ready to fetch for peers')
+          return await herd.serve(req, client, who, sizeHint)
+        },
+      },
+    })
     // the mirror listens on 127.0.0.1 only; Prometheus scrapes the node address
     peerServer.get('/metrics', async (_req, reply) =>
       reply.type(metrics.contentType).send(await metrics.metrics()),
@@ -129,19 +206,16 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     started.push({ name: 'peer endpoint', stop: () => peerServer.close() })
     await listen(peerServer, config.peerAddress, '--peer-address')
     const peerPort = (peerServer.server.address() as { port: number }).port
-    const peerUrl =
-      config.peerAdvertiseAddress !== ''
-        ? `http://${config.peerAdvertiseAddress}`
-        : `http://${advertisedPeerHost(config)}:${peerPort}`
+    const peerUrl = advertisedPeerUrl(config, peerPort)
 
-    const privateKey = await loadOrCreateIdentity(config.stateDir, logger)
     const router = kadDhtRouter(
       { logger, metrics },
       {
-        listen: [config.p2pAddress],
+        listen: [...config.p2pAddress],
         peerUrl,
         bootstrap: [...config.bootstrap],
         privateKey,
+        psk,
         reprovideIntervalMs: config.reprovideInterval,
         recordValidityMs: config.recordValidity,
       },
@@ -149,19 +223,81 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     try {
       await router.start()
     } catch (err) {
-      throw new Error(`cannot start the DHT on --p2p-address ${config.p2pAddress}: ${(err as Error).message}`)
+      throw new Error(
+        `cannot start the DHT on --p2p-address ${config.p2pAddress.join(' ')}: ${(err as Error).message}`,
+      )
     }
     started.push({ name: 'router', stop: () => router.stop() })
+    members = router
 
-    const state = stateSync(
+    registerNodeGauges(metrics, {
+      containerdConnected: () => store.connected(),
+      pendingProvides: () => router.pendingProvides(),
+    })
+
+    const sync = stateSync(
       { store, router, logger },
       { resyncIntervalMs: config.resyncInterval, include: config.include, exclude: config.exclude },
     )
-    await state.start()
-    started.push({ name: 'state sync', stop: () => state.stop() })
+    state = sync
+    await sync.start()
+    started.push({ name: 'state sync', stop: () => sync.stop() })
+    const downloads = new InFlight({
+      store,
+      router,
+      advertised: (key) => sync.advertises(key),
+      logger,
+      metrics,
+    })
+    inflight = downloads
+    started.push({ name: 'in-flight downloads', stop: () => downloads.stop() })
+
+    // `--registries` gives each upstream its scheme and TLS settings; tags are asked there first.
+    const upstream = new UpstreamClient(
+      { endpoints, logger, metrics },
+      { tagTimeoutMs: config.upstreamTagTimeout, backoffMs: config.upstreamBackoff },
+    )
+    const tags = new TagResolver({ upstream, logger, metrics }, { policy: config.resolveTagsFromPeers })
+    const peers = new PeerFetcher(
+      { router, store, signer: peerAuth, logger, metrics: registryMetrics },
+      {
+        resolveTimeoutMs: config.resolveTimeout,
+        peerHeadersTimeoutMs: config.peerHeadersTimeout,
+        bodyIdleTimeoutMs: config.bodyIdleTimeout,
+      },
+    )
+    const flights = new Herd(
+      {
+        self: () => router.peerId,
+        router,
+        upstream,
+        store,
+        expect: (digest) => downloads.expect(digest),
+        fetchFrom: (peer, req, client, headersTimeoutMs) =>
+          peers.fetchFrom(peer, req, client, headersTimeoutMs),
+        logger,
+        metrics,
+      },
+      { budgetMs: config.herdBudget, bodyIdleTimeoutMs: Math.max(config.bodyIdleTimeout, 10_000) },
+    )
+    // with herd off this node neither asks an elected node nor fetches for others (they then fall back)
+    if (config.herd) herd = flights
+    started.push({ name: 'herd', stop: async () => flights.stop() })
 
     const mirror = createMirror(
-      { store, router, logger, metrics: registryMetrics, filter },
+      {
+        store,
+        advertises,
+        router,
+        signer: peerAuth,
+        logger,
+        metrics: registryMetrics,
+        filter,
+        tags,
+        expect: (digest) => downloads.expect(digest),
+        peers,
+        herd: config.herd ? flights : undefined,
+      },
       {
         resolveTimeoutMs: config.resolveTimeout,
         peerHeadersTimeoutMs: config.peerHeadersTimeout,
@@ -173,30 +309,51 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     )
     mirror.get('/healthz', async () => ({ ok: true }))
     mirror.get('/readyz', async (_req, reply) => {
-      const ready = router.isReady()
-      return reply.code(ready ? 200 : 503).send({ ready })
+      // Ready means serving: the DHT has started and containerd answers (a pod whose containerd went away
+      // serves nothing, so it must leave the Service and show in `kubectl get pods`).
+      const containerd = await store.images({ signal: AbortSignal.timeout(1000) }).then(
+        () => true,
+        () => false,
+      )
+      const ready = containerd && router.isReady()
+      return reply.code(ready ? 200 : 503).send({ ready, containerd })
     })
-    mirror.get('/status', async (): Promise<DaemonStatus> => {
-      const requests = await sumBySource(metrics, 'kagami_requests_total')
-      const bytes = await sumBySource(metrics, 'kagami_bytes_served_total')
-      return {
-        peerId: router.peerId ?? '',
-        peerUrl,
-        ready: router.isReady(),
-        peers: router.peers(),
-        images: (await store.images({ signal: AbortSignal.timeout(2000) })).length,
-        advertisedKeys:
-          ((await metrics.getSingleMetric('kagami_advertised_keys')?.get())?.values[0]?.value as
-            number | undefined) ?? 0,
-        requests: { local: requests.local ?? 0, peer: requests.peer ?? 0, miss: requests.miss ?? 0 },
-        bytesServed: { local: bytes.local ?? 0, peer: bytes.peer ?? 0 },
-        uptimeSeconds: (Date.now() - startedAt) / 1000,
-      }
-    })
+    // /status, /status/holders and /ui: built from the components' own state, localhost only
+    registerStatusRoutes(
+      mirror,
+      new StatusCollector(
+        {
+          router,
+          store,
+          state: sync,
+          activity: registryMetrics.activity,
+          containerdConnected: () => store.connected(),
+        },
+        {
+          peerUrl,
+          network: psk === undefined ? 'open' : 'private',
+          version: VERSION,
+          startedAt,
+          containerdAddress: config.containerdAddress,
+          containerdNamespace: config.containerdNamespace,
+          bootstrap: config.bootstrap,
+        },
+      ),
+    )
     started.push({ name: 'mirror', stop: () => mirror.close() })
     const mirrorUrl = await listen(mirror, config.mirrorAddress, '--mirror-address')
 
-    logger.info({ peerId: router.peerId, peerUrl, mirrorUrl, p2p: config.p2pAddress }, 'kagami started')
+    logger.info(
+      {
+        version: VERSION,
+        node: process.version,
+        peerId: router.peerId,
+        peerUrl,
+        mirrorUrl,
+        p2p: config.p2pAddress,
+      },
+      'kagami started',
+    )
     return { peerId: router.peerId ?? '', peerUrl, mirrorUrl, stop: stopAll }
   } catch (err) {
     await stopAll()
@@ -205,7 +362,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
 }
 
 /** `kagami run`: starts, then stops cleanly on SIGTERM/SIGINT (stop advertising, drain responses, exit 0). */
-export async function runDaemon(config: RunConfig, _io: CliIo): Promise<number> {
+export async function runDaemon(config: RunConfig): Promise<number> {
   const logger = pino({
     level: config.logLevel,
     name: 'kagami',

@@ -2,6 +2,7 @@ import type { Logger } from 'pino'
 import { type RepositoryFilter, repositoryFilter } from './filter.js'
 import { digestKey, keyToString, type RoutingKey, tagKey } from './routing/keys.js'
 import type { Router } from './routing/router.js'
+import type { Digest } from './oci/index.js'
 import type { Image, Store } from './store/store.js'
 
 export interface StateSyncComponents {
@@ -29,6 +30,8 @@ export class StateSync {
   private readonly byImage = new Map<string, RoutingKey[]>()
   /** The union of byImage as last sent to the router. */
   private advertised = new Map<string, RoutingKey>()
+  /** Digests whose local copy failed verification: never advertised (nor served) again by this process. */
+  private readonly quarantined = new Set<string>()
   private readonly controller = new AbortController()
   private loop: Promise<void> | undefined
   private timer: NodeJS.Timeout | undefined
@@ -36,6 +39,7 @@ export class StateSync {
   /** Resolves after the first snapshot was advertised (tests and readiness use it). */
   readonly synced: Promise<void>
   private markSynced!: () => void
+  private syncedOnce = false
 
   constructor(
     private readonly components: StateSyncComponents,
@@ -44,6 +48,7 @@ export class StateSync {
     this.log = components.logger.child({ component: 'state' })
     this.filter = repositoryFilter(init)
     this.synced = new Promise((resolve) => (this.markSynced = resolve))
+    void this.synced.then(() => (this.syncedOnce = true))
   }
 
   async start(): Promise<void> {
@@ -64,10 +69,39 @@ export class StateSync {
     return new Set(this.advertised.keys())
   }
 
+  /** Each image name known at the last sync and how many keys it advertises (0: filtered out). */
+  images(): { name: string; keys: number }[] {
+    return [...this.byImage].map(([name, keys]) => ({ name, keys: keys.length }))
+  }
+
+  /** True once the first containerd snapshot was handed to the router. */
+  isSynced(): boolean {
+    return this.syncedOnce
+  }
+
+  /** Whether `key` is advertised now: the servers answer only with such content. */
+  advertises(key: RoutingKey): boolean {
+    return this.advertised.has(keyToString(key))
+  }
+
+  /** Our copy of `digest` is corrupt: stop advertising it now and leave it out from then on. */
+  async quarantine(digest: Digest): Promise<void> {
+    this.quarantined.add(digest)
+    const key = digestKey(digest)
+    for (const keys of this.byImage.values()) {
+      const i = keys.findIndex((k) => k.kind === 'digest' && k.digest === digest)
+      if (i >= 0) keys.splice(i, 1)
+    }
+    if (this.advertised.delete(keyToString(key)))
+      await this.components.router.withdraw([key], { signal: this.controller.signal })
+  }
+
   private async keysOf(image: Image): Promise<RoutingKey[]> {
     const { reference } = image
     if (!this.filter.allows(reference.registry, reference.repository)) return []
-    const digests = await this.components.store.reachable(image, { signal: this.controller.signal })
+    const digests = (await this.components.store.reachable(image, { signal: this.controller.signal })).filter(
+      (d) => !this.quarantined.has(d),
+    )
     // an image pulled by digest has no tag to advertise, only its content
     return [...(reference.tag !== undefined ? [tagKey(reference)] : []), ...digests.map(digestKey)]
   }

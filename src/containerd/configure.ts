@@ -64,6 +64,8 @@ export async function configure(init: ConfigureInit): Promise<ConfigureResult> {
     const text = renderHostsToml({
       mirrorUrl: init.mirrorUrl,
       server: target.server,
+      ca: target.ca,
+      skipVerify: target.skipVerify,
       dialTimeoutMs: init.dialTimeoutMs,
       previous,
     })

@@ -9,22 +9,33 @@ export interface RegistryTarget {
   dir: string
   /** Upstream URL for `server =`, tried after the mirror; undefined for `_default`. */
   server?: string
+  /** From the entry's `?ca=<file>` / `?insecure=true`: containerd's TLS settings for `server`. */
+  ca?: string
+  skipVerify?: boolean
 }
 
 /** Maps a registry URL to its certs.d directory and upstream server. Docker Hub's API lives elsewhere. */
 export function registryTarget(url: string): RegistryTarget {
   const u = new URL(url)
   const host = u.host.toLowerCase()
+  // the same TLS settings `kagami run` uses for this registry (src/upstream/endpoints.ts)
+  const tls: Pick<RegistryTarget, 'ca' | 'skipVerify'> = {}
+  const ca = u.searchParams.get('ca')
+  if (ca !== null && ca !== '') tls.ca = ca
+  if (u.searchParams.get('insecure') === 'true') tls.skipVerify = true
   if (host === 'docker.io' || host === 'registry-1.docker.io' || host === 'index.docker.io') {
-    return { dir: 'docker.io', server: 'https://registry-1.docker.io' }
+    return { dir: 'docker.io', server: 'https://registry-1.docker.io', ...tls }
   }
-  return { dir: host, server: `${u.protocol}//${host}` }
+  return { dir: host, server: `${u.protocol}//${host}`, ...tls }
 }
 
 export interface HostsTomlInit {
   mirrorUrl: string
   server?: string
   dialTimeoutMs: number
+  /** TLS settings for `server` from the registry entry; a previous file's own settings win. */
+  ca?: string
+  skipVerify?: boolean
   /**
    * An existing (user) hosts.toml to keep: every top-level setting (`server`, and the `ca`, `client`,
    * `skip_verify`, `[header]`… that apply to it) is carried over, and its `[host]` entries follow the mirror.
@@ -56,6 +67,8 @@ export function renderHostsToml(init: HostsTomlInit): string {
   const doc: Record<string, unknown> = {}
   const server = typeof previous.server === 'string' ? previous.server : init.server
   if (server !== undefined) doc.server = server
+  if (init.ca !== undefined) doc.ca = init.ca
+  if (init.skipVerify === true) doc.skip_verify = true
   for (const [key, value] of Object.entries(previous))
     if (key !== 'server' && key !== 'host') doc[key] = value
   doc.host = hosts

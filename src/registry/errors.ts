@@ -41,6 +41,8 @@ const TABLE: Record<string, Mapping> = {
   UnknownRouteError: { status: 404, code: 'NOT_FOUND' },
   RangeNotSatisfiableError: { status: 416, code: 'RANGE_INVALID' },
   MethodNotAllowedError: { status: 405, code: 'UNSUPPORTED' },
+  // all download slots busy: containerd retries or goes to the next host, a mirror goes to another peer
+  TooManyDownloadsError: { status: 503, code: 'TOOMANYREQUESTS' },
   StoreUnavailableError: { status: 404, code: (t) => (t === 'blob' ? 'BLOB_UNKNOWN' : 'MANIFEST_UNKNOWN') },
 }
 

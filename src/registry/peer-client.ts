@@ -1,11 +1,19 @@
 /**
- * A minimal HTTP/1.1 GET/HEAD client for kagami peer endpoints, on a plain socket that reads into 4 MiB
+ * A minimal HTTP/1.1 GET/HEAD client for kagami peer endpoints, on a plain socket that reads into big
  * buffers. Why not undici or node:http: both read 64 KiB at a time, and on this 2-core machine relaying a
  * blob through the mirror then ran at ~0.35 GiB/s; reading into big buffers (`onread`) doubled that
- * (bench/mirror.ts). It speaks only what our peer endpoint sends: one response with Content-Length.
+ * (bench/mirror.ts). With a pool, each socket read lands in a pool buffer that goes downstream as is (no
+ * copy, no allocation) and comes back once the mirror's response wrote it (buffer-pool.ts).
+ * It speaks only what our peer endpoint sends: one response with Content-Length.
+ *
+ * One connection per request (`Connection: close`), on purpose: a relayed blob pays one loopback/LAN
+ * connect (well under a millisecond) against seconds of body, and `--cpu-prof` of the relay shows its time
+ * in the digest and the two socket copies, not in connection setup (issue #14, bench/mirror.ts). A fresh
+ * connection also means a failed or aborted body can never leave a half-read socket in a pool.
  */
 import { connect, type Socket } from 'node:net'
 import { Readable } from 'node:stream'
+import type { BufferPool } from '../buffer-pool.js'
 import type { Peer } from '../routing/router.js'
 import { DeadlineExceededError, PeerUnavailableError } from './errors.js'
 import { BLOB_BUFFER_BYTES } from './served.js'
@@ -20,8 +28,10 @@ export interface PeerRequestInit {
   headersTimeoutMs: number
   /** Abort a body that makes no progress for this long. */
   bodyIdleTimeoutMs: number
-  /** Socket read size: big for blobs, small for manifests (default BLOB_BUFFER_BYTES). */
+  /** Socket read size without a pool: small for manifests (default BLOB_BUFFER_BYTES). */
   readBufferBytes?: number
+  /** Blobs: read into pool buffers, passed on without a copy (the reader recycles them). */
+  pool?: BufferPool
 }
 
 export interface PeerResponse {
@@ -34,6 +44,8 @@ export interface PeerResponse {
 }
 
 const MAX_HEADER_BYTES = 64 * 1024
+/** Socket reads buffered ahead of the consumer, with a pool. */
+const POOLED_READ_AHEAD_CHUNKS = 2
 const HEADER_END = Buffer.from('\r\n\r\n')
 
 function abortError(signal: AbortSignal): Error {
@@ -57,6 +69,9 @@ export function peerRequest(peer: Peer, init: PeerRequestInit): Promise<PeerResp
     let remaining = 0
     let settled = false
     const signal = init.signal
+    const pool = init.pool
+    // the pool buffer waiting for the next read: back to the pool when the socket closes
+    let spare: Buffer | undefined
 
     const fail = (err: Error): void => {
       clearTimeout(timer)
@@ -84,7 +99,7 @@ export function peerRequest(peer: Peer, init: PeerRequestInit): Promise<PeerResp
       if (body === undefined || remaining <= 0) return
       const part = chunk.length > remaining ? chunk.subarray(0, remaining) : chunk
       remaining -= part.length
-      if (!body.push(part)) socket.pause()
+      if (!body.push(pool === undefined ? part : pool.lend(part))) socket.pause()
       if (remaining === 0) {
         body.push(null)
         signal?.removeEventListener('abort', onAbort)
@@ -125,7 +140,11 @@ export function peerRequest(peer: Peer, init: PeerRequestInit): Promise<PeerResp
       }
       remaining = length
       body = new Readable({
-        highWaterMark: init.readBufferBytes ?? BLOB_BUFFER_BYTES,
+        // With a pool, one chunk per read, never merged: a byte-mode stream's async iterator concatenates
+        // whatever is buffered (a copy, and the pool buffers are lost to the GC), so count chunks instead.
+        ...(pool === undefined
+          ? { highWaterMark: init.readBufferBytes ?? BLOB_BUFFER_BYTES }
+          : { objectMode: true, highWaterMark: POOLED_READ_AHEAD_CHUNKS }),
         read: () => socket.resume(),
         destroy: (err, cb) => {
           if (remaining > 0) socket.destroy()
@@ -149,10 +168,15 @@ export function peerRequest(peer: Peer, init: PeerRequestInit): Promise<PeerResp
       port: Number(url.port === '' ? 80 : url.port),
       noDelay: true,
       onread: {
-        buffer: Buffer.allocUnsafe(init.readBufferBytes ?? BLOB_BUFFER_BYTES),
+        // with a pool: a fresh pool buffer per read, handed on as is; else one buffer, reused, so copied
+        buffer:
+          pool === undefined
+            ? Buffer.allocUnsafe(init.readBufferBytes ?? BLOB_BUFFER_BYTES)
+            : () => (spare = pool.take()),
         callback: (n: number, buf: Uint8Array): boolean => {
-          // the read buffer is reused: copy what we pass on
-          const chunk = Buffer.from(buf.subarray(0, n))
+          spare = undefined
+          const view = Buffer.from(buf.buffer, buf.byteOffset, n)
+          const chunk = pool === undefined ? Buffer.from(view) : view
           if (body === undefined) {
             header = header.length === 0 ? chunk : Buffer.concat([header, chunk])
             onHeaders()
@@ -172,6 +196,8 @@ export function peerRequest(peer: Peer, init: PeerRequestInit): Promise<PeerResp
       fail(new PeerUnavailableError(`peer ${peer.id} (${peer.url}): ${err.message}`)),
     )
     socket.on('close', () => {
+      if (spare !== undefined) pool?.giveBack(spare)
+      spare = undefined
       if (!settled) fail(new PeerUnavailableError(`peer ${peer.id} closed the connection before answering`))
       else if (remaining > 0)
         fail(

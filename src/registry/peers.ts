@@ -3,6 +3,7 @@ import { pipeline } from 'node:stream/promises'
 import { PassThrough } from 'node:stream'
 import { anySignal } from 'any-signal'
 import type { Logger } from 'pino'
+import { BufferPool } from '../buffer-pool.js'
 import {
   acceptsMediaType,
   type DistributionRequest,
@@ -12,24 +13,47 @@ import {
 } from '../oci/index.js'
 import { digestKey, type RoutingKey, tagKey } from '../routing/keys.js'
 import type { Peer, Router } from '../routing/router.js'
+import type { Store } from '../store/store.js'
 import { ManifestNotAcceptableError, PeerUnavailableError } from './errors.js'
+import { CORRUPT_REPORT_PATH, reportCorrupt } from './corrupt-report.js'
 import { contentHeaders, parseRangeHeader, partialHeaders } from './headers.js'
 import type { ClientRequest } from './local.js'
 import { MAX_MANIFEST_BYTES } from './local.js'
 import type { RegistryMetrics } from './metrics.js'
 import { peerRequest, type PeerResponse } from './peer-client.js'
-import { HedgeDelay, PeerSource, race } from './race.js'
+import { HERD_HEADER } from './herd.js'
+import { SuspectPeers } from './suspects.js'
+import { PeerLookup } from './lookup.js'
+import { HedgeDelay, race } from './race.js'
 import { resumableBody, startsAt } from './resume.js'
 import { BLOB_BUFFER_BYTES, type Served } from './served.js'
 import { verifyBytes, VerifyDigest } from './verify.js'
 
 type ContentRequest = Extract<DistributionRequest, { kind: 'manifest' | 'blob' }>
 
+/** Signs requests to peer endpoints (trust/peer-auth.ts). */
+export interface RequestSigner {
+  sign(method: string, path: string, audience: string): Promise<string>
+}
+
+/** Marks a request made by a kagami node; a mirror refuses such requests, so nothing is relayed twice. */
+export const HOP_HEADER = 'x-kagami-hop'
+
 export interface PeerFetcherComponents {
   router: Router
+  /** Without it, requests go unsigned (peers that require auth answer 401). */
+  signer?: RequestSigner
+  /** This node's containerd: the size a pull expects comes from its download in progress. */
+  store: Store
   logger: Logger
   metrics: RegistryMetrics
+  /** Buffers blob bodies are read into (default: its own; the response recycles them). */
+  pool?: BufferPool
 }
+
+// Socket reads from peers: one pool buffer each (a read returns what has arrived, often far less than
+// 4 MiB, so bigger buffers mostly hold air).
+const PEER_READ_BYTES = 1024 * 1024
 
 export interface PeerFetcherInit {
   /** How long to look for a first peer before answering a miss. */
@@ -38,7 +62,21 @@ export interface PeerFetcherInit {
   bodyIdleTimeoutMs: number
   /** Hedge delay before the first latency is observed; later it follows observed header latencies. */
   hedgeDelayMs?: number
+  /** How long a peer that sent bytes failing a digest is skipped for that digest (default 30 min). */
+  suspectTtlMs?: number
+  /** Throughput floor for a peer body (default 1 MiB/s over 5 s of waiting, see resume.ts). */
+  floorBytesPerSecond?: number
+  floorWindowMs?: number
 }
+
+/** Budget for asking containerd which size a pull expects; without an answer the peer's length is checked by the digest alone. */
+const EXPECTED_SIZE_TIMEOUT_MS = 250
+/** How long a peer that trickled a blob is skipped for that blob. */
+const SLOW_PEER_TTL_MS = 60_000
+/** Peers one resume asks before the body fails (containerd then retries the whole request). */
+const MAX_REOPEN_ATTEMPTS = 8
+/** Budget for telling a peer its copy failed verification (fire and forget). */
+const REPORT_TIMEOUT_MS = 2000
 
 function keyFor(req: ContentRequest): RoutingKey {
   if ('tag' in req.reference) {
@@ -70,17 +108,21 @@ async function readBounded(body: Readable, maxBytes: number): Promise<Buffer> {
 export class PeerFetcher {
   private readonly hedge: HedgeDelay
   private readonly log: Logger
+  private readonly pool: BufferPool
+  private readonly suspects: SuspectPeers
 
   constructor(
     private readonly components: PeerFetcherComponents,
     private readonly init: PeerFetcherInit,
   ) {
     this.log = components.logger.child({ component: 'peers' })
+    this.pool = components.pool ?? new BufferPool({ bufferBytes: PEER_READ_BYTES, maxFree: 32 })
     this.hedge = new HedgeDelay({
       initialMs: init.hedgeDelayMs ?? 50,
       minMs: 10,
       maxMs: init.peerHeadersTimeoutMs,
     })
+    this.suspects = new SuspectPeers({ ttlMs: init.suspectTtlMs ?? 30 * 60_000, maxEntries: 10_000 })
   }
 
   /**
@@ -88,20 +130,16 @@ export class PeerFetcher {
    * could serve it. Never waits without a deadline.
    */
   async fetch(req: ContentRequest, client: ClientRequest): Promise<Served | undefined> {
-    const lookup = new AbortController()
-    const lookupSignal = anySignal([lookup.signal, client.signal])
-    const source = new PeerSource(this.components.router.resolve(keyFor(req), { signal: lookupSignal }))
-    // Ends the lookup; for a blob only once its body is done, since a resume may need more peers.
-    const done = (): void => {
-      lookup.abort()
-      lookupSignal.clear()
-      void source.close()
-    }
+    const digest = 'digest' in req.reference ? req.reference.digest : undefined
+    const lookup = new PeerLookup(this.components.router, keyFor(req), {
+      signal: client.signal,
+      skip: digest === undefined ? undefined : (p) => this.suspects.has(digest, p.id),
+    })
     const started = performance.now()
     const firstDeadline = anySignal([AbortSignal.timeout(this.init.resolveTimeoutMs), client.signal])
     let first: Peer | undefined
     try {
-      first = await source.next(firstDeadline)
+      first = await lookup.next(firstDeadline)
     } finally {
       firstDeadline.clear()
     }
@@ -110,21 +148,91 @@ export class PeerFetcher {
       (performance.now() - started) / 1000,
     )
     if (first === undefined) {
-      done()
+      lookup.close()
       return undefined
     }
     try {
       const served =
         req.kind === 'manifest'
-          ? await this.manifest(req, client, source, first)
-          : await this.blob(req, client, source, first, done)
-      if (req.kind === 'manifest' || served.body === undefined) done()
+          ? await this.manifest(req, client, lookup, first)
+          : await this.blob(req, client, lookup, first)
+      // a streaming blob body closes the lookup when it ends (a resume may need more peers until then)
+      if (req.kind === 'manifest' || served.body === undefined) lookup.close()
       return served
     } catch (err) {
-      done()
-      if (client.signal.aborted) throw err
+      lookup.close()
+      // a range past the end is the client's mistake, answered as for local content
+      if (client.signal.aborted || (err as Error).name === 'RangeNotSatisfiableError') throw err
       this.log.debug({ err: (err as Error).message, key: pathFor(req) }, 'no peer could serve')
       return undefined
+    }
+  }
+
+  /**
+   * Fetches a blob from one chosen peer (the node elected to fetch it from upstream, herd.ts), with `first`'s
+   * extra headers and header deadline; verified, and resumed from other holders as any peer body. Undefined
+   * when that peer cannot serve it in time.
+   */
+  async fetchFrom(
+    peer: Peer,
+    req: ContentRequest,
+    client: ClientRequest,
+    headersTimeoutMs: number,
+  ): Promise<Served | undefined> {
+    if (req.kind !== 'blob' || !('digest' in req.reference)) return undefined
+    const digest = req.reference.digest
+    if (this.suspects.has(digest, peer.id)) return undefined
+    // the size our pull expects lets the elected node answer before upstream does (herd.ts)
+    const expected = await this.expectedSize(digest, client.signal)
+    const first = { headers: { [HERD_HEADER]: String(expected ?? 0) }, headersTimeoutMs }
+    const lookup = new PeerLookup(this.components.router, keyFor(req), {
+      signal: client.signal,
+      skip: (p) => p.id === peer.id || this.suspects.has(digest, p.id),
+    })
+    try {
+      const served = await this.blob(req, client, lookup, peer, { peer: peer.id, ...first, expected })
+      if (served.body === undefined) lookup.close()
+      return served
+    } catch (err) {
+      lookup.close()
+      if (client.signal.aborted || (err as Error).name === 'RangeNotSatisfiableError') throw err
+      this.log.debug({ err: (err as Error).message, peer: peer.id, digest }, 'elected peer could not serve')
+      return undefined
+    }
+  }
+
+  /**
+   * A peer sent bytes that fail their digest: skip it for that digest, count it, and tell it, so the node
+   * holding a damaged copy can check itself and stop advertising it.
+   */
+  private corrupt(peer: Peer, digest: Digest, err: Error): void {
+    this.suspects.add(digest, peer.id)
+    this.components.metrics.peerFailures.inc({ reason: err.name })
+    this.log.warn({ peer: peer.id, url: peer.url, digest, err: err.message }, 'peer sent corrupt content')
+    const signal = AbortSignal.timeout(REPORT_TIMEOUT_MS)
+    void this.signed(peer, `${CORRUPT_REPORT_PATH}${digest}`, 'POST')
+      .then((headers) => reportCorrupt(peer, digest, { headers: { ...headers, [HOP_HEADER]: '1' }, signal }))
+      .catch(() => undefined)
+  }
+
+  /** A peer too slow for a digest is skipped for it a while, so containerd's retry goes elsewhere or upstream. */
+  private slow(peer: Peer, digest: Digest, err: unknown): void {
+    if ((err as Error).name !== 'PeerTooSlowError') return
+    this.suspects.add(digest, peer.id, SLOW_PEER_TTL_MS)
+    this.components.metrics.peerFailures.inc({ reason: 'PeerTooSlowError' })
+  }
+
+  /** The size containerd expects for a blob it is pulling now (its ingest), if it says so in time. */
+  private async expectedSize(digest: Digest, signal: AbortSignal): Promise<number | undefined> {
+    const deadline = anySignal([AbortSignal.timeout(EXPECTED_SIZE_TIMEOUT_MS), signal])
+    try {
+      const ingests = await this.components.store.ingests({ signal: deadline })
+      const total = ingests.find((i) => i.expected === digest && i.totalBytes > 0)?.totalBytes
+      return total
+    } catch {
+      return undefined // containerd slow or away: the digest check still guards the bytes
+    } finally {
+      deadline.clear()
     }
   }
 
@@ -142,17 +250,30 @@ export class PeerFetcher {
       headers?: Record<string, string>
       signal: AbortSignal
       readBufferBytes?: number
+      headersTimeoutMs?: number
     },
   ): Promise<PeerResponse> {
-    return peerRequest(peer, {
-      ...init,
-      path,
-      headersTimeoutMs: this.init.peerHeadersTimeoutMs,
-      bodyIdleTimeoutMs: this.init.bodyIdleTimeoutMs,
-    }).then((res) => {
-      this.hedge.observe(res.latencyMs)
-      return res
-    })
+    return this.signed(peer, path, init.method)
+      .then((auth) =>
+        peerRequest(peer, {
+          ...init,
+          // blob bodies go into pool buffers (manifests ask for a small read buffer of their own)
+          pool: init.readBufferBytes === undefined ? this.pool : undefined,
+          headers: { ...init.headers, ...auth, [HOP_HEADER]: '1' },
+          path,
+          headersTimeoutMs: init.headersTimeoutMs ?? this.init.peerHeadersTimeoutMs,
+          bodyIdleTimeoutMs: this.init.bodyIdleTimeoutMs,
+        }),
+      )
+      .then((res) => {
+        this.hedge.observe(res.latencyMs)
+        return res
+      })
+  }
+
+  private async signed(peer: Peer, path: string, method: string): Promise<Record<string, string>> {
+    const signer = this.components.signer
+    return signer === undefined ? {} : { authorization: await signer.sign(method, path, peer.id) }
   }
 
   /** Manifests are small: fetch whole, verify against the digest asked for (or the peer's digest for a tag). */
@@ -162,14 +283,14 @@ export class PeerFetcher {
   private async manifest(
     req: ContentRequest,
     client: ClientRequest,
-    source: PeerSource,
+    lookup: PeerLookup,
     first: Peer,
   ): Promise<Served> {
     const path = pathFor(req)
     const headers: Record<string, string> = {}
     if (client.accept !== undefined) headers.accept = client.accept
     const win = await race(
-      source,
+      lookup,
       first,
       async (peer, signal) => {
         // manifests are small: no 4 MiB read buffer per request
@@ -184,7 +305,12 @@ export class PeerFetcher {
           'digest' in req.reference ? req.reference.digest : res.headers['docker-content-digest']
         if (claimed === undefined || !isDigest(claimed))
           throw new PeerUnavailableError(`peer ${peer.id} sent no valid digest`)
-        verifyBytes(bytes, claimed)
+        try {
+          verifyBytes(bytes, claimed)
+        } catch (err) {
+          this.corrupt(peer, claimed, err as Error)
+          throw err
+        }
         const mediaType = res.headers['content-type']?.split(';')[0]?.trim()
         if (!isAnyManifestMediaType(mediaType))
           throw new PeerUnavailableError(`peer ${peer.id} sent content type ${mediaType}`)
@@ -205,77 +331,106 @@ export class PeerFetcher {
     }
   }
 
-  /** Blobs stream: hedged for the headers, then resumed with Range on failure and hashed on the way. */
+  /**
+   * Blobs stream: hedged for the headers, resumed with Range from another peer on failure, and hashed on
+   * the way. Every byte relayed is checked against the digest, ranges included: a range is served from the
+   * whole blob, hashed from byte 0, and its last chunk goes out only once the digest matched. The size comes
+   * from containerd's own download when it has one, so a peer cannot claim a different length.
+   *
+   * What a corrupt peer can still do: when a mismatch shows at the end of a streamed blob, containerd already
+   * holds the bytes before the last chunk. It never commits them (its commit checks the digest, and the
+   * short body we send makes it resume first); we discard its download so the next attempt starts clean
+   * instead of resuming a poisoned file forever, and skip that peer for the digest from then on.
+   */
   private async blob(
     req: ContentRequest,
     client: ClientRequest,
-    source: PeerSource,
+    lookup: PeerLookup,
     first: Peer,
-    done: () => void,
+    firstAttempt?: {
+      peer: string
+      headers: Record<string, string>
+      headersTimeoutMs: number
+      expected: number | undefined
+    },
   ): Promise<Served> {
-    const digest = req.reference as { digest: Digest }
+    const { digest } = req.reference as { digest: Digest }
     const path = pathFor(req)
     const rangeHeader =
       client.range !== undefined && /^bytes=\d*-\d*$/.test(client.range.trim())
         ? client.range.trim()
         : undefined
+    const expected =
+      firstAttempt !== undefined ? firstAttempt.expected : await this.expectedSize(digest, client.signal)
+    // with the size known, a range past the end is answered before asking anyone (416, as locally)
+    if (expected !== undefined) parseRangeHeader(rangeHeader, expected)
     const win = await race(
-      source,
+      lookup,
       first,
       async (peer, signal) => {
+        const special = firstAttempt?.peer === peer.id ? firstAttempt : undefined
         const res = await this.request(peer, path, {
           method: client.method,
-          headers: rangeHeader !== undefined ? { range: rangeHeader } : {},
           signal,
+          headers: special?.headers,
+          headersTimeoutMs: special?.headersTimeoutMs,
         })
-        const sizeBytes = Number(
-          res.status === 206
-            ? /\/(\d+)$/.exec(res.headers['content-range'] ?? '')?.[1]
-            : res.headers['content-length'],
-        )
-        if (!Number.isSafeInteger(sizeBytes)) {
+        const sizeBytes = Number(res.headers['content-length'])
+        if (!Number.isSafeInteger(sizeBytes) || sizeBytes < 0) {
           res.body.destroy()
           throw new PeerUnavailableError(`peer ${peer.id} sent no usable length`)
+        }
+        if (expected !== undefined && sizeBytes !== expected) {
+          res.body.destroy()
+          const err = new PeerUnavailableError(
+            `peer ${peer.id} claims ${sizeBytes} bytes for ${digest}; the pull expects ${expected}`,
+          )
+          this.corrupt(peer, digest, err)
+          throw err
         }
         return { res, sizeBytes }
       },
       { hedgeDelayMs: this.hedge.ms, signal: client.signal, onFailure: this.onFailure },
     )
     const { res, sizeBytes } = win.value
-    const d = { digest: digest.digest, mediaType: 'application/octet-stream', sizeBytes }
-    const range = res.status === 206 ? parseRangeHeader(rangeHeader, sizeBytes) : undefined
+    const d = { digest, mediaType: 'application/octet-stream', sizeBytes }
+    let range: { start: number; end?: number } | undefined
+    try {
+      range = sizeBytes === 0 ? undefined : parseRangeHeader(rangeHeader, sizeBytes)
+    } catch (err) {
+      res.body.destroy()
+      win.abort()
+      throw err
+    }
     const start = range?.start ?? 0
     const end = range?.end ?? sizeBytes - 1
     const headers = range === undefined ? contentHeaders(d) : partialHeaders(d, start, end)
+    const status = range === undefined ? 200 : 206
     if (client.method === 'HEAD' || sizeBytes === 0) {
       res.body.destroy()
       win.abort()
-      return {
-        source: 'peer',
-        status: res.status as 200 | 206,
-        headers,
-        digest: digest.digest,
-        peer: win.peer.id,
-      }
+      return { source: 'peer', status, headers, digest, peer: win.peer.id }
     }
 
-    const tried = new Set<string>([win.peer.id])
+    const contributors: Peer[] = [win.peer]
+    lookup.tried(win.peer)
     const reopen = async (offset: number, signal: AbortSignal): Promise<PeerResponse | undefined> => {
-      // other known peers first, then new ones from the lookup, then the ones that failed once
-      const candidates = [...source.known.filter((p) => !tried.has(p.id))]
-      for (;;) {
-        let peer = candidates.shift()
-        if (peer === undefined) peer = await source.next(AbortSignal.timeout(this.init.peerHeadersTimeoutMs))
-        if (peer === undefined) peer = source.known.find((p) => tried.has(p.id) && p.id !== [...tried].at(-1))
-        if (peer === undefined) return undefined
-        tried.add(peer.id)
+      // other known peers first, then new ones from the lookup, then the ones that failed once; bounded, so
+      // two peers failing in turn cannot keep one resume busy
+      for (let attempt = 0; attempt < MAX_REOPEN_ATTEMPTS; attempt++) {
+        const peer = await lookup.resumeFrom(this.init.peerHeadersTimeoutMs)
+        if (peer === undefined || this.suspects.has(digest, peer.id)) return undefined
+        lookup.tried(peer)
         try {
           const next = await this.request(peer, path, {
             method: 'GET',
-            headers: { range: `bytes=${offset}-${end}` },
+            headers: { range: `bytes=${offset}-${sizeBytes - 1}` },
             signal,
           })
-          if (startsAt(next, offset)) return next
+          if (startsAt(next, offset, sizeBytes)) {
+            contributors.push(peer)
+            return next
+          }
           next.body.destroy()
           this.onFailure(peer, new PeerUnavailableError(`peer ${peer.id} ignored Range ${offset}-`))
         } catch (err) {
@@ -283,44 +438,50 @@ export class PeerFetcher {
           this.onFailure(peer, err)
         }
       }
+      return undefined
     }
     const body = resumableBody({
       first: res,
-      start,
-      end,
+      start: 0,
+      end: sizeBytes - 1,
       reopen,
       signal: client.signal,
-      onResume: (from, offset, err) =>
+      floorBytesPerSecond: this.init.floorBytesPerSecond,
+      floorWindowMs: this.init.floorWindowMs,
+      onResume: (from, offset, err) => {
+        this.slow(from.peer, digest, err)
         this.log.warn(
-          { peer: from.peer.id, offset, err: (err as Error).message, digest: digest.digest },
+          { peer: from.peer.id, offset, err: (err as Error).message, digest },
           'peer body failed; resuming',
-        ),
+        )
+      },
     })
-    // Only a whole blob can be checked against its digest.
     const out = new PassThrough({ highWaterMark: BLOB_BUFFER_BYTES })
-    const piped =
-      range === undefined ? pipeline(body, new VerifyDigest(digest.digest), out) : pipeline(body, out)
-    piped
+    pipeline(body, new VerifyDigest(digest, { start, end }), out)
       .catch((err: Error) => {
-        if (err.name === 'DigestMismatchError') {
-          this.components.metrics.peerFailures.inc({ reason: err.name })
-          this.log.warn(
-            { peer: win.peer.id, digest: digest.digest, err: err.message },
-            'peer sent corrupt content; aborting the response',
-          )
-        }
+        this.slow(contributors.at(-1) as Peer, digest, err)
+        if (err.name !== 'DigestMismatchError') return
+        for (const peer of contributors) this.corrupt(peer, digest, err)
+        void this.discardDownload(digest)
       })
       .finally(() => {
         win.abort()
-        done()
+        lookup.close()
       })
-    return {
-      source: 'peer',
-      status: res.status as 200 | 206,
-      headers,
-      body: out,
-      digest: digest.digest,
-      peer: win.peer.id,
+    return { source: 'peer', status, headers, body: out, digest, peer: win.peer.id }
+  }
+
+  /** Drops containerd's download of `digest`, which received bytes that can never commit. */
+  private async discardDownload(digest: Digest): Promise<void> {
+    try {
+      const signal = AbortSignal.timeout(2000)
+      for (const ingest of await this.components.store.ingests({ signal })) {
+        if (ingest.expected !== digest) continue
+        await this.components.store.abortIngest(ingest.ref, { signal })
+        this.log.warn({ digest, ref: ingest.ref }, 'discarded the download that received corrupt bytes')
+      }
+    } catch (err) {
+      this.log.warn({ digest, err: (err as Error).message }, 'could not discard the corrupt download')
     }
   }
 }

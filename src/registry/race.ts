@@ -1,45 +1,9 @@
 import type { Peer } from '../routing/router.js'
 import { PeerUnavailableError } from './errors.js'
 
-/** Pulls peers from a lookup on demand, remembering them, so a later resume can reuse the ones already found. */
-export class PeerSource {
-  private readonly iterator: AsyncIterator<Peer>
-  private readonly found: Peer[] = []
-  private done = false
-  private pending: Promise<IteratorResult<Peer>> | undefined
-
-  constructor(peers: AsyncIterable<Peer>) {
-    this.iterator = peers[Symbol.asyncIterator]()
-  }
-
-  /** Peers found so far. */
-  get known(): readonly Peer[] {
-    return this.found
-  }
-
-  /** The next new peer, or undefined when the lookup is exhausted or `signal` aborts first. */
-  async next(signal?: AbortSignal): Promise<Peer | undefined> {
-    if (this.done || signal?.aborted === true) return undefined
-    this.pending ??= this.iterator.next()
-    const aborted = new Promise<'aborted'>((resolve) =>
-      signal?.addEventListener('abort', () => resolve('aborted'), { once: true }),
-    )
-    const r = await Promise.race([this.pending, aborted])
-    if (r === 'aborted') return undefined // the lookup keeps running; a later next() picks it up
-    this.pending = undefined
-    if (r.done === true) {
-      this.done = true
-      return undefined
-    }
-    this.found.push(r.value)
-    return r.value
-  }
-
-  /** Ends the lookup (the router aborts its query when the consumer returns). */
-  async close(): Promise<void> {
-    this.done = true
-    await this.iterator.return?.()
-  }
+/** Where a race gets its next peer (lookup.ts). */
+export interface PeerQueue {
+  next(signal?: AbortSignal): Promise<Peer | undefined>
 }
 
 /** Hedge delay from observed header latencies: an exponential moving average with bounds. */
@@ -77,7 +41,7 @@ export interface RaceWin<T> {
  * fails; the first success wins and the losers are aborted (their bodies destroyed by their signal).
  */
 export async function race<T>(
-  source: PeerSource,
+  source: PeerQueue,
   first: Peer,
   attempt: (peer: Peer, signal: AbortSignal) => Promise<T>,
   init: RaceInit,

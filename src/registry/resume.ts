@@ -12,6 +12,18 @@ export interface ResumeInit {
   signal: AbortSignal
   maxResumes?: number
   onResume?(from: PeerResponse, offset: number, err: unknown): void
+  /**
+   * A source slower than this over `floorWindowMs` of waiting for it fails like a broken one (and the body
+   * resumes elsewhere): a peer trickling a byte every few seconds beats any idle timeout but would stall the
+   * pull forever. Time the client spends not reading does not count. Default 1 MiB/s over 5 s.
+   */
+  floorBytesPerSecond?: number
+  floorWindowMs?: number
+}
+
+/** A peer that sends, but too slowly to finish a pull in reasonable time. */
+export class PeerTooSlowError extends Error {
+  override name = 'PeerTooSlowError'
 }
 
 /**
@@ -24,12 +36,29 @@ export function resumableBody(init: ResumeInit): Readable {
     let current = init.first
     let offset = init.start
     let resumes = 0
+    const floor = init.floorBytesPerSecond ?? 1024 * 1024
+    const windowMs = init.floorWindowMs ?? 5000
     for (;;) {
+      // time spent waiting for this source, and what it delivered meanwhile (reset every window)
+      let waitedMs = 0
+      let delivered = 0
       try {
+        let asked = performance.now()
         for await (const chunk of current.body) {
           const buf = chunk as Buffer
+          waitedMs += performance.now() - asked
+          delivered += buf.length
+          if (waitedMs >= windowMs) {
+            if (delivered < (floor * waitedMs) / 1000)
+              throw new PeerTooSlowError(
+                `peer ${current.peer.id} sent ${delivered} bytes in ${Math.round(waitedMs)} ms`,
+              )
+            waitedMs = 0
+            delivered = 0
+          }
           offset += buf.length
           yield buf
+          asked = performance.now()
         }
         if (offset > init.end) return
         throw new Error(`short body from peer ${current.peer.id}: ended at ${offset}, want ${init.end + 1}`)
@@ -48,9 +77,12 @@ export function resumableBody(init: ResumeInit): Readable {
   return stream
 }
 
-/** Checks a resumed response really starts where we stopped: `Content-Range: bytes <offset>-…`. */
-export function startsAt(res: PeerResponse, offset: number): boolean {
-  if (offset === 0 && res.status === 200) return true
-  const m = /^bytes (\d+)-\d+\/(\d+|\*)$/.exec(res.headers['content-range'] ?? '')
-  return res.status === 206 && m !== null && Number(m[1]) === offset
+/**
+ * Checks a resumed response really starts where we stopped and is of the same blob size:
+ * `Content-Range: bytes <offset>-…/<size>`.
+ */
+export function startsAt(res: PeerResponse, offset: number, sizeBytes: number): boolean {
+  if (offset === 0 && res.status === 200) return Number(res.headers['content-length']) === sizeBytes
+  const m = /^bytes (\d+)-\d+\/(\d+)$/.exec(res.headers['content-range'] ?? '')
+  return res.status === 206 && m !== null && Number(m[1]) === offset && Number(m[2]) === sizeBytes
 }

@@ -9,10 +9,19 @@ export interface Served {
   body?: Buffer | Readable
   digest: string
   peer?: string
+  /** Served from a download still in progress (the peer endpoint's in-flight serving). */
+  inFlight?: boolean
 }
 
 /**
- * Buffer size on the blob path (socket writes, stream stages, peer reads). With Node's 16–64 KiB defaults a
- * blob relayed through the mirror ran ~3× slower on this machine (bench/mirror.ts).
+ * What each stream stage on the blob path holds before it pushes back (peer body, resume, verify, the
+ * mirror's output), and the pool buffer size: 1 MiB. Node's 16–64 KiB defaults made the relay ~3× slower
+ * (bench/mirror.ts); 4 MiB per stage made 16 parallel relays hold several hundred MiB (bench/memory.ts).
  */
-export const BLOB_BUFFER_BYTES = 4 * 1024 * 1024
+export const BLOB_BUFFER_BYTES = 1024 * 1024
+
+/**
+ * The HTTP servers' socket write buffer: with Node's 16 KiB default, serving a file ran at ~0.3 GiB/s here,
+ * with 4 MiB as fast as docker-registry (bench/mirror.ts).
+ */
+export const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024

@@ -11,22 +11,45 @@ import type { RepositoryFilter } from '../filter.js'
 import { NotFoundError } from '../store/errors.js'
 import type { Store } from '../store/store.js'
 import { errorResponse, MethodNotAllowedError, type Target } from './errors.js'
-import { type ClientRequest, serveLocal } from './local.js'
+import type { Advertises } from './local.js'
 import type { RegistryMetrics, Source } from './metrics.js'
 import type { PeerFetcher } from './peers.js'
-import { BLOB_BUFFER_BYTES, type Served } from './served.js'
+import { HERD_HEADER } from './herd.js'
+import { resolveContent, type ResolverComponents } from './resolve.js'
+import { sendBlob } from './send-blob.js'
+import type { TagResolver } from './tags.js'
+import { SOCKET_BUFFER_BYTES, type Served } from './served.js'
 
 export interface RegistryServerComponents {
   store: Store
+  /** What this node advertises: the only local content either server answers with. */
+  advertises: Advertises
   logger: Logger
   metrics: RegistryMetrics
   /** Present on the mirror only: the peer endpoint never asks peers (no request loops). */
   peers?: PeerFetcher
   filter?: RepositoryFilter
+  /** Mirror only: resolves tags upstream first (tags.ts). */
+  tags?: TagResolver
+  /** Mirror only: told of blobs about to be downloaded here (inflight.ts). */
+  expect?: ResolverComponents['expect']
+  /** Peer endpoint only: serves blobs this node is still downloading. */
+  inflight?: ResolverComponents['inflight']
+  /** Both: the mirror asks the elected node; the peer endpoint fetches for the herd when elected. */
+  herd?: ResolverComponents['herd']
 }
 
 export interface RegistryServerInit {
   server: 'mirror' | 'peer'
+  /** Blob bodies streaming at once; more get 503 + Retry-After (default 16). */
+  maxDownloads?: number
+  /** Open connections; more are refused by the kernel's accept path (default 256). */
+  maxConnections?: number
+}
+
+/** Every download slot is taken: the client should retry shortly or go elsewhere. */
+export class TooManyDownloadsError extends Error {
+  override name = 'TooManyDownloadsError'
 }
 
 declare module 'fastify' {
@@ -43,10 +66,21 @@ declare module 'fastify' {
 }
 
 const EMPTY = Buffer.alloc(0)
+/** Paths that are probes (kubelet), scrapes (Prometheus) or the status page, never registry traffic. */
+const NOT_REGISTRY_TRAFFIC = /^\/(?:healthz|readyz|metrics|status|ui|favicon\.ico)(?:[/?]|$)/
+const REPOSITORY_IN_PATH = /^\/v2\/(.+?)\/(?:manifests|blobs)\//
 const API_VERSION = { 'docker-distribution-api-version': 'registry/2.0' }
 
-function send(reply: FastifyReply, served: Served): FastifyReply {
+async function send(reply: FastifyReply, served: Served): Promise<FastifyReply> {
+  if (served.body !== undefined && !Buffer.isBuffer(served.body) && served.inFlight !== true) {
+    // blobs: written chunk by chunk, each buffer back to its pool once written (send-blob.ts)
+    await sendBlob(reply, served.status, { ...served.headers, ...API_VERSION }, served.body)
+    return reply
+  }
   reply.code(served.status).headers({ ...served.headers, ...API_VERSION })
+  // A blob still arriving may have no byte yet, and sendBlob (like fastify) writes the headers with the first
+  // one: a peer's header deadline would fire. Piped by fastify instead, headers flushed at once.
+  if (served.inFlight === true) reply.raw.once('pipe', () => reply.raw.flushHeaders())
   // an empty Buffer (not null) keeps fastify from serialising JSON and rewriting Content-Type on HEAD
   return reply.send(served.body ?? EMPTY)
 }
@@ -60,7 +94,7 @@ export function createRegistryServer(
   components: RegistryServerComponents,
   init: RegistryServerInit,
 ): FastifyInstance {
-  const { store, metrics, peers, filter } = components
+  const { metrics, filter } = components
   const app = fastify({
     loggerInstance: components.logger.child({ component: init.server }) as FastifyBaseLogger,
     // one summary line per request is written in onResponse instead of fastify's two
@@ -69,9 +103,15 @@ export function createRegistryServer(
     routerOptions: { maxParamLength: 1024 },
     bodyLimit: 1024,
     return503OnClosing: true,
+    // Hostile or broken clients: a request must arrive whole within 10 s (slowloris), a connection with no
+    // traffic for 30 s is closed (idle sockets, downloads nobody reads), keep-alive lasts 5 s.
+    requestTimeout: 10_000,
+    connectionTimeout: 30_000,
+    keepAliveTimeout: 5_000,
     // Socket write buffers sized for blobs: with Node's 16 KiB default, serving a file ran at ~0.3 GiB/s
     // here, with 4 MiB at ~1.3–1.9 GiB/s (as fast as docker-registry).
-    http: { highWaterMark: BLOB_BUFFER_BYTES },
+    // Node checks request deadlines every connectionsCheckingInterval (30 s by default): check often.
+    http: { highWaterMark: SOCKET_BUFFER_BYTES, connectionsCheckingInterval: 1000 },
     // Requests Node's parser rejects (bad characters, oversized headers) still get an OCI error body.
     clientErrorHandler: (err, socket) => {
       if (socket.destroyed || !socket.writable) return
@@ -80,27 +120,53 @@ export function createRegistryServer(
       // a HEAD answer carries no body, even when the request line itself was the problem
       const head =
         (err as unknown as { rawPacket?: Buffer }).rawPacket?.subarray(0, 5).toString('latin1') === 'HEAD '
+      // then close for real: a half-closed socket of a client that never closes would keep its fd
       socket.end(
         `HTTP/1.1 ${status} Bad Request\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${head ? '' : body}`,
+        () => socket.destroy(),
       )
     },
     forceCloseConnections: false,
   })
 
-  app.addHook('onRequest', async (request) => {
-    metrics.inflight.inc({ server: init.server })
-    request.kagami = { kind: 'other' }
-  })
+  app.server.maxConnections = init.maxConnections ?? 256
+  const maxDownloads = init.maxDownloads ?? 16
+  let downloads = 0
 
-  app.addHook('onResponse', async (request, reply) => {
+  // Per request: when it started, when its first byte went out (TTFB), whether it was counted.
+  const timing = new WeakMap<FastifyRequest, { startMs: number; firstByteMs?: number; done: boolean }>()
+
+  /**
+   * Counts and logs one finished request, once. fastify's onResponse runs on 'finish' only; a client that
+   * goes away mid-body (containerd cancelling a pull) ends with 'close' alone, so that path calls this too:
+   * otherwise the in-flight gauge and the status page's in-flight list would keep it forever.
+   */
+  const finished = (request: FastifyRequest, reply: FastifyReply): void => {
+    const k = request.kagami
+    const t = timing.get(request)
+    if (k === undefined || t === undefined || t.done) return
+    t.done = true
     metrics.inflight.dec({ server: init.server })
-    const k = request.kagami ?? { kind: 'other' }
+    metrics.activity.end(request)
+    const complete = reply.raw.writableFinished
     const source = k.source ?? (reply.statusCode === 404 ? 'miss' : undefined)
-    metrics.requests.inc({
+    // bytes count only for a body that went out whole (an aborted or failed stream sent less)
+    const bytes = request.method === 'GET' && reply.statusCode < 300 && complete ? (k.bytes ?? 0) : 0
+    const durationMs = performance.now() - t.startMs
+    metrics.observe({
       server: init.server,
       kind: k.kind,
-      source: source ?? 'none',
-      status: String(reply.statusCode),
+      source,
+      status: reply.statusCode,
+      registry: k.ns,
+      method: request.method,
+      ref: k.digest,
+      repository: REPOSITORY_IN_PATH.exec(request.url)?.[1],
+      peer: k.peer,
+      bytes,
+      durationSeconds: durationMs / 1000,
+      ttfbSeconds: t.firstByteMs !== undefined ? Math.max(0, t.firstByteMs - t.startMs) / 1000 : undefined,
+      remoteAddress: request.socket?.remoteAddress,
     })
     const line = {
       method: request.method,
@@ -110,12 +176,36 @@ export function createRegistryServer(
       digest: k.digest,
       peer: k.peer,
       bytes: k.bytes,
-      durationMs: Math.round(reply.elapsedTime * 10) / 10,
+      durationMs: Math.round(durationMs * 10) / 10,
+      ...(complete ? {} : { aborted: true }),
     }
-    // A miss is normal traffic (containerd falls through), so it logs at debug.
-    if (source === 'miss' || reply.statusCode < 400) request.log.debug(line, 'request')
-    else request.log.info(line, 'request')
+    // A miss is normal traffic (containerd falls through) and a local hit is the routine case: debug. Content
+    // fetched from a peer is what kagami is for, so the default level shows it; so do failures and aborts.
+    if (!complete || source === 'peer' || (reply.statusCode >= 400 && source !== 'miss'))
+      request.log.info(line, 'request')
+    else request.log.debug(line, 'request')
+  }
+
+  app.addHook('onRequest', async (request, reply) => {
+    // Probes, scrapes and the status page are not registry traffic: no counters, no "recent requests".
+    if (NOT_REGISTRY_TRAFFIC.test(request.url)) return
+    metrics.inflight.inc({ server: init.server })
+    metrics.activity.begin(request, {
+      server: init.server,
+      method: request.method,
+      path: request.url.slice(0, 300),
+    })
+    request.kagami = { kind: 'other' }
+    const t: { startMs: number; firstByteMs?: number; done: boolean } = {
+      startMs: performance.now(),
+      done: false,
+    }
+    timing.set(request, t)
+    onFirstWrite(reply, () => (t.firstByteMs = performance.now()))
+    reply.raw.once('close', () => finished(request, reply))
   })
+
+  app.addHook('onResponse', async (request, reply) => finished(request, reply))
 
   app.setErrorHandler((err, request, reply) => {
     const target =
@@ -160,40 +250,64 @@ export function createRegistryServer(
     if (filter !== undefined && !filter.allows(req.registry, req.repository)) {
       throw new NotFoundError(`${req.registry}/${req.repository} is not mirrored by this node`)
     }
-    const client: ClientRequest = {
+    const served = await resolveContent(components, req, {
       method: request.method,
       accept: request.headers.accept,
       range: typeof request.headers.range === 'string' ? request.headers.range : undefined,
+      // on the peer endpoint the Authorization is the peer's signature, never credentials for upstream
+      authorization: init.server === 'mirror' ? request.headers.authorization : undefined,
+      herd: init.server === 'peer' ? herdSizeHint(request.headers[HERD_HEADER]) : undefined,
       signal: requestSignal(reply),
+    })
+    if (served.body !== undefined && !Buffer.isBuffer(served.body)) {
+      // a streaming body holds buffers and a file or peer connection until the client has read it all
+      if (downloads >= maxDownloads) {
+        served.body.destroy()
+        void reply.header('retry-after', '1')
+        throw new TooManyDownloadsError(`all ${maxDownloads} download slots are busy`)
+      }
+      downloads++
+      reply.raw.once('close', () => downloads--)
     }
-    let served: Served | undefined
-    try {
-      served = await serveLocal(store, req, client)
-    } catch (err) {
-      const name = (err as Error).name
-      // Not here: ask peers (mirror only). Range and bad-input errors are the client's and are final.
-      if (
-        name !== 'NotFoundError' &&
-        name !== 'StoreUnavailableError' &&
-        name !== 'ManifestNotAcceptableError'
-      )
-        throw err
-      if (peers === undefined) throw err
-    }
-    served ??= await peers?.fetch(req, client)
-    if (served === undefined)
-      throw new NotFoundError(`${req.kind} ${ref} not found on this node or its peers`)
     Object.assign(request.kagami, { source: served.source, digest: served.digest, peer: served.peer })
     const length = Number(served.headers['content-length'])
     if (request.method === 'GET' && Number.isFinite(length)) request.kagami.bytes = length
-    if (request.method === 'GET')
-      metrics.bytes.inc({ server: init.server, source: served.source }, Number.isFinite(length) ? length : 0)
     return send(reply, served)
   }
 
   app.route({ method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'], url: '/v2', handler })
   app.route({ method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'], url: '/v2/*', handler })
   return app
+}
+
+/**
+ * Calls `onFirst` when the response writes its first bytes (headers go out with them): the time to first
+ * byte. Wraps `write`/`end` only until that first call, so the blob path pays nothing per chunk.
+ */
+function onFirstWrite(reply: FastifyReply, onFirst: () => void): void {
+  const res = reply.raw as unknown as Record<'write' | 'end', (...args: unknown[]) => unknown>
+  const write = res.write
+  const end = res.end
+  const restore = (): void => {
+    onFirst()
+    res.write = write
+    res.end = end
+  }
+  res.write = function (this: unknown, ...args: unknown[]) {
+    restore()
+    return write.apply(this, args)
+  }
+  res.end = function (this: unknown, ...args: unknown[]) {
+    restore()
+    return end.apply(this, args)
+  }
+}
+
+/** The expected size a herd request carries (0: unknown), or undefined for an ordinary request. */
+function herdSizeHint(value: string | string[] | undefined): number | undefined {
+  if (typeof value !== 'string') return undefined
+  const n = Number(value)
+  return Number.isSafeInteger(n) && n >= 0 ? n : 0
 }
 
 /** Aborts when the client goes away, so peer fetches and store reads stop with it. */

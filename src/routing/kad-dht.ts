@@ -12,6 +12,7 @@ import { lookup } from 'node:dns/promises'
 import { setMaxListeners } from 'node:events'
 import { anySignal } from 'any-signal'
 import { noise } from '@chainsafe/libp2p-noise'
+import { preSharedKey } from '@libp2p/pnet'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify } from '@libp2p/identify'
 import type { Libp2p, PeerId, PeerInfo, PrivateKey } from '@libp2p/interface'
@@ -23,7 +24,8 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { createLibp2p, type Libp2pOptions } from 'libp2p'
 import type { Logger } from 'pino'
 import { Gauge, type Registry } from 'prom-client'
-import type { AbortOptions } from '../store/store.js'
+import type { AbortOptions } from '../abort.js'
+import { checkPeerUrl } from '../trust/peer-url.js'
 import { KeyExchange, type KeyExchangeInit, type KeyExchangeStats } from './key-exchange.js'
 import { ExpiringProviderDatastore, type ProviderLimits } from './provider-datastore.js'
 import { keyToCid, keyToString, type RoutingKey } from './keys.js'
@@ -60,6 +62,11 @@ export interface KadDhtRouterInit {
   /** Exchange key lists with connected peers (default true); false leaves lookups to the DHT alone. */
   keyExchange?: boolean
   /**
+   * Private network key (swarm.key bytes, see trust/psk.ts): every connection is encrypted with it first, so
+   * a node without it cannot connect, learn keys or take part in the DHT. Undefined = open network.
+   */
+  psk?: Uint8Array
+  /**
    * 'when-needed' (default): no DHT provides while the key exchange covers the cluster, and none for keys
    * that many exchange peers announce; 'always': provide every key (bench/routing measures provide speed).
    */
@@ -89,8 +96,9 @@ export interface RoutingStats {
   provided: number
 }
 
+/** Every A and AAAA record of name (IPv6-primary clusters publish the headless Service as AAAA only). */
 async function defaultResolveHost(name: string): Promise<string[]> {
-  return (await lookup(name, { all: true, family: 4 })).map((a) => a.address)
+  return (await lookup(name, { all: true, family: 0 })).map((a) => a.address)
 }
 
 /** Parses our agent version back into the peer endpoint URL. */
@@ -101,6 +109,22 @@ export function peerUrlFromAgent(agent: string | undefined): string | undefined 
   const url = agent.slice(i + URL_MARK.length).trim()
   return /^https?:\/\/[^\s/]+$/.test(url) ? url : undefined
 }
+
+/** A kagami peer this node has seen since it started, for the status page. */
+export interface KnownPeer {
+  id: string
+  url: string
+  connected: boolean
+  /** Unix ms: when the current connection was identified (connected peers only). */
+  connectedSince?: number
+  /** Unix ms: now for a connected peer, else when it disconnected. */
+  lastSeen: number
+  /** Keys it announced through the key exchange (connected peers only). */
+  keys: number
+}
+
+/** Disconnected peers remembered for the status page; older ones are forgotten. */
+const MAX_REMEMBERED_PEERS = 256
 
 export class KadDhtRouter implements Router {
   private node: Libp2p<{ dht: KadDHT }> | undefined
@@ -113,6 +137,8 @@ export class KadDhtRouter implements Router {
   private readonly peersGauge: Gauge | undefined
   private bootstrapTimer: NodeJS.Timeout | undefined
   private readonly stopController = new AbortController()
+  /** Peer id → when we saw it (identify, disconnect); bounded by MAX_REMEMBERED_PEERS disconnected ones. */
+  private readonly seen = new Map<string, { url: string; connectedSince?: number; lastSeen: number }>()
 
   constructor(
     components: KadDhtRouterComponents,
@@ -159,6 +185,7 @@ export class KadDhtRouter implements Router {
       datastore: this.datastore,
       addresses: { listen: this.init.listen },
       transports: this.init.transports ?? [tcp()],
+      ...(this.init.psk !== undefined ? { connectionProtector: preSharedKey({ psk: this.init.psk }) } : {}),
       connectionEncrypters: [noise()],
       streamMuxers: [yamux()],
       nodeInfo: {
@@ -208,8 +235,25 @@ export class KadDhtRouter implements Router {
       await this.exchange.start()
     }
     this.node.addEventListener('peer:identify', (e) => {
-      const url = peerUrlFromAgent(e.detail.agentVersion)
-      if (url !== undefined) this.urls.set(e.detail.peerId.toString(), url)
+      const announced = peerUrlFromAgent(e.detail.agentVersion)
+      if (announced === undefined) return
+      // Only a URL on the IP the peer connects from: never another host, never our own endpoint.
+      const ip = e.detail.connection.remoteAddr
+        .getComponents()
+        .find((c) => c.name === 'ip4' || c.name === 'ip6')?.value
+      const url = checkPeerUrl(announced, ip)
+      if (url === undefined || url === this.init.peerUrl) {
+        this.log.warn(
+          { peer: e.detail.peerId.toString(), url: announced, remoteIp: ip },
+          'ignoring a peer endpoint URL that does not match the peer’s connection',
+        )
+        return
+      }
+      const id = e.detail.peerId.toString()
+      this.urls.set(id, url)
+      const now = Date.now()
+      this.seen.delete(id) // re-insert: the map stays in last-seen order
+      this.seen.set(id, { url, connectedSince: this.seen.get(id)?.connectedSince ?? now, lastSeen: now })
     })
     // Keys advertised while the routing table was empty were stored only here; provide them again once the
     // first peers are in the table, so lookups elsewhere find them locally instead of waiting for a reprovide.
@@ -224,7 +268,22 @@ export class KadDhtRouter implements Router {
     })
     // Provider records outlive a stopped node; forgetting its URL makes resolve dial it again, which a dead
     // node refuses at once, so it is skipped instead of handed to the mirror.
-    this.node.addEventListener('peer:disconnect', (e) => this.urls.delete(e.detail.toString()))
+    this.node.addEventListener('peer:disconnect', (e) => {
+      const id = e.detail.toString()
+      this.urls.delete(id)
+      const was = this.seen.get(id)
+      if (was === undefined) return
+      this.seen.delete(id)
+      this.seen.set(id, { url: was.url, lastSeen: Date.now() })
+      if (this.seen.size > MAX_REMEMBERED_PEERS) {
+        for (const [old, s] of this.seen) {
+          if (s.connectedSince === undefined) {
+            this.seen.delete(old)
+            break
+          }
+        }
+      }
+    })
     this.log.info({ peerId: this.peerId, addrs: this.multiaddrs().map(String) }, 'dht started')
     void this.bootstrap()
     this.startedAt = Date.now()
@@ -245,6 +304,8 @@ export class KadDhtRouter implements Router {
   }
 
   private bootstrapped = false
+  /** `dns:` bootstrap names whose last lookup failed (logged once when they fail, once when they recover). */
+  private readonly unresolved = new Set<string>()
 
   private async dialBootstrap(): Promise<void> {
     const node = this.node
@@ -258,8 +319,12 @@ export class KadDhtRouter implements Router {
           const hosts = await (this.init.resolveHost ?? defaultResolveHost)(name)
           for (const ip of hosts)
             targets.push(multiaddr(`/${ip.includes(':') ? 'ip6' : 'ip4'}/${ip}/tcp/${port}`))
+          if (this.unresolved.delete(name)) this.log.info({ name }, 'bootstrap name resolves again')
         } catch (err) {
-          this.log.debug({ err: (err as Error).message, name }, 'bootstrap name did not resolve')
+          // A wrong clusterDomain isolates the node while it reports ready: warn once per change, not per round
+          if (!this.unresolved.has(name))
+            this.log.warn({ err: (err as Error).message, name }, 'bootstrap name does not resolve')
+          this.unresolved.add(name)
         }
       } else {
         targets.push(multiaddr(entry))
@@ -541,6 +606,39 @@ export class KadDhtRouter implements Router {
       controller.abort() // the consumer broke out or we are done: end the query
       signal.clear()
     }
+  }
+
+  /** Whether `peerId` is connected now (with a PSK: a member of the private network). */
+  isConnected(peerId: string): boolean {
+    return this.node?.getConnections().some((c) => c.remotePeer.toString() === peerId) ?? false
+  }
+
+  /** Every kagami peer seen since start, connected ones first (the status page's peer table). */
+  knownPeers(): KnownPeer[] {
+    const connected = new Set(this.peers().map((p) => p.id))
+    const now = Date.now()
+    const out: KnownPeer[] = []
+    for (const [id, s] of this.seen) {
+      const isConnected = connected.has(id)
+      out.push({
+        id,
+        url: this.urls.get(id) ?? s.url,
+        connected: isConnected,
+        connectedSince: isConnected ? s.connectedSince : undefined,
+        lastSeen: isConnected ? now : s.lastSeen,
+        keys: isConnected ? (this.exchange?.keyCount(id) ?? 0) : 0,
+      })
+    }
+    return out.sort((a, b) => Number(b.connected) - Number(a.connected) || b.lastSeen - a.lastSeen)
+  }
+
+  /**
+   * Keys peers announced, by name, for a partial-name search. None: the key exchange holds peers' lists as
+   * 48-bit hashes (bounded memory at scale), so a search matches this node's own names partially and looks an
+   * exact name or digest up across the cluster.
+   */
+  knownKeys(): Iterable<string> {
+    return []
   }
 
   /** Connected peers whose peer endpoint we know. */

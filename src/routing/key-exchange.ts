@@ -300,6 +300,11 @@ export class KeyExchange {
     return n
   }
 
+  /** How many keys `peer` announced (0 when we hold no list from it). */
+  keyCount(peer: string): number {
+    return this.subs.get(peer)?.hashes.length ?? 0
+  }
+
   /** Peers whose complete list announces `key`. */
   holders(key: string): string[] {
     const h = keyHash(key)

@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { AbortOptions } from '../store/store.js'
+import type { AbortOptions } from '../abort.js'
 import { keyToString, type RoutingKey } from './keys.js'
 import type { Peer, ResolveOptions, Router } from './router.js'
 

@@ -1,4 +1,4 @@
-import type { AbortOptions } from '../store/store.js'
+import type { AbortOptions } from '../abort.js'
 import type { RoutingKey } from './keys.js'
 
 /** A node that can serve content: its id and the base URL of its kagami peer endpoint. */

@@ -46,17 +46,43 @@ interface ImagesClient extends grpc.Client {
   Get: Unary<{ name: string }, { image: PbImage | null }>
   List: Unary<{ filters: string[] }, { images: PbImage[] }>
 }
+export interface PbWriteRequest {
+  action: 'STAT' | 'WRITE' | 'COMMIT'
+  ref: string
+  total?: number
+  expected?: string
+  offset?: number
+  data?: Buffer
+}
+export interface PbWriteResponse {
+  action: string
+  offset: number
+  total: number
+  digest: string
+}
+
 interface ContentClient extends grpc.Client {
   Info: Unary<{ digest: string }, { info: PbInfo | null }>
   Read: ServerStream<{ digest: string; offset: number; size: number }>
   ListStatuses: Unary<{ filters: string[] }, { statuses: PbStatus[] }>
+  Abort: Unary<{ ref: string }, Record<string, never>>
+  Write: (
+    md: grpc.Metadata,
+    options?: grpc.CallOptions,
+  ) => grpc.ClientDuplexStream<PbWriteRequest, PbWriteResponse>
 }
 interface EventsClient extends grpc.Client {
   Subscribe: ServerStream<{ filters: string[] }>
 }
 
 const PROTO_DIR = fileURLToPath(new URL('../../proto/', import.meta.url))
-const LOADER_OPTIONS: protoLoader.Options = { longs: Number, defaults: true, arrays: true, keepCase: false }
+const LOADER_OPTIONS: protoLoader.Options = {
+  longs: Number,
+  enums: String,
+  defaults: true,
+  arrays: true,
+  keepCase: false,
+}
 
 /** Typed gRPC clients for containerd's Images, Content and Events services over one unix socket. */
 export class ContainerdClient {

@@ -1,27 +1,49 @@
-import { constants, createReadStream } from 'node:fs'
-import { access, stat as fsStat } from 'node:fs/promises'
+import { constants } from 'node:fs'
+import { access, readdir, readFile, stat as fsStat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import * as grpc from '@grpc/grpc-js'
 import type { Logger } from 'pino'
+import { BufferPool } from '../buffer-pool.js'
 import {
   type Descriptor,
   type Digest,
   digestHex,
   formatReference,
+  isDigest,
   parseDigest,
   parseReference,
   type Reference,
 } from '../oci/index.js'
-import { ContainerdClient, type PbEnvelope, type PbImage } from './containerd-client.js'
+import {
+  ContainerdClient,
+  type PbEnvelope,
+  type PbImage,
+  type PbWriteRequest,
+  type PbWriteResponse,
+} from './containerd-client.js'
 import { NotFoundError, StoreUnavailableError } from './errors.js'
+import { readFileRange } from './file-read.js'
 import { resolveRange } from './range.js'
-import type { AbortOptions, ContentInfo, Image, ReadOptions, Store, StoreEvent } from './store.js'
+import type {
+  AbortOptions,
+  ContentInfo,
+  Image,
+  Ingest,
+  IngestReadOptions,
+  ReadOptions,
+  Store,
+  StoreEvent,
+  WriteOptions,
+} from './store.js'
+import { tailFile } from './tail.js'
 import { walkImage } from './walk.js'
 
 export interface ContainerdStoreComponents {
   logger: Logger
+  /** Buffers for direct file reads, shared with the HTTP side that recycles them (default: its own). */
+  pool?: BufferPool
 }
 
 export interface ContainerdStoreInit {
@@ -32,6 +54,11 @@ export interface ContainerdStoreInit {
   contentDir?: string
   /** Bounded reconnect backoff for `watch` after containerd goes away. */
   reconnectMaxDelayMs?: number
+  /**
+   * Deadline for the single-item lookups on a request's path (image by name, content info): a stuck
+   * containerd must turn into a fast miss, not a 10 s wait per request (default 1 s).
+   */
+  lookupTimeoutMs?: number
   /** Bytes per gRPC Content/Read call (default 64 MiB); tests set it small to cross call boundaries. */
   grpcReadChunkBytes?: number
 }
@@ -40,7 +67,11 @@ export interface ContainerdStoreInit {
 // flow-control window in containerd-client.ts). Memory stays bounded by that window, not by the call size.
 const GRPC_READ_CHUNK = 64 * 1024 * 1024
 const FILE_HIGH_WATER_MARK = 4 * 1024 * 1024
+/** File reads: 1 MiB per read(2), as a bare Node file server's fastest setting here (bench/mirror.ts). */
+const FILE_READ_BYTES = 1024 * 1024
 const FILE_READS_RECHECK_MS = 1000
+// gRPC's default message limit is 4 MiB: content goes to containerd in 1 MiB writes
+const WRITE_CHUNK_BYTES = 1024 * 1024
 
 /** Maps gRPC failures to Store errors; NOT_FOUND is normal traffic, UNAVAILABLE means containerd is down. */
 function mapError(err: unknown, what: string): Error {
@@ -82,17 +113,21 @@ function toImage(pb: PbImage): Image | undefined {
 export class ContainerdStore implements Store {
   private readonly client: ContainerdClient
   private readonly log: Logger
+  private readonly pool: BufferPool
   /** Media types learned from descriptors while walking images; containerd's Info does not carry them. */
   private readonly mediaTypes = new Map<Digest, string>()
   private fileReads: boolean | undefined
   private fileReadsCheckedAt = 0
   private closed = false
+  /** The event stream is up and its snapshot was read: the status page and a gauge show it. */
+  private streamUp = false
 
   constructor(
     components: ContainerdStoreComponents,
     private readonly init: ContainerdStoreInit,
   ) {
     this.log = components.logger.child({ component: 'containerd-store' })
+    this.pool = components.pool ?? new BufferPool({ bufferBytes: FILE_READ_BYTES, maxFree: 16 })
     this.client = new ContainerdClient(init.address, init.namespace)
   }
 
@@ -144,6 +179,7 @@ export class ContainerdStore implements Store {
         this.client.images,
         { name },
         options.signal,
+        this.init.lookupTimeoutMs ?? 1000,
       )
       return res.image === null ? undefined : toImage(res.image)
     } catch (err) {
@@ -182,6 +218,7 @@ export class ContainerdStore implements Store {
           this.client.content,
           { digest },
           options.signal,
+          this.init.lookupTimeoutMs ?? 1000,
         )
         if (res.info === null) throw new NotFoundError(`content ${digest} not found`)
         sizeBytes = res.info.size
@@ -196,25 +233,17 @@ export class ContainerdStore implements Store {
   }
 
   async read(digest: Digest, options: ReadOptions = {}): Promise<Readable> {
-    const { sizeBytes } = await this.stat(digest, options)
+    const sizeBytes = options.sizeBytes ?? (await this.stat(digest, options)).sizeBytes
     // an empty blob reads as empty; any range of it is unsatisfiable (as in the memory store)
     if (sizeBytes === 0 && options.range === undefined) return Readable.from([], { objectMode: false })
     const { start, end } = resolveRange(options.range, sizeBytes)
     if (await this.canReadFiles()) {
-      const stream = createReadStream(this.blobPath(digest), {
-        start,
-        end,
-        highWaterMark: FILE_HIGH_WATER_MARK,
-        signal: options.signal,
-      })
-      // GC may remove the file between stat and open: fall back to gRPC, which reports NotFound properly.
-      const opened = await new Promise<boolean>((resolve) => {
-        stream.once('ready', () => resolve(true))
-        stream.once('error', () => resolve(false))
-      })
-      if (opened) return stream
-      stream.destroy()
-      options.signal?.throwIfAborted()
+      try {
+        return await readFileRange(this.blobPath(digest), { start, end }, this.pool, options.signal)
+      } catch {
+        // GC may remove the file between stat and open: fall back to gRPC, which reports NotFound properly.
+        options.signal?.throwIfAborted()
+      }
     }
     return this.grpcRead(digest, start, end - start + 1, options.signal)
   }
@@ -282,10 +311,7 @@ export class ContainerdStore implements Store {
     )
   }
 
-  /** Downloads containerd has in flight (`ctr content active`): ref, expected digest, offset and total. */
-  async ingests(
-    options: AbortOptions = {},
-  ): Promise<{ ref: string; expected: string; offset: number; total: number }[]> {
+  async ingests(options: AbortOptions = {}): Promise<Ingest[]> {
     try {
       const res = await this.client.unary(
         this.client.content.ListStatuses,
@@ -293,9 +319,110 @@ export class ContainerdStore implements Store {
         { filters: [] },
         options.signal,
       )
-      return res.statuses
+      const out: Ingest[] = []
+      for (const s of res.statuses) {
+        // containerd 1.6 keeps the expected digest only while the writer is open; pulls name their ingests
+        // `<kind>-sha256:<hex>` (remotes.MakeRefKey), which says it too
+        const expected = isDigest(s.expected) ? s.expected : /sha256:[0-9a-f]{64}$/.exec(s.ref)?.[0]
+        if (expected === undefined || !isDigest(expected)) continue
+        out.push({ ref: s.ref, expected, offsetBytes: s.offset, totalBytes: s.total })
+      }
+      return out
     } catch (err) {
       throw mapError(err, 'ingests')
+    }
+  }
+
+  /**
+   * containerd 1.6 keeps a download in `<contentDir>/ingest/<sha256 of "<ns>/<n>/<ref>">/data`, `<n>` a sequence
+   * number it does not expose (verified: `ref` file `k8s.io/1/layer-sha256:…`, `data` growing in place). So the
+   * directory is found by its `ref` file; the few ingests a node has make that scan cheap.
+   */
+  private async ingestDataPath(ref: string): Promise<string | undefined> {
+    if (this.init.contentDir === undefined) return undefined
+    const root = join(this.init.contentDir, 'ingest')
+    const prefix = `${this.init.namespace}/`
+    const suffix = `/${ref}`
+    for (const dir of await readdir(root).catch(() => [])) {
+      const owner = await readFile(join(root, dir, 'ref'), 'utf8').catch(() => '')
+      if (
+        owner.startsWith(prefix) &&
+        owner.endsWith(suffix) &&
+        /^\d+$/.test(owner.slice(prefix.length, -suffix.length))
+      )
+        return join(root, dir, 'data')
+    }
+    return undefined
+  }
+
+  async readIngest(ref: string, options: IngestReadOptions): Promise<Readable> {
+    const path = await this.ingestDataPath(ref)
+    if (path === undefined) throw new NotFoundError(`download ${ref} not found`)
+    const { start, end } = resolveRange(options.range, options.sizeBytes)
+    try {
+      return await tailFile(path, {
+        start,
+        end,
+        idleTimeoutMs: options.idleTimeoutMs,
+        signal: options.signal,
+      })
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT')
+        throw new NotFoundError(`download ${ref} not found`)
+      throw err
+    }
+  }
+
+  async write(
+    ref: string,
+    init: { expected: Digest; sizeBytes: number },
+    body: AsyncIterable<Buffer>,
+    options: WriteOptions = {},
+  ): Promise<void> {
+    const { signal } = options
+    signal?.throwIfAborted()
+    const call = this.client.content.Write(this.client.metadata())
+    const responses = (call as AsyncIterable<PbWriteResponse>)[Symbol.asyncIterator]()
+    const onAbort = (): void => call.cancel()
+    signal?.addEventListener('abort', onAbort, { once: true })
+    // containerd answers every message; one at a time keeps its offset check and our memory simple
+    const ask = async (req: PbWriteRequest): Promise<PbWriteResponse> => {
+      call.write(req)
+      const r = await responses.next()
+      if (r.done === true) throw new StoreUnavailableError(`containerd ended the write of ${ref}`)
+      return r.value
+    }
+    const total = init.sizeBytes
+    const expected = init.expected
+    try {
+      await ask({ action: 'STAT', ref, total, expected })
+      options.onOpen?.()
+      // offset 0 on the first write truncates whatever an earlier, broken attempt left under this ref
+      let offset = 0
+      for await (const chunk of body) {
+        for (let i = 0; i < chunk.length; i += WRITE_CHUNK_BYTES) {
+          const data = chunk.subarray(i, i + WRITE_CHUNK_BYTES)
+          offset = (await ask({ action: 'WRITE', ref, offset, data })).offset
+        }
+      }
+      await ask({ action: 'COMMIT', ref, total, expected, offset })
+      call.end()
+    } catch (err) {
+      call.cancel()
+      if ((err as grpc.ServiceError).code === grpc.status.ALREADY_EXISTS) return
+      signal?.throwIfAborted()
+      throw mapError(err, `write ${ref}`)
+    } finally {
+      signal?.removeEventListener('abort', onAbort)
+    }
+  }
+
+  async abortIngest(ref: string, options: AbortOptions = {}): Promise<void> {
+    try {
+      await this.client.unary(this.client.content.Abort, this.client.content, { ref }, options.signal)
+    } catch (err) {
+      const mapped = mapError(err, `ingest ${ref}`)
+      if (mapped.name !== 'NotFoundError') throw mapped
     }
   }
 
@@ -317,7 +444,9 @@ export class ContainerdStore implements Store {
       call.on('error', () => undefined)
       try {
         // Subscribe first, then list: an image created in between shows up in both, never in neither.
-        yield { type: 'snapshot', images: await this.images({ signal }) }
+        const images = await this.images({ signal })
+        this.streamUp = true
+        yield { type: 'snapshot', images }
         delay = 100
         for await (const envelope of call as AsyncIterable<PbEnvelope>) {
           if (envelope.namespace !== this.init.namespace || envelope.event === null) continue
@@ -335,12 +464,14 @@ export class ContainerdStore implements Store {
           }
         }
       } catch (err) {
+        this.streamUp = false
         if (stopped()) break
         this.log.warn(
           { err: (err as Error).message, delayMs: delay },
           'containerd event stream broke; reconnecting',
         )
       } finally {
+        this.streamUp = false
         signal?.removeEventListener('abort', onAbort)
         call.cancel()
       }
@@ -351,6 +482,11 @@ export class ContainerdStore implements Store {
       }
       delay = Math.min(delay * 2, maxDelay)
     }
+  }
+
+  /** True while `watch` holds a live event stream (false before the first snapshot and while reconnecting). */
+  connected(): boolean {
+    return this.streamUp && !this.closed
   }
 
   async close(): Promise<void> {

@@ -15,3 +15,7 @@ export class RangeNotSatisfiableError extends Error {
 export class StoreUnavailableError extends Error {
   override name = 'StoreUnavailableError'
 }
+/** A download in progress stopped growing (stalled, or aborted and removed). */
+export class IngestStalledError extends Error {
+  override name = 'IngestStalledError'
+}

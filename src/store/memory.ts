@@ -1,4 +1,5 @@
 import { Readable } from 'node:stream'
+import { setTimeout as sleep } from 'node:timers/promises'
 import {
   type Descriptor,
   type Digest,
@@ -8,9 +9,19 @@ import {
   formatReference,
   type Reference,
 } from '../oci/index.js'
-import { NotFoundError } from './errors.js'
+import { IngestStalledError, NotFoundError } from './errors.js'
 import { resolveRange } from './range.js'
-import type { AbortOptions, ContentInfo, Image, ReadOptions, Store, StoreEvent } from './store.js'
+import type {
+  AbortOptions,
+  ContentInfo,
+  Image,
+  Ingest,
+  IngestReadOptions,
+  ReadOptions,
+  Store,
+  StoreEvent,
+  WriteOptions,
+} from './store.js'
 import { walkImage } from './walk.js'
 
 /**
@@ -22,6 +33,94 @@ export class MemoryStore implements Store {
   private readonly mediaTypes = new Map<Digest, string>()
   private readonly imageMap = new Map<string, Image>()
   private readonly listeners = new Set<(event: StoreEvent) => void>()
+  private readonly ingestMap = new Map<string, Ingest>()
+  private readonly ingestData = new Map<string, Buffer>()
+
+  /** Records a download in progress, as containerd's pull would open one. */
+  startIngest(ingest: Ingest): void {
+    this.ingestMap.set(ingest.ref, { ...ingest })
+    this.ingestData.set(ingest.ref, Buffer.alloc(0))
+  }
+
+  /** Appends bytes to a download in progress (its file grows, as containerd's does). */
+  writeIngest(ref: string, bytes: Uint8Array): void {
+    const data = Buffer.concat([this.ingestData.get(ref) ?? Buffer.alloc(0), bytes])
+    this.ingestData.set(ref, data)
+    const ingest = this.ingestMap.get(ref)
+    if (ingest !== undefined) ingest.offsetBytes = data.length
+  }
+
+  /** Ends a download: its bytes become content when they match, as containerd's commit does. */
+  commitIngest(ref: string): void {
+    const data = this.ingestData.get(ref)
+    const ingest = this.ingestMap.get(ref)
+    this.ingestMap.delete(ref)
+    if (data !== undefined && ingest !== undefined && digestOf(data) === ingest.expected) this.put(data)
+  }
+
+  async readIngest(ref: string, options: IngestReadOptions): Promise<Readable> {
+    options.signal?.throwIfAborted()
+    if (!this.ingestMap.has(ref)) throw new NotFoundError(`download ${ref} not found`)
+    const { start, end } = resolveRange(options.range, options.sizeBytes)
+    const data = (): Buffer => this.ingestData.get(ref) ?? Buffer.alloc(0)
+    const signal = options.signal
+    // like the file: keeps its bytes after commit or abort, and a reader stalls once nothing more comes
+    async function* chunks(): AsyncGenerator<Buffer> {
+      let position = start
+      let progressAt = performance.now()
+      while (position <= end) {
+        signal?.throwIfAborted()
+        const now = data()
+        if (now.length > position) {
+          const part = now.subarray(position, Math.min(now.length, end + 1))
+          position += part.length
+          progressAt = performance.now()
+          yield part
+          continue
+        }
+        if (performance.now() - progressAt > options.idleTimeoutMs)
+          throw new IngestStalledError(`download ${ref} did not grow for ${options.idleTimeoutMs} ms`)
+        await sleep(10, undefined, { signal })
+      }
+    }
+    return Readable.from(chunks(), { objectMode: false })
+  }
+
+  async ingests(options: AbortOptions = {}): Promise<Ingest[]> {
+    options.signal?.throwIfAborted()
+    return [...this.ingestMap.values()].map((i) => ({ ...i }))
+  }
+
+  async write(
+    ref: string,
+    init: { expected: Digest; sizeBytes: number },
+    body: AsyncIterable<Buffer>,
+    options: WriteOptions = {},
+  ): Promise<void> {
+    options.signal?.throwIfAborted()
+    if (this.blobs.has(init.expected)) return
+    this.startIngest({ ref, expected: init.expected, offsetBytes: 0, totalBytes: init.sizeBytes })
+    options.onOpen?.()
+    try {
+      for await (const chunk of body) {
+        options.signal?.throwIfAborted()
+        this.writeIngest(ref, chunk)
+      }
+      const data = this.ingestData.get(ref) ?? Buffer.alloc(0)
+      if (data.length !== init.sizeBytes || digestOf(data) !== init.expected)
+        throw new Error(`write ${ref}: content does not match ${init.expected}`)
+      this.commitIngest(ref)
+    } catch (err) {
+      this.ingestMap.delete(ref)
+      throw err
+    }
+  }
+
+  async abortIngest(ref: string, options: AbortOptions = {}): Promise<void> {
+    options.signal?.throwIfAborted()
+    this.ingestMap.delete(ref)
+    this.ingestData.delete(ref)
+  }
 
   put(bytes: Uint8Array | string, init: { mediaType?: string } = {}): Digest {
     const buf = Buffer.from(bytes)
@@ -29,6 +128,15 @@ export class MemoryStore implements Store {
     this.blobs.set(digest, buf)
     if (init.mediaType !== undefined) this.mediaTypes.set(digest, init.mediaType)
     return digest
+  }
+
+  /** Synchronous checks for test fixtures. */
+  holds(digest: Digest): boolean {
+    return this.blobs.has(digest)
+  }
+
+  hasImage(name: string): boolean {
+    return this.imageMap.has(formatReference(parseReference(name)))
   }
 
   removeContent(digest: Digest): void {

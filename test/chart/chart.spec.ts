@@ -1,10 +1,10 @@
 import { readFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { parse as parseYaml } from 'yaml'
 import { describe, expect, it } from 'vitest'
 import { configureSchema, fields, parseConfig, runSchema } from '../../src/config.js'
 import { renderValuesSchema } from '../../scripts/gen-values-schema.js'
-import { CHART_DIR, type K8sObject, renderChart } from './render.js'
+import { CHART_DIR, helmTemplate, type K8sObject } from './render.js'
 
 /** Validates an object against the Kubernetes OpenAPI schema of its kind (kubernetes-models). */
 async function validate(obj: K8sObject): Promise<void> {
@@ -53,14 +53,17 @@ function checkKagamiArgs(c: Container): void {
   const args = c.args ?? []
   if (c.command !== undefined) return // not the kagami entrypoint (e.g. the cleanup hook's idle container)
   const sub = args[0]
-  expect(['run', 'configure', 'cleanup', 'status']).toContain(sub)
+  expect(['run', 'configure', 'cleanup', 'cleanup-wait', 'status']).toContain(sub)
   const allowed =
     sub === 'run'
       ? new Set([...RUN_FLAGS, '--config'])
       : sub === 'configure'
         ? new Set([...CONFIGURE_FLAGS, '--config'])
-        : new Set(['--config-path', '--mirror-address'])
-  for (const a of args.filter((x) => x.startsWith('--'))) expect(allowed, `${sub} ${a}`).toContain(a)
+        : sub === 'cleanup-wait'
+          ? new Set(['--daemonset', '--namespace', '--timeout'])
+          : new Set(['--config-path', '--mirror-address'])
+  for (const a of args.filter((x) => x.startsWith('--')))
+    expect(allowed, `${sub} ${a}`).toContain(a.split('=')[0])
 }
 
 function hostPaths(spec: PodSpec): Map<string, string> {
@@ -87,7 +90,7 @@ describe('Helm chart (rendered with Go text/template + sprig, validated against 
   ])(
     '%s: every object is valid and every kagami flag exists in the CLI',
     async (_name, args) => {
-      const { objects, notes } = await renderChart(args)
+      const { objects, notes } = await helmTemplate(args)
       expect(notes).toMatch(/kagami status/)
       expect(objects.length).toBeGreaterThan(3)
       for (const obj of objects) {
@@ -111,8 +114,8 @@ describe('Helm chart (rendered with Go text/template + sprig, validated against 
       // the config file is valid input for `kagami run --config`
       const cm = byKind(objects, 'ConfigMap')[0] as unknown as { data: { 'config.yaml': string } }
       const config = parseConfig(runSchema, parseYaml(cm.data['config.yaml']) as Record<string, unknown>)
-      expect(config.mirrorAddress).toBe('127.0.0.1:30020')
-      expect(config.bootstrap).toEqual(['dns:kagami-bootstrap.kagami.svc.cluster.local:30022'])
+      expect(config.mirrorAddress).toBe('127.0.0.1:29020')
+      expect(config.bootstrap).toEqual(['dns:kagami-bootstrap.kagami.svc.cluster.local:29022'])
       if (args.includes('serviceMonitor.enabled=true'))
         expect(byKind(objects, 'ServiceMonitor')).toHaveLength(1)
       else expect(byKind(objects, 'ServiceMonitor')).toHaveLength(0)
@@ -121,30 +124,30 @@ describe('Helm chart (rendered with Go text/template + sprig, validated against 
   )
 
   it('default values mount exactly the paths the CLI uses by default; host network; probes on the mirror', async () => {
-    const { objects } = await renderChart()
+    const { objects } = await helmTemplate()
     const spec = mainDaemonSet(objects).spec.template.spec
     expect(spec.hostNetwork).toBe(true)
     expect(spec.priorityClassName).toBe('system-node-critical')
     expect(spec.tolerations).toEqual([{ operator: 'Exists' }])
     const defaults = parseConfig(runSchema)
     const paths = hostPaths(spec)
-    expect(paths.get('containerd-socket')).toBe(defaults.containerdAddress)
+    expect(paths.get('containerd-socket-dir')).toBe(dirname(defaults.containerdAddress))
     expect(paths.get('containerd-content')).toBe(defaults.containerdContentDir)
     expect(paths.get('state')).toBe(defaults.stateDir)
     expect(paths.get('containerd-config')).toBe(parseConfig(configureSchema).configPath)
     const main = spec.containers[0]!
     const mounts = new Map((main.volumeMounts ?? []).map((m) => [m.name, m.mountPath]))
-    expect(mounts.get('containerd-socket')).toBe(defaults.containerdAddress)
+    expect(mounts.get('containerd-socket-dir')).toBe(dirname(defaults.containerdAddress))
     expect(mounts.get('containerd-content')).toBe(defaults.containerdContentDir)
-    expect(main.livenessProbe?.httpGet).toEqual({ host: '127.0.0.1', path: '/healthz', port: 30020 })
-    expect(main.readinessProbe?.httpGet).toEqual({ host: '127.0.0.1', path: '/readyz', port: 30020 })
+    expect(main.livenessProbe?.httpGet).toEqual({ host: '127.0.0.1', path: '/healthz', port: 29020 })
+    expect(main.readinessProbe?.httpGet).toEqual({ host: '127.0.0.1', path: '/readyz', port: 29020 })
     const init = spec.initContainers![0]!
     expect(init.args).toEqual([
       'configure',
       '--config-path',
       parseConfig(configureSchema).configPath,
       '--mirror-url',
-      'http://127.0.0.1:30020',
+      'http://127.0.0.1:29020',
       '--registries',
       'https://docker.io',
       'https://ghcr.io',
@@ -159,9 +162,9 @@ describe('Helm chart (rendered with Go text/template + sprig, validated against 
   }, 120_000)
 
   it('the k3s preset mounts k3s’s socket, content dir and certs.d, and the config file points at them', async () => {
-    const { objects } = await renderChart(['-f', join(CHART_DIR, 'values-k3s.yaml')])
+    const { objects } = await helmTemplate(['-f', join(CHART_DIR, 'values-k3s.yaml')])
     const paths = hostPaths(mainDaemonSet(objects).spec.template.spec)
-    expect(paths.get('containerd-socket')).toBe('/run/k3s/containerd/containerd.sock')
+    expect(paths.get('containerd-socket-dir')).toBe('/run/k3s/containerd')
     expect(paths.get('containerd-content')).toBe(
       '/var/lib/rancher/k3s/agent/containerd/io.containerd.content.v1.content',
     )

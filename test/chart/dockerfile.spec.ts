@@ -7,15 +7,24 @@ import { describe, expect, it } from 'vitest'
 const root = fileURLToPath(new URL('../../', import.meta.url))
 
 describe('Dockerfile (structural lint; the image is not built in CI)', () => {
-  it('is multi-stage on a pinned slim Node ≥ 20 base, builds with npm ci, prunes dev deps, runs kagami', async () => {
+  it('is multi-stage on a slim Node 24 (LTS) base, builds with npm ci, prunes dev deps, runs kagami', async () => {
     const text = await readFile(`${root}Dockerfile`, 'utf8')
+    const pkg = JSON.parse(await readFile(`${root}package.json`, 'utf8')) as {
+      engines: { node: string }
+      devDependencies: Record<string, string>
+    }
     const lines = text.split('\n').filter((l) => !l.trim().startsWith('#'))
     const froms = lines.filter((l) => /^FROM /i.test(l))
     expect(froms.length).toBeGreaterThanOrEqual(2)
     for (const f of froms) {
       expect(f).not.toMatch(/:latest\b/) // DL3007
-      expect(f).toMatch(/^FROM node:(2[0-9])-/)
+      expect(f).toMatch(/^FROM node:24-bookworm-slim\b/)
     }
+    // the image, the engines field and the Node that `npm ci` installs for tests, bench and demo agree
+    expect(pkg.engines.node).toBe('>=24')
+    expect(pkg.devDependencies.node).toMatch(/^\^24\./)
+    expect(pkg.devDependencies['@types/node']).toMatch(/^\^24\./)
+    expect(text).toMatch(/^EXPOSE 29020 29021 29022$/m)
     expect(text).toMatch(/RUN npm ci\b/)
     expect(text).toMatch(/npm prune --omit=dev/)
     expect(text).toMatch(/^ENTRYPOINT \["kagami"\]$/m)

@@ -4,6 +4,7 @@ import { mkdir, readFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { Ajv, type ValidateFunction } from 'ajv'
 import { parseAllDocuments } from 'yaml'
 import { run } from '../harness/index.js'
 
@@ -40,14 +41,47 @@ export interface K8sObject {
   [key: string]: unknown
 }
 
-export async function renderChart(args: string[] = []): Promise<{ objects: K8sObject[]; notes: string }> {
+async function execRenderer(args: string[]): Promise<{ stdout: string; stderr: string }> {
   const bin = await renderer()
   const { execFile } = await import('node:child_process')
-  const { stdout, stderr } = await new Promise<{ stdout: string; stderr: string }>((resolve, reject) =>
+  return await new Promise<{ stdout: string; stderr: string }>((resolve, reject) =>
     execFile(bin, [CHART_DIR, ...args], { maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) =>
       err ? reject(new Error(`render failed: ${stderr || err.message}`)) : resolve({ stdout, stderr }),
     ),
   )
+}
+
+/** The coalesced values (values.yaml < -f files < --set), as Helm checks them against values.schema.json. */
+export async function renderValues(args: string[] = []): Promise<Record<string, unknown>> {
+  return JSON.parse((await execRenderer([...args, '--dump-values'])).stdout) as Record<string, unknown>
+}
+
+export class ValuesSchemaError extends Error {
+  override name = 'ValuesSchemaError'
+}
+
+let validator: ValidateFunction | undefined
+
+/** Validates values with values.schema.json and a real JSON-schema validator (ajv), as `helm install` does. */
+export async function checkValues(values: unknown): Promise<void> {
+  if (validator === undefined) {
+    const schema = JSON.parse(await readFile(join(CHART_DIR, 'values.schema.json'), 'utf8')) as object
+    validator = new Ajv({ allErrors: true, strict: false }).compile(schema)
+  }
+  if (!validator(values)) {
+    const errors = (validator.errors ?? []).map((e) => `${e.instancePath || '/'} ${e.message ?? ''}`.trim())
+    throw new ValuesSchemaError(`values.schema.json rejects the values: ${errors.join('; ')}`)
+  }
+}
+
+/** What `helm install` does: coalesce values, validate them against the schema, then render. */
+export async function helmTemplate(args: string[] = []): Promise<{ objects: K8sObject[]; notes: string }> {
+  await checkValues(await renderValues(args))
+  return await renderChart(args)
+}
+
+export async function renderChart(args: string[] = []): Promise<{ objects: K8sObject[]; notes: string }> {
+  const { stdout, stderr } = await execRenderer(args)
   const objects = parseAllDocuments(stdout)
     .map((d) => {
       if (d.errors.length > 0) throw new Error(`rendered YAML does not parse: ${d.errors[0]?.message}`)

@@ -10,6 +10,10 @@ export interface StoreFixture {
   /** Makes the store hold `image` under `name` (`registry/repo:tag`), as a pull of linux/amd64 would. */
   seed(image: BuiltImage, name: string): Promise<void>
   deleteImage(name: string): Promise<void>
+  /** Starts a download that stops after `partial` of `totalBytes` bytes (a pull cut off mid-blob). */
+  startIngest(ref: string, partial: Buffer, totalBytes: number, expected: Digest): Promise<void>
+  /** False when this setup cannot read downloads in progress (containerd without its content dir). */
+  ingestsReadable?: boolean
   /** Restarts the backend (containerd), when there is one. */
   restartBackend?(): Promise<void>
   teardown(): Promise<void>
@@ -191,6 +195,96 @@ export function storeConformance(name: string, setup: () => Promise<StoreFixture
       expect((await fx.store.images()).map((i) => i.name)).not.toContain(second)
       ac.abort()
       await events.return?.()
+    })
+
+    it('lists a download in progress with its expected digest and size, and discards it', async () => {
+      const expected = sha(Buffer.from('the whole blob')) as Digest
+      const ref = `layer-${expected}` // as containerd's pulls name them
+      await fx.startIngest(ref, Buffer.from('the whole'), 14, expected)
+      const ingest = (await fx.store.ingests()).find((i) => i.ref === ref)
+      expect(ingest).toEqual({ ref, expected, offsetBytes: 9, totalBytes: 14 })
+      await fx.store.abortIngest(ref)
+      expect((await fx.store.ingests()).map((i) => i.ref)).not.toContain(ref)
+      await fx.store.abortIngest(ref) // already gone: no error
+    })
+
+    it('streams a download in progress as far as it grew, then fails once it stops growing', async () => {
+      const whole = Buffer.from('the whole blob, in flight')
+      const expected = sha(whole) as Digest
+      const ref = `layer-${expected}`
+      await fx.startIngest(ref, whole.subarray(0, 9), whole.length, expected)
+      if (fx.ingestsReadable === false) {
+        await expect(
+          fx.store.readIngest(ref, { sizeBytes: whole.length, idleTimeoutMs: 100 }),
+        ).rejects.toMatchObject({
+          name: 'NotFoundError',
+        })
+        await fx.store.abortIngest(ref)
+        return
+      }
+      const got: Buffer[] = []
+      const body = await fx.store.readIngest(ref, { sizeBytes: whole.length, idleTimeoutMs: 300 })
+      await expect(
+        (async () => {
+          for await (const c of body) got.push(c as Buffer)
+        })(),
+      ).rejects.toMatchObject({ name: 'IngestStalledError' })
+      expect(Buffer.concat(got).toString()).toBe('the whole')
+      // a range of it, from the middle
+      const part: Buffer[] = []
+      const tail = await fx.store.readIngest(ref, {
+        sizeBytes: whole.length,
+        idleTimeoutMs: 100,
+        range: { start: 4 },
+      })
+      await expect(
+        (async () => {
+          for await (const c of tail) part.push(c as Buffer)
+        })(),
+      ).rejects.toMatchObject({ name: 'IngestStalledError' })
+      expect(Buffer.concat(part).toString()).toBe('whole')
+      await fx.store.abortIngest(ref)
+      await expect(
+        fx.store.readIngest(ref, { sizeBytes: whole.length, idleTimeoutMs: 100 }),
+      ).rejects.toMatchObject({
+        name: 'NotFoundError',
+      })
+    })
+
+    it('writes content that can be followed while it is written, then reads it as ordinary content', async () => {
+      const whole = Buffer.alloc(3 * 1024 * 1024 + 17)
+      for (let i = 0; i < whole.length; i += 4096) whole.writeUInt32LE(i, i)
+      const expected = sha(whole) as Digest
+      const ref = `kagami-test-${expected}`
+      const followed: Promise<Buffer>[] = []
+      async function* pieces(): AsyncGenerator<Buffer> {
+        for (let i = 0; i < whole.length; i += 1024 * 1024) {
+          yield whole.subarray(i, i + 1024 * 1024)
+          await new Promise((r) => setTimeout(r, 20))
+        }
+      }
+      await fx.store.write(ref, { expected, sizeBytes: whole.length }, pieces(), {
+        onOpen: () => {
+          if (fx.ingestsReadable === false) return
+          followed.push(
+            fx.store
+              .readIngest(ref, { sizeBytes: whole.length, idleTimeoutMs: 2000 })
+              .then((body) => collect(body)),
+          )
+        },
+      })
+      expect((await fx.store.stat(expected)).sizeBytes).toBe(whole.length)
+      expect(sha(await collect(await fx.store.read(expected)))).toBe(expected)
+      for (const f of followed) expect(sha(await f)).toBe(expected)
+      // a copy already held: nothing to do
+      await fx.store.write(`${ref}-again`, { expected, sizeBytes: whole.length }, pieces())
+      // bytes that do not match never become content
+      const other = sha(Buffer.from('something else')) as Digest
+      await expect(
+        fx.store.write(`${ref}-bad`, { expected: other, sizeBytes: whole.length }, pieces()),
+      ).rejects.toThrow()
+      await expect(fx.store.stat(other)).rejects.toMatchObject({ name: 'NotFoundError' })
+      await fx.store.abortIngest(`${ref}-bad`)
     })
 
     it('watch survives a backend restart: a new snapshot, then live events', async (ctx) => {

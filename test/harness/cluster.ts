@@ -1,3 +1,5 @@
+import { randomBytes } from 'node:crypto'
+import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { type ContainerdHandle, startContainerd } from './containerd.js'
 import { kagamiCli, type KagamiHandle, startKagami } from './kagami.js'
@@ -15,17 +17,25 @@ export interface ClusterNode {
 
 export interface Cluster {
   nodes: ClusterNode[]
+  /** The private-network key file ('' for an open network). */
+  pskFile: string
   destroy(): Promise<void>
 }
 
 export interface StartClusterInit {
   names: string[]
-  /** Registry URLs `kagami configure` writes hosts.toml for (upstream as `server`). */
+  /**
+   * Registry URLs `kagami configure` writes hosts.toml for (upstream as `server`), also passed to
+   * `kagami run --registries` as the chart does (scheme and TLS for asking upstream about tags).
+   */
   registries: string[]
   logLevel?: string
   env?: NodeJS.ProcessEnv
   /** Wait until each node sees this many peers (default: all others). */
   minPeers?: number
+  /** Private-network key file shared by the nodes, as the chart's Secret is (default: a new key; '' = open). */
+  pskFile?: string
+  extraArgs?: (name: string) => string[]
 }
 
 /**
@@ -35,6 +45,7 @@ export interface StartClusterInit {
 export async function startCluster(init: StartClusterInit): Promise<Cluster> {
   const dir = await tempDir('cluster')
   const nodes: ClusterNode[] = []
+  let pskFile = init.pskFile
   const destroy = async (): Promise<void> => {
     for (const n of nodes.reverse()) {
       await n.kagami.destroy().catch(() => undefined)
@@ -43,6 +54,10 @@ export async function startCluster(init: StartClusterInit): Promise<Cluster> {
     await dir.remove()
   }
   try {
+    if (pskFile === undefined) {
+      pskFile = join(dir.path, 'psk')
+      await writeFile(pskFile, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 })
+    }
     const ports = await Promise.all(init.names.map(() => freePort()))
     const bootstrap = ports.map((p) => `/ip4/127.0.0.1/tcp/${p}`)
     for (const [i, name] of init.names.entries()) {
@@ -56,6 +71,11 @@ export async function startCluster(init: StartClusterInit): Promise<Cluster> {
         p2pPort: ports[i],
         logLevel: init.logLevel,
         env: init.env,
+        extraArgs: [
+          ...(pskFile !== '' ? ['--psk-file', pskFile] : []),
+          ...init.registries.flatMap((r) => ['--registries', r]),
+          ...(init.extraArgs?.(name) ?? []),
+        ],
       })
       node.hostsDir = join(dir.path, `certs.d-${name}`)
       await kagamiCli([
@@ -79,5 +99,5 @@ export async function startCluster(init: StartClusterInit): Promise<Cluster> {
     await destroy()
     throw err
   }
-  return { nodes: [...nodes], destroy }
+  return { nodes: [...nodes], pskFile: pskFile ?? '', destroy }
 }

@@ -16,7 +16,14 @@ export interface ContainerdHandle {
   /** `ctr image pull --hosts-dir DIR ref` (plain HTTP comes from the hosts.toml URLs). */
   pull(
     ref: string,
-    options: { hostsDir: string; allPlatforms?: boolean; platform?: string; timeoutMs?: number },
+    options: {
+      hostsDir: string
+      allPlatforms?: boolean
+      platform?: string
+      timeoutMs?: number
+      /** `user:password` for the registry (`ctr --user`). */
+      user?: string
+    },
   ): Promise<string>
   removeImage(ref: string): Promise<void>
   /** Names of images in the namespace. */
@@ -104,6 +111,7 @@ export async function startContainerd(
       const args = ['image', 'pull', '--hosts-dir', options.hostsDir]
       if (options.allPlatforms === true) args.push('--all-platforms')
       if (options.platform !== undefined) args.push('--platform', options.platform)
+      if (options.user !== undefined) args.push('--user', options.user)
       return await ctr([...args, ref], { timeoutMs: options.timeoutMs ?? 180_000 })
     },
     async removeImage(ref) {

@@ -193,15 +193,25 @@ export async function buildImage(init: BuildImageInit): Promise<BuiltImage> {
 }
 
 /** Pushes a layout to a registry with skopeo (all platforms). `ref` is `HOST/repo:tag`. */
-export async function pushImage(layoutDir: string, ref: string): Promise<void> {
-  await run('skopeo', [
-    '--insecure-policy',
-    'copy',
-    '--all',
-    '--quiet',
-    '--dest-tls-verify=false',
-    '--preserve-digests',
-    `oci:${layoutDir}`,
-    `docker://${ref}`,
-  ])
+export async function pushImage(
+  layoutDir: string,
+  ref: string,
+  options: { creds?: string; timeoutMs?: number } = {},
+): Promise<void> {
+  await run(
+    'skopeo',
+    [
+      '--insecure-policy',
+      'copy',
+      '--all',
+      '--quiet',
+      '--dest-tls-verify=false',
+      '--preserve-digests',
+      ...(options.creds !== undefined ? ['--dest-creds', options.creds] : []),
+      `oci:${layoutDir}`,
+      `docker://${ref}`,
+    ],
+    // a many-platform image is ~1,000 blobs: on a loaded machine that outlasts the 2 min default
+    { timeoutMs: options.timeoutMs },
+  )
 }

@@ -1,7 +1,7 @@
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { freePort } from './ports.js'
-import { type ManagedProcess, startProcess, waitFor } from './process.js'
+import { type ManagedProcess, run, startProcess, waitFor } from './process.js'
 import { tempDir } from './tmp.js'
 
 export interface RegistryHandle {
@@ -17,8 +17,15 @@ export interface RegistryHandle {
   destroy(): Promise<void>
 }
 
+export interface StartRegistryInit {
+  /** Token auth (`auth: token`): the registry checks JWTs signed by a key whose cert is in rootCertBundle. */
+  tokenAuth?: { realm: string; service: string; issuer: string; rootCertBundle: string }
+  /** Serve HTTPS with this certificate and key (PEM files). */
+  tls?: { certificate: string; key: string }
+}
+
 /** Debian's `docker-registry` (CNCF distribution 2.8) on a free 127.0.0.1 port with its own storage. */
-export async function startRegistry(): Promise<RegistryHandle> {
+export async function startRegistry(init: StartRegistryInit = {}): Promise<RegistryHandle> {
   const dir = await tempDir('registry')
   const port = await freePort()
   const host = `127.0.0.1:${port}`
@@ -39,13 +46,26 @@ export async function startRegistry(): Promise<RegistryHandle> {
       '    enabled: true',
       'http:',
       `  addr: ${host}`,
+      ...(init.tls !== undefined
+        ? ['  tls:', `    certificate: ${init.tls.certificate}`, `    key: ${init.tls.key}`]
+        : []),
+      ...(init.tokenAuth !== undefined
+        ? [
+            'auth:',
+            '  token:',
+            `    realm: ${init.tokenAuth.realm}`,
+            `    service: ${init.tokenAuth.service}`,
+            `    issuer: ${init.tokenAuth.issuer}`,
+            `    rootcertbundle: ${init.tokenAuth.rootCertBundle}`,
+          ]
+        : []),
       '',
     ].join('\n'),
   )
   let proc: ManagedProcess | undefined
   const handle: RegistryHandle = {
     host,
-    url: `http://${host}`,
+    url: `${init.tls !== undefined ? 'https' : 'http'}://${host}`,
     storageDir,
     async start() {
       proc = startProcess({
@@ -57,7 +77,21 @@ export async function startRegistry(): Promise<RegistryHandle> {
       await waitFor(
         async () => {
           if (p.child.exitCode !== null) throw new Error(`docker-registry exited: ${await p.tail()}`)
-          return (await fetch(`http://${host}/v2/`, { signal: AbortSignal.timeout(1000) })).status === 200
+          if (init.tls !== undefined) {
+            // fetch cannot take a CA; any TLS answer on /v2/ shows the registry is up
+            const out = await run('curl', [
+              '-sk',
+              '-o',
+              '/dev/null',
+              '-w',
+              '%{http_code}',
+              `https://${host}/v2/`,
+            ])
+            return out.trim() === '200'
+          }
+          // 401 is up too: a registry with token auth challenges /v2/
+          const status = (await fetch(`http://${host}/v2/`, { signal: AbortSignal.timeout(1000) })).status
+          return status === 200 || status === 401
         },
         { timeoutMs: 15_000, what: `docker-registry on ${host}`, describe: () => p.tail() },
       )

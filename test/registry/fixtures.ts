@@ -7,6 +7,7 @@ import { Registry } from 'prom-client'
 import { type Digest, MediaType } from '../../src/oci/index.js'
 import { createMirror, type MirrorInit } from '../../src/registry/mirror.js'
 import { RegistryMetrics } from '../../src/registry/metrics.js'
+import type { Advertises } from '../../src/registry/local.js'
 import { createPeerServer } from '../../src/registry/peer.js'
 import { digestKey, tagKey } from '../../src/routing/keys.js'
 import {
@@ -53,6 +54,14 @@ export function seedImage(
   const manifestDigest = store.put(manifest, { mediaType: MediaType.ociManifest })
   store.setImage(name, { mediaType: MediaType.ociManifest, digest: manifestDigest, size: manifest.length })
   return { name, manifest, manifestDigest, config, configDigest, layer, layerDigest }
+}
+
+/** What a node holding `store` advertises, as state sync would: every image's tag and every blob it holds. */
+export function advertisedBy(store: MemoryStore): Advertises {
+  return (key) =>
+    key.kind === 'digest'
+      ? store.holds(key.digest)
+      : store.hasImage(`${key.registry}/${key.repository}:${key.tag}`)
 }
 
 export async function listen(app: FastifyInstance | Server): Promise<string> {
@@ -107,6 +116,7 @@ export async function startMirror(init: Partial<MirrorInit> = {}): Promise<Mirro
   const app = createMirror(
     {
       store,
+      advertises: advertisedBy(store),
       router,
       logger: pino({ level: process.env.KAGAMI_TEST_LOG ?? 'silent' }),
       metrics: new RegistryMetrics(metrics),
@@ -155,6 +165,7 @@ export async function startPeer(
   const img = (image ?? ((s) => seedImage(s)))(store)
   const app = createPeerServer({
     store,
+    advertises: advertisedBy(store),
     logger: pino({ level: 'silent' }),
     metrics: new RegistryMetrics(new Registry()),
   })

@@ -121,7 +121,9 @@ describe('mirror: peers', () => {
     expect(b.status).toBe(200)
     expect(sha(b.body)).toBe(peer.image.layerDigest)
     const text = await node.metrics.metrics()
-    expect(text).toMatch(/kagami_requests_total\{server="mirror",kind="blob",source="peer",status="200"\} 1/)
+    expect(text).toMatch(
+      /kagami_requests_total\{server="mirror",kind="blob",source="peer",status="200",registry="docker.io"\} 1/,
+    )
   })
 
   it('nobody has it: 404 with an OCI body (a miss)', async () => {

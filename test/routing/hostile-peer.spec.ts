@@ -47,22 +47,27 @@ async function hostile(): Promise<Libp2p> {
   })
 }
 
-function rssMiB(): number {
-  ;(globalThis as { gc?: () => void }).gc?.()
-  return process.memoryUsage().rss / MiB
+/**
+ * Live memory: the JS heap in use plus array buffers (received bytes). Not RSS: in one process shared by
+ * attacker and victim, RSS also counts the allocator keeping freed pages and code compiled on first use
+ * (Node 24 measured 70–100 MiB of such noise here), which says nothing about what the victim holds.
+ */
+function liveMiB(): number {
+  const m = process.memoryUsage()
+  return (m.heapUsed + m.arrayBuffers) / MiB
 }
 
-/** Samples RSS while `during` runs; returns the peak growth over the level before it. */
+/** Samples live memory while `during` runs; returns the peak growth over the level before it. */
 async function rssGrowth(during: () => Promise<void>): Promise<number> {
-  const before = rssMiB()
+  const before = liveMiB()
   let peak = before
-  const timer = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss / MiB)), 20)
+  const timer = setInterval(() => (peak = Math.max(peak, liveMiB())), 20)
   try {
     await during()
   } finally {
     clearInterval(timer)
   }
-  return Math.max(peak, process.memoryUsage().rss / MiB) - before
+  return Math.max(peak, liveMiB()) - before
 }
 
 /**

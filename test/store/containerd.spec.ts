@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process'
 import { join } from 'node:path'
 import pino from 'pino'
 import { describe, expect, it } from 'vitest'
@@ -69,6 +70,40 @@ function containerdFixture(init: { fileReads: boolean }) {
       async deleteImage(name) {
         await containerd.removeImage(real(name))
       },
+      async startIngest(ref, partial, totalBytes, expected) {
+        // A pull cut off mid-blob: `ctr content ingest` fed fewer bytes than expected fails at commit and
+        // leaves the partial ingest. ctr sends its last write and exits without waiting for it, so the
+        // bytes can be lost; try again until containerd holds them.
+        for (let attempt = 0; ; attempt++) {
+          const ctr = spawn(
+            'ctr',
+            [
+              '--address',
+              containerd.address,
+              '-n',
+              containerd.namespace,
+              'content',
+              'ingest',
+              '--expected-size',
+              String(totalBytes),
+              '--expected-digest',
+              expected,
+              ref,
+            ],
+            { stdio: ['pipe', 'ignore', 'ignore'] },
+          )
+          ctr.stdin.end(partial)
+          await new Promise((resolve) => ctr.once('close', resolve))
+          const held = async (): Promise<boolean> =>
+            (await store.ingests()).some((i) => i.ref === ref && i.offsetBytes === partial.length)
+          const deadline = Date.now() + 2000
+          while (!(await held()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+          if (await held()) return
+          if (attempt === 4) throw new Error(`containerd never held the partial ingest ${ref}`)
+          await store.abortIngest(ref)
+        }
+      },
+      ingestsReadable: init.fileReads,
       restartBackend: () => containerd.restart(),
       async teardown() {
         await store.close()
@@ -83,6 +118,10 @@ function containerdFixture(init: { fileReads: boolean }) {
 function bind(store: ContainerdStore) {
   return {
     stat: store.stat.bind(store),
+    ingests: store.ingests.bind(store),
+    abortIngest: store.abortIngest.bind(store),
+    readIngest: store.readIngest.bind(store),
+    write: store.write.bind(store),
     read: store.read.bind(store),
     close: store.close.bind(store),
   }

@@ -17,6 +17,10 @@ storeConformance('memory', async () => {
     async deleteImage(name) {
       store.deleteImage(name)
     },
+    async startIngest(ref, partial, totalBytes, expected) {
+      store.startIngest({ ref, expected, offsetBytes: 0, totalBytes })
+      store.writeIngest(ref, partial)
+    },
     async teardown() {
       await store.close()
     },

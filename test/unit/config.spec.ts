@@ -19,7 +19,7 @@ describe('config schema', () => {
     expect(c.resolveTimeout).toBe(20)
     expect(c.peerHeadersTimeout).toBe(1000)
     expect(c.reprovideInterval).toBe(15 * 60_000)
-    expect(c.mirrorAddress).toBe('127.0.0.1:30020')
+    expect(c.mirrorAddress).toBe('127.0.0.1:29020')
     expect(Object.isFrozen(c)).toBe(true)
   })
 

@@ -3,7 +3,7 @@
 // .Chart, .Capabilities, .Values merged from values.yaml, -f files and --set key=value).
 // Helm itself cannot be installed on the build machine; this is the same template engine Helm uses.
 //
-// Usage: render CHART_DIR [-f values.yaml]... [--set a.b=c]... [--namespace ns] [--name release]
+// Usage: render CHART_DIR [-f values.yaml]... [--set a.b=c]... [--namespace ns] [--name release] [--dump-values]
 // Output: every rendered manifest as multi-document YAML on stdout, NOTES.txt on stderr.
 package main
 
@@ -64,6 +64,17 @@ func setPath(dst values, path string, raw string) {
 		m = next
 	}
 	var v interface{} = raw
+	// Helm's list syntax: --set registries={a,b}; {} is an empty list
+	if strings.HasPrefix(raw, "{") && strings.HasSuffix(raw, "}") {
+		list := []interface{}{}
+		for _, item := range strings.Split(strings.TrimSuffix(strings.TrimPrefix(raw, "{"), "}"), ",") {
+			if item != "" {
+				list = append(list, item)
+			}
+		}
+		m[parts[len(parts)-1]] = list
+		return
+	}
 	if b, err := strconv.ParseBool(raw); err == nil {
 		v = b
 	} else if n, err := strconv.ParseInt(raw, 10, 64); err == nil {
@@ -80,6 +91,17 @@ func toYaml(v interface{}) string {
 	return strings.TrimSuffix(string(b), "\n")
 }
 
+// chartFiles is Helm's .Files: Get returns a chart file's content ("" when missing, as Helm does).
+type chartFiles struct{ dir string }
+
+func (f chartFiles) Get(name string) string {
+	b, err := os.ReadFile(filepath.Join(f.dir, name))
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
+
 func main() {
 	if len(os.Args) < 2 {
 		must(fmt.Errorf("usage: render CHART_DIR [-f values.yaml]... [--set k=v]..."))
@@ -87,6 +109,7 @@ func main() {
 	chartDir := os.Args[1]
 	vals := readYAML(filepath.Join(chartDir, "values.yaml"))
 	namespace, name := "kagami", "kagami"
+	dumpValues := false
 	args := os.Args[2:]
 	for i := 0; i < len(args); i++ {
 		switch args[i] {
@@ -100,12 +123,23 @@ func main() {
 		case "--namespace":
 			i++
 			namespace = args[i]
+		case "--dump-values":
+			dumpValues = true
 		case "--name":
 			i++
 			name = args[i]
 		default:
 			must(fmt.Errorf("unknown argument %q", args[i]))
 		}
+	}
+	if dumpValues {
+		// the coalesced values, as Helm validates them against values.schema.json before rendering
+		b, err := yaml.Marshal(vals)
+		must(err)
+		j, err := yaml.YAMLToJSON(b)
+		must(err)
+		os.Stdout.Write(j)
+		return
 	}
 	chartMeta := readYAML(filepath.Join(chartDir, "Chart.yaml"))
 
@@ -178,6 +212,7 @@ func main() {
 			"APIVersions": apiVersions{"monitoring.coreos.com/v1": false},
 		},
 		"Template": map[string]interface{}{"BasePath": "kagami/templates"},
+		"Files":    chartFiles{dir: chartDir},
 	}
 
 	var out bytes.Buffer

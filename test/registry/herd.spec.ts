@@ -1,0 +1,129 @@
+import { Readable } from 'node:stream'
+import pino from 'pino'
+import { Registry } from 'prom-client'
+import { describe, expect, it } from 'vitest'
+import type { Digest, DistributionRequest } from '../../src/oci/index.js'
+import { elect, Herd } from '../../src/registry/herd.js'
+import { MemoryStore } from '../../src/store/memory.js'
+import type { BlobAnswer, BlobQuery } from '../../src/upstream/client.js'
+import { sha } from './fixtures.js'
+
+const logger = pino({ level: process.env.KAGAMI_TEST_LOG ?? 'silent' })
+
+function blob(bytes: number): Buffer {
+  const b = Buffer.alloc(bytes)
+  for (let i = 0; i + 4 <= b.length; i += 4) b.writeUInt32LE((i * 2654435761) >>> 0, i)
+  return b
+}
+
+async function collect(body: unknown): Promise<Buffer> {
+  const chunks: Buffer[] = []
+  for await (const c of body as AsyncIterable<Buffer>) chunks.push(Buffer.from(c))
+  return Buffer.concat(chunks)
+}
+
+/** An upstream that sends `bytes` in pieces, counting how often it was asked. */
+function fakeUpstream(answer: 'found' | 'denied', bytes: Buffer) {
+  let opened = 0
+  return {
+    opened: () => opened,
+    async openBlob(_q: BlobQuery): Promise<BlobAnswer> {
+      opened++
+      if (answer === 'denied') return { kind: 'denied', status: 401 }
+      async function* pieces(): AsyncGenerator<Buffer> {
+        for (let i = 0; i < bytes.length; i += 256 * 1024) {
+          await new Promise((r) => setTimeout(r, 5))
+          yield bytes.subarray(i, i + 256 * 1024)
+        }
+      }
+      return { kind: 'found', sizeBytes: bytes.length, body: Readable.from(pieces()) }
+    },
+  }
+}
+
+function herdOn(store: MemoryStore, upstream: ReturnType<typeof fakeUpstream>, expected: Digest[] = []) {
+  return new Herd({
+    self: () => 'self',
+    router: { peers: () => [] },
+    upstream,
+    store,
+    expect: (d) => expected.push(d),
+    fetchFrom: async () => undefined,
+    logger,
+    metrics: new Registry(),
+  })
+}
+
+const request = (digest: Digest): Extract<DistributionRequest, { kind: 'blob' }> => ({
+  kind: 'blob',
+  registry: 'docker.io',
+  repository: 'library/app',
+  reference: { digest },
+})
+const client = () => ({ method: 'GET' as const, signal: new AbortController().signal })
+
+describe('herd', () => {
+  it('elects the same node from the same live set, whatever the order, and spreads digests', () => {
+    const ids = ['a', 'b', 'c', 'd', 'e']
+    const winners = new Map<string, number>()
+    for (let i = 0; i < 200; i++) {
+      const d = sha(Buffer.from(String(i)))
+      const w = elect(d, ids) as string
+      expect(elect(d, [...ids].reverse())).toBe(w)
+      winners.set(w, (winners.get(w) ?? 0) + 1)
+    }
+    expect(winners.size).toBe(5)
+    // a node leaving moves only the digests it won
+    for (let i = 0; i < 200; i++) {
+      const d = sha(Buffer.from(String(i)))
+      const w = elect(d, ids) as string
+      if (w !== 'c')
+        expect(
+          elect(
+            d,
+            ids.filter((x) => x !== 'c'),
+          ),
+        ).toBe(w)
+    }
+  })
+
+  it('requests at once share one upstream fetch; each gets the whole blob, which then is ordinary content', async () => {
+    const bytes = blob(3 * 1024 * 1024 + 5)
+    const digest = sha(bytes) as Digest
+    const store = new MemoryStore()
+    const upstream = fakeUpstream('found', bytes)
+    const expected: Digest[] = []
+    const herd = herdOn(store, upstream, expected)
+    const served = await Promise.all([
+      herd.serve(request(digest), client(), 'peer'),
+      herd.serve(request(digest), client(), 'peer', bytes.length),
+      herd.serve(request(digest), client(), 'self'),
+    ])
+    const bodies = await Promise.all(served.map((s) => collect(s.body)))
+    for (const b of bodies) expect(sha(b)).toBe(digest)
+    expect(upstream.opened()).toBe(1)
+    expect(expected).toEqual([digest]) // advertised in flight
+    await new Promise((r) => setTimeout(r, 50))
+    expect((await store.stat(digest)).sizeBytes).toBe(bytes.length)
+    herd.stop()
+  })
+
+  it('a private blob (401 anonymously) is not coalesced: 404, and the refusal is remembered', async () => {
+    const bytes = blob(1024)
+    const digest = sha(bytes) as Digest
+    const upstream = fakeUpstream('denied', bytes)
+    const herd = herdOn(new MemoryStore(), upstream)
+    await expect(herd.serve(request(digest), client(), 'peer', bytes.length)).rejects.toMatchObject({
+      name: 'NotFoundError',
+    })
+    await expect(herd.serve(request(digest), client(), 'peer')).rejects.toMatchObject({
+      name: 'NotFoundError',
+    })
+    expect(upstream.opened()).toBe(1)
+    // and a request carrying credentials never asks anyone
+    expect(
+      await herd.fetch(request(digest), { ...client(), authorization: 'Basic dXNlcjpwYXNz' }),
+    ).toBeUndefined()
+    herd.stop()
+  })
+})
