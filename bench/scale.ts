@@ -12,7 +12,6 @@
  * Everything runs in this process: latencies include the other nodes' work on the same two cores, so
  * they are upper bounds for a real cluster where each node has its own CPU.
  */
-import '../src/polyfill.js'
 import { writeFile } from 'node:fs/promises'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
