@@ -82,6 +82,11 @@ export interface KadDhtRouterInit {
   popularHolders?: number
   /** Provider records stored for other nodes: per provider and in total. */
   providerLimits?: Partial<ProviderLimits>
+  /**
+   * Accepts a peer's announced endpoint URL given its connection's IP (default: src/trust/peer-url.ts, same
+   * IP only). The scale bench's memory transport has no IP and passes its own.
+   */
+  checkPeerUrl?: (url: string, remoteIp: string | undefined) => string | undefined
   /** libp2p transports (default TCP); the scale bench runs hundreds of nodes over the memory transport. */
   transports?: Libp2pOptions['transports']
 }
@@ -241,7 +246,7 @@ export class KadDhtRouter implements Router {
       const ip = e.detail.connection.remoteAddr
         .getComponents()
         .find((c) => c.name === 'ip4' || c.name === 'ip6')?.value
-      const url = checkPeerUrl(announced, ip)
+      const url = (this.init.checkPeerUrl ?? checkPeerUrl)(announced, ip)
       if (url === undefined || url === this.init.peerUrl) {
         this.log.warn(
           { peer: e.detail.peerId.toString(), url: announced, remoteIp: ip },
