@@ -277,9 +277,8 @@ export class PeerFetcher {
   }
 
   /** Manifests are small: fetch whole, verify against the digest asked for (or the peer's digest for a tag). */
-  // Trade-off (design §5): a tag found on a peer is served as that peer has it. Fresh-from-upstream would be
-  // better while upstream is reachable, but containerd asks the mirror first, so answering here means a
-  // moved tag can be served stale until peers re-pull it. Digest requests are immutable and always safe.
+  // A tag reaches this point only when the registry did not answer (registry/tags.ts): the peer's tag is the
+  // fallback. Digest requests are immutable and always safe.
   private async manifest(
     req: ContentRequest,
     client: ClientRequest,
