@@ -210,8 +210,8 @@ export class PeerFetcher {
     this.components.metrics.peerFailures.inc({ reason: err.name })
     this.log.warn({ peer: peer.id, url: peer.url, digest, err: err.message }, 'peer sent corrupt content')
     const signal = AbortSignal.timeout(REPORT_TIMEOUT_MS)
-    void this.signed(peer, `${CORRUPT_REPORT_PATH}${digest}`, 'POST')
-      .then((headers) => reportCorrupt(peer, digest, { headers: { ...headers, [HOP_HEADER]: '1' }, signal }))
+    void this.peerHeaders(peer, `${CORRUPT_REPORT_PATH}${digest}`, 'POST')
+      .then((headers) => reportCorrupt(peer, digest, { headers, signal }))
       .catch(() => undefined)
   }
 
@@ -253,13 +253,13 @@ export class PeerFetcher {
       headersTimeoutMs?: number
     },
   ): Promise<PeerResponse> {
-    return this.signed(peer, path, init.method)
+    return this.peerHeaders(peer, path, init.method)
       .then((auth) =>
         peerRequest(peer, {
           ...init,
           // blob bodies go into pool buffers (manifests ask for a small read buffer of their own)
           pool: init.readBufferBytes === undefined ? this.pool : undefined,
-          headers: { ...init.headers, ...auth, [HOP_HEADER]: '1' },
+          headers: { ...init.headers, ...auth },
           path,
           headersTimeoutMs: init.headersTimeoutMs ?? this.init.peerHeadersTimeoutMs,
           bodyIdleTimeoutMs: this.init.bodyIdleTimeoutMs,
@@ -271,9 +271,11 @@ export class PeerFetcher {
       })
   }
 
-  private async signed(peer: Peer, path: string, method: string): Promise<Record<string, string>> {
+  /** Headers of every request this node makes to a peer: its signature, and the mark that it is relayed. */
+  private async peerHeaders(peer: Peer, path: string, method: string): Promise<Record<string, string>> {
     const signer = this.components.signer
-    return signer === undefined ? {} : { authorization: await signer.sign(method, path, peer.id) }
+    const hop = { [HOP_HEADER]: '1' }
+    return signer === undefined ? hop : { ...hop, authorization: await signer.sign(method, path, peer.id) }
   }
 
   /** Manifests are small: fetch whole, verify against the digest asked for (or the peer's digest for a tag). */
