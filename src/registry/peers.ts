@@ -254,12 +254,12 @@ export class PeerFetcher {
     },
   ): Promise<PeerResponse> {
     return this.peerHeaders(peer, path, init.method)
-      .then((auth) =>
+      .then((ours) =>
         peerRequest(peer, {
           ...init,
           // blob bodies go into pool buffers (manifests ask for a small read buffer of their own)
           pool: init.readBufferBytes === undefined ? this.pool : undefined,
-          headers: { ...init.headers, ...auth },
+          headers: { ...init.headers, ...ours },
           path,
           headersTimeoutMs: init.headersTimeoutMs ?? this.init.peerHeadersTimeoutMs,
           bodyIdleTimeoutMs: this.init.bodyIdleTimeoutMs,
