@@ -27,6 +27,7 @@ import { PeerLookup } from './lookup.js'
 import { HedgeDelay, race } from './race.js'
 import { resumableBody, startsAt } from './resume.js'
 import { BLOB_BUFFER_BYTES, type Served } from './served.js'
+import { type StripeInit, Striper } from './stripe.js'
 import { verifyBytes, VerifyDigest } from './verify.js'
 
 type ContentRequest = Extract<DistributionRequest, { kind: 'manifest' | 'blob' }>
@@ -67,7 +68,12 @@ export interface PeerFetcherInit {
   /** Throughput floor for a peer body (default 1 MiB/s over 5 s of waiting, see resume.ts). */
   floorBytesPerSecond?: number
   floorWindowMs?: number
+  /** Striping of big blobs over several holders (stripe.ts); off when absent or its threshold is 0. */
+  stripe?: StripeInit
 }
+
+/** Socket reads of one stripe: no pool buffers (a stripe is held until written, see stripe.ts). */
+const STRIPE_READ_BYTES = 256 * 1024
 
 /** Budget for asking containerd which size a pull expects; without an answer the peer's length is checked by the digest alone. */
 const EXPECTED_SIZE_TIMEOUT_MS = 250
@@ -110,6 +116,7 @@ export class PeerFetcher {
   private readonly log: Logger
   private readonly pool: BufferPool
   private readonly suspects: SuspectPeers
+  private readonly striper: Striper | undefined
 
   constructor(
     private readonly components: PeerFetcherComponents,
@@ -123,6 +130,10 @@ export class PeerFetcher {
       maxMs: init.peerHeadersTimeoutMs,
     })
     this.suspects = new SuspectPeers({ ttlMs: init.suspectTtlMs ?? 30 * 60_000, maxEntries: 10_000 })
+    this.striper =
+      init.stripe !== undefined && init.stripe.thresholdBytes > 0
+        ? new Striper({ logger: components.logger, metrics: components.metrics }, init.stripe)
+        : undefined
   }
 
   /**
@@ -365,6 +376,7 @@ export class PeerFetcher {
       firstAttempt !== undefined ? firstAttempt.expected : await this.expectedSize(digest, client.signal)
     // with the size known, a range past the end is answered before asking anyone (416, as locally)
     if (expected !== undefined) parseRangeHeader(rangeHeader, expected)
+    const failedInRace = new Set<string>()
     const win = await race(
       lookup,
       first,
@@ -391,7 +403,14 @@ export class PeerFetcher {
         }
         return { res, sizeBytes }
       },
-      { hedgeDelayMs: this.hedge.ms, signal: client.signal, onFailure: this.onFailure },
+      {
+        hedgeDelayMs: this.hedge.ms,
+        signal: client.signal,
+        onFailure: (peer, err) => {
+          failedInRace.add(peer.id)
+          this.onFailure(peer, err)
+        },
+      },
     )
     const { res, sizeBytes } = win.value
     const d = { digest, mediaType: 'application/octet-stream', sizeBytes }
@@ -441,7 +460,16 @@ export class PeerFetcher {
       }
       return undefined
     }
-    const body = resumableBody({
+    // striping (stripe.ts): a big blob held by several peers comes as parallel ranges, verified the same way
+    const stripedOver =
+      this.striper?.wants(sizeBytes, digest) === true
+        ? await this.striper.holders(lookup, win.peer, failedInRace, client.signal)
+        : []
+    const striped = stripedOver.length >= 2
+    let body = striped
+      ? this.stripedBody(res, stripedOver, { digest, path, sizeBytes, lookup, signal: client.signal })
+      : undefined
+    body ??= resumableBody({
       first: res,
       start: 0,
       end: sizeBytes - 1,
@@ -460,9 +488,11 @@ export class PeerFetcher {
     const out = new PassThrough({ highWaterMark: BLOB_BUFFER_BYTES })
     pipeline(body, new VerifyDigest(digest, { start, end }), out)
       .catch((err: Error) => {
-        this.slow(contributors.at(-1) as Peer, digest, err)
+        if (!striped) this.slow(contributors.at(-1) as Peer, digest, err)
         if (err.name !== 'DigestMismatchError') return
-        for (const peer of contributors) this.corrupt(peer, digest, err)
+        // one digest cannot name the peer of a bad stripe: striped, nobody is blamed (stripe.ts)
+        if (striped) this.striper?.failed(digest)
+        else for (const peer of contributors) this.corrupt(peer, digest, err)
         void this.discardDownload(digest)
       })
       .finally(() => {
@@ -470,6 +500,41 @@ export class PeerFetcher {
         lookup.close()
       })
     return { source: 'peer', status, headers, body: out, digest, peer: win.peer.id }
+  }
+
+  /** The striped body (stripe.ts): each stripe a signed, deadline-bound Range request, as a resume is. */
+  private stripedBody(
+    first: PeerResponse,
+    peers: Peer[],
+    b: { digest: Digest; path: string; sizeBytes: number; lookup: PeerLookup; signal: AbortSignal },
+  ): Readable {
+    for (const p of peers) b.lookup.tried(p)
+    return (this.striper as Striper).body({
+      digest: b.digest,
+      sizeBytes: b.sizeBytes,
+      first,
+      peers,
+      open: (peer, start, end, signal) =>
+        this.request(peer, b.path, {
+          method: 'GET',
+          headers: { range: `bytes=${start}-${end}` },
+          signal,
+          readBufferBytes: STRIPE_READ_BYTES,
+        }),
+      another: async () => {
+        const peer = await b.lookup.resumeFrom(this.init.peerHeadersTimeoutMs)
+        if (peer === undefined || this.suspects.has(b.digest, peer.id)) return undefined
+        b.lookup.tried(peer)
+        return peer
+      },
+      onPeerFailure: (peer, err) => {
+        this.slow(peer, b.digest, err)
+        this.onFailure(peer, err)
+      },
+      signal: b.signal,
+      floorBytesPerSecond: this.init.floorBytesPerSecond,
+      floorWindowMs: this.init.floorWindowMs,
+    })
   }
 
   /** Drops containerd's download of `digest`, which received bytes that can never commit. */
