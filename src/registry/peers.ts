@@ -460,9 +460,10 @@ export class PeerFetcher {
       }
       return undefined
     }
-    // striping (stripe.ts): a big blob held by several peers comes as parallel ranges, verified the same way
+    // striping (stripe.ts): a big blob held by several peers comes as parallel ranges, verified the same way;
+    // not from the herd's elected node (firstAttempt), whose copy is still arriving from upstream
     const stripedOver =
-      this.striper?.wants(sizeBytes, digest) === true
+      firstAttempt === undefined && this.striper?.wants(sizeBytes, digest) === true
         ? await this.striper.holders(lookup, win.peer, failedInRace, client.signal)
         : []
     const striped = stripedOver.length >= 2
