@@ -84,6 +84,8 @@ const RECHECK_MS = 250
 const MIN_OBSERVE_MS = 500
 /** Take-overs of a peer's stripes before it retires from the body. */
 const MAX_STRIKES = 2
+/** Failures of one peer within a body before it is not asked again. */
+const MAX_PEER_FAILURES = 2
 
 /** Decides which blobs are striped and builds their bodies. */
 export class Striper {
@@ -190,7 +192,9 @@ class StripedBody {
   readonly out: Readable
   private readonly stripes: Stripe[] = []
   private readonly workers = new Set<Worker>()
-  private readonly gone = new Set<string>()
+  /** Every peer that worked on this body, and its failures here (at MAX_PEER_FAILURES it is not asked again). */
+  private readonly known: Peer[] = []
+  private readonly failures = new Map<string, number>()
   private readonly controller = new AbortController()
   private readonly window: number
   private waiters: (() => void)[] = []
@@ -252,6 +256,7 @@ class StripedBody {
 
   private start(peer: Peer): void {
     const w: Worker = { peer, retired: false, strikes: 0, rate: undefined, waitedMs: 0, delivered: 0 }
+    if (!this.known.some((p) => p.id === peer.id)) this.known.push(peer)
     this.workers.add(w)
     this.work(w).catch((err: unknown) => this.fail(err as Error))
   }
@@ -299,6 +304,7 @@ class StripedBody {
     w.strikes++
     if (w.strikes < MAX_STRIKES || w.retired) return
     w.retired = true
+    this.failures.set(w.peer.id, MAX_PEER_FAILURES)
     this.init.onPeerFailure(
       w.peer,
       new PeerTooSlowError(`peer ${w.peer.id} was much slower than the other holders (${w.strikes} stripes)`),
@@ -371,7 +377,9 @@ class StripedBody {
       s.fetcher = undefined
       s.cancel = undefined
       w.retired = true
-      this.gone.add(w.peer.id)
+      // a slow peer is out; one that failed may get a second chance (a moment's overload is not a dead peer)
+      const failures = (err as Error).name === 'PeerTooSlowError' ? MAX_PEER_FAILURES : 1
+      this.failures.set(w.peer.id, (this.failures.get(w.peer.id) ?? 0) + failures)
       this.init.onPeerFailure(w.peer, err as Error)
       if (s.attempts >= MAX_STRIPE_ATTEMPTS) this.fail(err as Error)
     } finally {
@@ -395,19 +403,28 @@ class StripedBody {
       throw new PeerTooSlowError(`peer ${w.peer.id} sent ${delivered} bytes in ${Math.round(waited)} ms`)
   }
 
-  /** Replaces a retired worker with another holder, when one is left; with no worker left, the body fails. */
+  /**
+   * Replaces retired workers, up to the number the body started with: a holder the lookup has not given yet,
+   * else one of this body's peers that failed only once. With no worker left, the body fails.
+   */
   private async recruit(): Promise<void> {
     if (this.recruiting) return
     this.recruiting = true
+    const usable = (p: Peer): boolean =>
+      (this.failures.get(p.id) ?? 0) < MAX_PEER_FAILURES && ![...this.workers].some((w) => w.peer.id === p.id)
     try {
-      while (!this.ended && this.left > 0 && this.recruits < MAX_RECRUITS) {
+      while (
+        !this.ended &&
+        this.left > 0 &&
+        this.workers.size < this.init.peers.length &&
+        this.recruits < MAX_RECRUITS
+      ) {
         this.recruits++
-        const peer = await this.init.another(this.controller.signal).catch(() => undefined)
+        const fresh = await this.init.another(this.controller.signal).catch(() => undefined)
         if (this.ended) return
-        if (peer === undefined) break
-        if (this.gone.has(peer.id) || [...this.workers].some((w) => w.peer.id === peer.id)) continue
-        this.start(peer)
-        return
+        const peer = fresh !== undefined && usable(fresh) ? fresh : this.known.find(usable)
+        if (peer !== undefined) this.start(peer)
+        else if (fresh === undefined) break
       }
     } finally {
       this.recruiting = false
