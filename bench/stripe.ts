@@ -24,7 +24,7 @@ import { startProxy } from './proxy.js'
 export interface StripeBenchResult {
   blobBytes: number
   runs: number
-  /** Each holder's link. */
+  /** Each holder's link (0: none, peers reached straight on loopback). */
   linkMbitPerSecond: number
   holders: number
   /** Medians: E (one peer at a time) and D (striped). */
@@ -63,6 +63,10 @@ export async function benchStripe(
     const links = new Map<string, { port: number; host: string }>()
     for (const name of holders) {
       const port = await freePort()
+      if (mbit <= 0) {
+        links.set(name, { port, host: `127.0.0.1:${port}` }) // no emulated link: straight to the peer
+        continue
+      }
       const proxy = await startProxy({
         target: { host: '127.0.0.1', port },
         rateBytesPerSecond: (mbit * 1e6) / 8,
@@ -140,6 +144,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   const r = await benchStripe({
     blobBytes: Number(process.env.BLOB_BYTES ?? 128 * MiB),
     runs: Number(process.env.RUNS ?? 3),
+    linkMbitPerSecond: Number(process.env.LINK_MBIT ?? 100),
   })
   console.log(JSON.stringify(r, null, 2))
 }

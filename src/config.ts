@@ -146,6 +146,11 @@ export const runSchema = z
       .describe(
         'blobs at least this big, held by two or more peers, are fetched as parallel ranges from several of them (striping); 0 turns it off',
       ),
+    stripeBelowRate: byteSize
+      .prefault('256MiB')
+      .describe(
+        'a big blob is striped only when its one peer sends the first bytes slower than this per second (striping is for slow links; a fast stream on a busy CPU loses more than it gains)',
+      ),
     herd: z
       .boolean()
       .default(true)

@@ -460,17 +460,7 @@ export class PeerFetcher {
       }
       return undefined
     }
-    // striping (stripe.ts): a big blob held by several peers comes as parallel ranges, verified the same way;
-    // not from the herd's elected node (firstAttempt), whose copy is still arriving from upstream
-    const stripedOver =
-      firstAttempt === undefined && this.striper?.wants(sizeBytes, digest) === true
-        ? await this.striper.holders(lookup, win.peer, failedInRace, client.signal)
-        : []
-    const striped = stripedOver.length >= 2
-    let body = striped
-      ? this.stripedBody(res, stripedOver, { digest, path, sizeBytes, lookup, signal: client.signal })
-      : undefined
-    body ??= resumableBody({
+    const body = resumableBody({
       first: res,
       start: 0,
       end: sizeBytes - 1,
@@ -486,9 +476,16 @@ export class PeerFetcher {
         )
       },
     })
+    // striping (stripe.ts): a big blob whose peer is slow goes on as parallel ranges from several holders,
+    // through the same digest check; not from the herd's elected node (its copy is still arriving)
+    const striping =
+      firstAttempt === undefined && this.striper?.wants(sizeBytes, digest) === true
+        ? this.striping(body, { digest, path, sizeBytes, lookup, failedInRace, contributors, client })
+        : undefined
     const out = new PassThrough({ highWaterMark: BLOB_BUFFER_BYTES })
-    pipeline(body, new VerifyDigest(digest, { start, end }), out)
+    pipeline(striping?.body ?? body, new VerifyDigest(digest, { start, end }), out)
       .catch((err: Error) => {
+        const striped = striping?.switched() === true
         if (!striped) this.slow(contributors.at(-1) as Peer, digest, err)
         if (err.name !== 'DigestMismatchError') return
         // one digest cannot name the peer of a bad stripe: striped, nobody is blamed (stripe.ts)
@@ -503,18 +500,29 @@ export class PeerFetcher {
     return { source: 'peer', status, headers, body: out, digest, peer: win.peer.id }
   }
 
-  /** The striped body (stripe.ts): each stripe a signed, deadline-bound Range request, as a resume is. */
-  private stripedBody(
-    first: PeerResponse,
-    peers: Peer[],
-    b: { digest: Digest; path: string; sizeBytes: number; lookup: PeerLookup; signal: AbortSignal },
-  ): Readable {
-    for (const p of peers) b.lookup.tried(p)
-    return (this.striper as Striper).body({
+  /** The striping hook (stripe.ts): each stripe a signed, deadline-bound Range request, as a resume is. */
+  private striping(
+    single: Readable,
+    b: {
+      digest: Digest
+      path: string
+      sizeBytes: number
+      lookup: PeerLookup
+      failedInRace: ReadonlySet<string>
+      contributors: Peer[]
+      client: ClientRequest
+    },
+  ): { body: Readable; switched(): boolean } {
+    const striper = this.striper as Striper
+    return striper.adaptive(single, {
       digest: b.digest,
       sizeBytes: b.sizeBytes,
-      first,
-      peers,
+      // the peer serving now, and the other holders
+      holders: async (signal) => {
+        const peers = await striper.holders(b.lookup, b.contributors.at(-1) as Peer, b.failedInRace, signal)
+        for (const p of peers) b.lookup.tried(p)
+        return peers
+      },
       open: (peer, start, end, signal) =>
         this.request(peer, b.path, {
           method: 'GET',
@@ -532,7 +540,7 @@ export class PeerFetcher {
         this.slow(peer, b.digest, err)
         this.onFailure(peer, err)
       },
-      signal: b.signal,
+      signal: b.client.signal,
       floorBytesPerSecond: this.init.floorBytesPerSecond,
       floorWindowMs: this.init.floorWindowMs,
     })

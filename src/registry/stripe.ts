@@ -1,11 +1,14 @@
 /**
- * Striping: a big blob held by several peers is fetched as parallel ranges, one stream of stripes per peer,
- * and handed on in order as one body. Why: one peer's link (or its busy disk) caps a single-stream fetch;
- * with three holders behind 100 Mbit/s links each, the blob arrives about three times as fast
- * (bench/stripe.ts).
+ * Striping: a big blob held by several peers, whose one peer sends it slowly, is fetched as parallel ranges,
+ * one stream of stripes per peer, and handed on in order as one body. Why: one peer's link (or its busy
+ * disk) caps a single-stream fetch; with three holders behind 100 Mbit/s links each, the blob arrives about
+ * three times as fast (bench/stripe.ts).
  *
  * How, and what it keeps from the single-peer path (peers.ts):
- * - The blob is cut into stripes of `stripeBytes` (4 MiB); each peer's worker claims the next stripe and
+ * - A body starts as always, from one peer (hedged, resumed), and its first bytes are timed. Only when they
+ *   come slower than `minSingleBytesPerSecond` does the rest come as stripes: a fast stream stays as it is,
+ *   because a request per stripe and a copy per byte cost more CPU than a fast link gains.
+ * - The rest is cut into stripes of `stripeBytes` (4 MiB); each peer's worker claims the next stripe and
  *   fetches it with one `Range` request, reading it whole into memory. A worker may claim a stripe only
  *   within `aheadPerPeer` × peers stripes of the one being written, so at most that many stripes are held
  *   (bounded memory, back-pressure: a worker that may not claim holds no connection, so no peer body ever
@@ -15,10 +18,10 @@
  *   Range is applied there, as before: striping does not change what a range costs or how it is checked.
  * - No stalls: a stripe whose peer fails (reset, no headers within the header deadline, no body progress
  *   within the idle deadline, below the throughput floor) goes back to the queue and another worker
- *   fetches the rest of it from where it stopped; that peer's worker retires and, when workers run out,
- *   another holder is recruited from the lookup. A stripe that blocks the write position while its peer is
- *   much slower than an idle worker's is taken over by that worker (the slow peer retires after two).
- *   Every wait is bound to the body's signal (the client's) and the peer deadlines.
+ *   fetches the rest of it from where it stopped; that peer's worker retires and another holder (or, once,
+ *   the same one) is recruited. A stripe that blocks the write position while its peer is much slower than
+ *   an idle worker's is taken over by that worker (the slow peer retires after two). Every wait is bound
+ *   to the body's signal (the client's) and the peer deadlines.
  * - One digest cannot tell which peer sent a bad stripe. A striped body that fails its digest marks no
  *   peer: the caller fetches that blob from one peer at a time for a while (`failedTtlMs`), where a
  *   mismatch names its sender exactly (the existing corrupt-peer handling), so a corrupt peer costs one
@@ -48,6 +51,15 @@ export interface StripeInit {
   holdersWaitMs?: number
   /** After a striped body failed its digest, that blob comes from one peer at a time for this long (30 min). */
   failedTtlMs?: number
+  /**
+   * A body whose first bytes come at least this fast stays with its one peer (default 256 MiB/s): striping
+   * is for links that hold a peer back, and costs a request per stripe and a copy per byte, which a fast
+   * stream on a busy CPU feels more than it gains (bench/stripe.ts, no link limit: 0.4×).
+   */
+  minSingleBytesPerSecond?: number
+  /** The first bytes: the rate is taken after this many bytes or this long, whichever comes first. */
+  probeBytes?: number
+  probeMs?: number
 }
 
 export interface StripeComponents {
@@ -58,9 +70,9 @@ export interface StripeComponents {
 export interface StripedBodyInit {
   digest: Digest
   sizeBytes: number
-  /** The race winner's whole-body response: it serves the first stripe, then is closed. */
-  first: PeerResponse
-  /** Holders to fetch from, the winner first. */
+  /** The first byte to fetch (what came before went out from the single peer's body). */
+  start: number
+  /** Holders to fetch from. */
   peers: Peer[]
   /** A GET with `Range: bytes=start-end` at `peer` (the caller signs it and applies the header deadline). */
   open(peer: Peer, start: number, end: number, signal: AbortSignal): Promise<PeerResponse>
@@ -144,8 +156,49 @@ export class Striper {
     return out
   }
 
-  /** One body from stripes fetched in parallel, in order from byte 0. */
-  body(init: StripedBodyInit): Readable {
+  /**
+   * Passes on `single` (one peer's body from byte 0, resumed as usual) and watches its first bytes: when
+   * they come slower than `minSingleBytesPerSecond` and at least two holders are found, it closes `single`
+   * where it stands and continues with stripes from there. `switched()` says whether it did (then a digest
+   * mismatch names no peer). The chunks of `single` go on untouched (pool buffers stay recyclable).
+   */
+  adaptive(
+    single: Readable,
+    init: Omit<StripedBodyInit, 'start' | 'peers'> & { holders(signal: AbortSignal): Promise<Peer[]> },
+  ): { body: Readable; switched(): boolean } {
+    const minRate = this.init.minSingleBytesPerSecond ?? 256 * 1024 * 1024
+    const probeBytes = this.init.probeBytes ?? 8 * 1024 * 1024
+    const probeMs = this.init.probeMs ?? 250
+    const started = performance.now()
+    let switched = false
+    const striped = (start: number, peers: Peer[]): Readable => this.body({ ...init, start, peers })
+    async function* chunks(): AsyncGenerator<Buffer> {
+      let offset = 0
+      let decided = false
+      for await (const chunk of single) {
+        const buf = chunk as Buffer
+        yield buf
+        offset += buf.length
+        if (decided || offset >= init.sizeBytes) continue
+        const ms = performance.now() - started
+        if (offset < probeBytes && ms < probeMs) continue
+        decided = true
+        if ((offset / Math.max(ms, 1)) * 1000 >= minRate) continue
+        const peers = await init.holders(init.signal)
+        if (peers.length < 2) continue
+        switched = true
+        single.destroy()
+        yield* striped(offset, peers) as AsyncIterable<Buffer>
+        return
+      }
+    }
+    // object mode: each chunk goes on as it came, never merged into a copy
+    const body = Readable.from(chunks(), { objectMode: true, highWaterMark: 1 })
+    return { body, switched: () => switched }
+  }
+
+  /** One body from stripes fetched in parallel, in order from `start`. */
+  private body(init: StripedBodyInit): Readable {
     this.components.metrics.stripedBlobs.inc({ result: 'started' })
     const body = new StripedBody(init, {
       stripeBytes: this.init.stripeBytes ?? 4 * 1024 * 1024,
@@ -202,7 +255,6 @@ class StripedBody {
   private head = 0
   private nextNew = 0
   private left: number
-  private firstUnused = true
   private reading = false
   private ended = false
   private recruits = 0
@@ -217,7 +269,7 @@ class StripedBody {
       log: Logger
     },
   ) {
-    for (let start = 0, i = 0; start < init.sizeBytes; start += opts.stripeBytes, i++) {
+    for (let start = init.start, i = 0; start < init.sizeBytes; start += opts.stripeBytes, i++) {
       this.stripes.push({
         index: i,
         start,
@@ -327,21 +379,10 @@ class StripedBody {
     }
     const mine = (): boolean => s.fetcher === w && !this.ended
     try {
-      let res: PeerResponse
-      let copy = false
-      if (this.firstUnused && from === 0 && w.peer.id === this.init.first.peer.id) {
-        this.firstUnused = false
-        res = this.init.first
-        // its reads are pool buffers (peer-client.ts): held here, each would pin a whole pool buffer
-        copy = true
-      } else {
-        res = await this.init.open(w.peer, from, s.end, signal)
-        if (!covers(res, from, s.end, this.init.sizeBytes)) {
-          res.body.destroy()
-          throw new PeerUnavailableError(`peer ${w.peer.id} did not answer Range ${from}-${s.end}`)
-        }
-      }
+      const res = await this.init.open(w.peer, from, s.end, signal)
       body = res.body
+      if (!covers(res, from, s.end, this.init.sizeBytes))
+        throw new PeerUnavailableError(`peer ${w.peer.id} did not answer Range ${from}-${s.end}`)
       if (!mine()) {
         body.destroy()
         return
@@ -355,12 +396,12 @@ class StripedBody {
         this.floor(w, now - asked, n)
         asked = now
         const part = n === buf.length ? buf : buf.subarray(0, n)
-        s.queue.push(copy ? Buffer.from(part) : part)
+        s.queue.push(part)
         s.received += n
         if (s.received === length(s)) break // counted below before the body may end
         if (s.index === this.head) this.pump()
       }
-      body.destroy() // the winner's whole-body response goes on past the first stripe: close it
+      body.destroy()
       if (!mine()) return
       if (s.received < length(s))
         throw new PeerUnavailableError(`peer ${w.peer.id} ended stripe ${s.index} short`)
@@ -467,7 +508,6 @@ class StripedBody {
       s.cancel?.()
       s.queue = []
     }
-    if (this.firstUnused) this.init.first.body.destroy()
     this.notify()
   }
 

@@ -20,7 +20,7 @@ const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).dige
 /**
  * Striping end to end: docker-registry, 4 containerd and 4 `kagami run` processes with a low
  * `--stripe-threshold`. A, B and C pull the image from the registry; the registry stops; D pulls it with
- * `ctr` and its big layer comes as stripes from the three of them. The bytes in D's content store are
+ * `ctr` and its big layer comes as stripes from the three of them (after its first bytes from one). The bytes in D's content store are
  * checked by sha256, and D's metrics show the stripes.
  */
 describe('e2e: a big layer striped over three peers', () => {
@@ -39,8 +39,9 @@ describe('e2e: a big layer striped over three peers', () => {
     cluster = await startCluster({
       names: ['a', 'b', 'c', 'd'],
       registries: [registry.url],
-      // layers of 4 MiB and more are striped (the default 64 MiB would need big layers), in 4 MiB stripes
-      extraArgs: () => ['--stripe-threshold', '4MiB'],
+      // layers of 4 MiB and more are striped (the default 64 MiB would need big layers), in 4 MiB stripes,
+      // however fast one peer is on loopback (by default a peer sending ≥ 256 MiB/s keeps the blob)
+      extraArgs: () => ['--stripe-threshold', '4MiB', '--stripe-below-rate', '1000GiB'],
     })
   }, 240_000)
 
@@ -87,10 +88,10 @@ describe('e2e: a big layer striped over three peers', () => {
       Number(new RegExp(`^${line.replace(/[{}"]/g, '\\$&')} (\\S+)$`, 'm').exec(metrics)?.[1] ?? 0)
     expect(value('kagami_striped_blobs_total{result="started"}')).toBeGreaterThanOrEqual(1)
     expect(value('kagami_striped_blobs_total{result="failed"}')).toBe(0)
-    // 24 MB in 4 MiB stripes: at least 6 stripes came from peers
+    // 24 MB: the first bytes (up to 8 MiB + a socket read) from one peer, the rest in 4 MiB stripes
     const stripes =
       value('kagami_stripes_total{result="fetched"}') + value('kagami_stripes_total{result="refetched"}')
-    expect(stripes).toBeGreaterThanOrEqual(6)
+    expect(stripes).toBeGreaterThanOrEqual(3)
     // and more than one holder served them: blob bytes each peer endpoint sent during D's pull
     const after = await Promise.all([a, b, c].map(peerBytes))
     const served = after.map((n, i) => n - (before[i] as number))
