@@ -140,6 +140,16 @@ export async function benchStripe(
   }
 }
 
+/**
+ * Both sides of the trade-off in one scenario: 3 holders behind 100 Mbit/s links (striping must pay), and
+ * the same with no link limit (a fast single peer: striping must stay out of the way).
+ */
+export async function benchStriping(): Promise<StripeBenchResult & { direct: StripeBenchResult }> {
+  const limited = await benchStripe()
+  const direct = await benchStripe({ linkMbitPerSecond: 0, blobBytes: 512 * MiB })
+  return { ...limited, direct }
+}
+
 if (import.meta.url === `file://${process.argv[1]}`) {
   const r = await benchStripe({
     blobBytes: Number(process.env.BLOB_BYTES ?? 128 * MiB),

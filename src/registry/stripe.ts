@@ -57,7 +57,7 @@ export interface StripeInit {
    * stream on a busy CPU feels more than it gains (bench/stripe.ts, no link limit: 0.4×).
    */
   minSingleBytesPerSecond?: number
-  /** The first bytes: the rate is taken after this many bytes or this long, whichever comes first. */
+  /** The first bytes: the rate is taken after this many bytes or this long, whichever comes first (8 MiB, 100 ms). */
   probeBytes?: number
   probeMs?: number
 }
@@ -168,7 +168,7 @@ export class Striper {
   ): { body: Readable; switched(): boolean } {
     const minRate = this.init.minSingleBytesPerSecond ?? 256 * 1024 * 1024
     const probeBytes = this.init.probeBytes ?? 8 * 1024 * 1024
-    const probeMs = this.init.probeMs ?? 250
+    const probeMs = this.init.probeMs ?? 100
     const started = performance.now()
     let switched = false
     const striped = (start: number, peers: Peer[]): Readable => this.body({ ...init, start, peers })
