@@ -117,7 +117,7 @@ function rows(r: Results): Row[] {
     const s = r.stripe
     out.push({
       goal: `striped over ${s.holders} peers, each behind a ${s.linkMbitPerSecond} Mbit/s link: ≥ 2.5× a single peer`,
-      measured: `${f(s.mibPerSecond.striped, 1)} vs ${f(s.mibPerSecond.single, 1)} MiB/s = ${f(s.speedup.median)}× (min ${f(s.speedup.min)}, max ${f(s.speedup.max)}, ${s.runs} runs, ${f(s.blobBytes / 2 ** 20, 0)} MiB)`,
+      measured: `${f(s.mibPerSecond.striped, 1)} vs ${f(s.mibPerSecond.single, 1)} MiB/s = ${f(s.speedup.median)}× (min ${f(s.speedup.min)}, max ${f(s.speedup.max)}, ${s.runs} runs, ${f(s.blobBytes / 2 ** 20, 0)} MiB${s.stripedRuns === undefined ? '' : `, striped in ${s.stripedRuns} of ${s.runs}`})`,
       met: s.speedup.median >= 2.5,
       bar: {
         label: 'striped (MiB/s)',
@@ -130,7 +130,7 @@ function rows(r: Results): Row[] {
     if (d !== undefined)
       out.push({
         goal: `striping on, ${d.holders} peers with no link limit (loopback): ≥ 0.9× one peer (a fast peer is not striped)`,
-        measured: `${f(d.mibPerSecond.striped, 0)} vs ${f(d.mibPerSecond.single, 0)} MiB/s = ${f(d.speedup.median)}× (min ${f(d.speedup.min)}, max ${f(d.speedup.max)}, ${d.runs} runs, ${f(d.blobBytes / 2 ** 20, 0)} MiB)`,
+        measured: `${f(d.mibPerSecond.striped, 0)} vs ${f(d.mibPerSecond.single, 0)} MiB/s = ${f(d.speedup.median)}× (min ${f(d.speedup.min)}, max ${f(d.speedup.max)}, ${d.runs} runs, ${f(d.blobBytes / 2 ** 20, 0)} MiB${d.stripedRuns === undefined ? '' : `, striped in ${d.stripedRuns} of ${d.runs}`})`,
         met: d.speedup.median >= 0.9,
       })
   }

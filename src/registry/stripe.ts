@@ -57,7 +57,7 @@ export interface StripeInit {
    * stream on a busy CPU feels more than it gains (bench/stripe.ts, no link limit: 0.4×).
    */
   minSingleBytesPerSecond?: number
-  /** The first bytes: the rate is taken after this many bytes or this long, whichever comes first (8 MiB, 100 ms). */
+  /** The first bytes: the rate is taken after this many bytes or this long, whichever comes first (default half the threshold, at most 32 MiB; 100 ms). */
   probeBytes?: number
   probeMs?: number
 }
@@ -167,7 +167,8 @@ export class Striper {
     init: Omit<StripedBodyInit, 'start' | 'peers'> & { holders(signal: AbortSignal): Promise<Peer[]> },
   ): { body: Readable; switched(): boolean } {
     const minRate = this.init.minSingleBytesPerSecond ?? 256 * 1024 * 1024
-    const probeBytes = this.init.probeBytes ?? 8 * 1024 * 1024
+    const probeBytes =
+      this.init.probeBytes ?? Math.min(32 * 1024 * 1024, Math.max(1024 * 1024, this.init.thresholdBytes / 2))
     const probeMs = this.init.probeMs ?? 100
     const started = performance.now()
     let switched = false
