@@ -57,7 +57,7 @@ export interface StripeInit {
    * stream on a busy CPU feels more than it gains (bench/stripe.ts, no link limit: 0.4×).
    */
   minSingleBytesPerSecond?: number
-  /** The first bytes: the rate is taken after this many bytes or this long, whichever comes first (default half the threshold, at most 32 MiB; 100 ms). */
+  /** A window of the first bytes: this many bytes or this long, whichever comes first (default a quarter of the threshold, at most 16 MiB; 100 ms). */
   probeBytes?: number
   probeMs?: number
 }
@@ -158,8 +158,8 @@ export class Striper {
 
   /**
    * Passes on `single` (one peer's body from byte 0, resumed as usual) and watches its first bytes: when
-   * they come slower than `minSingleBytesPerSecond` and at least two holders are found, it closes `single`
-   * where it stands and continues with stripes from there. `switched()` says whether it did (then a digest
+   * two windows of them in a row come slower than `minSingleBytesPerSecond` and at least two holders are
+   * found, it closes `single` where it stands and continues with stripes from there. `switched()` says whether it did (then a digest
    * mismatch names no peer). The chunks of `single` go on untouched (pool buffers stay recyclable).
    */
   adaptive(
@@ -168,23 +168,34 @@ export class Striper {
   ): { body: Readable; switched(): boolean } {
     const minRate = this.init.minSingleBytesPerSecond ?? 256 * 1024 * 1024
     const probeBytes =
-      this.init.probeBytes ?? Math.min(32 * 1024 * 1024, Math.max(1024 * 1024, this.init.thresholdBytes / 2))
+      this.init.probeBytes ?? Math.min(16 * 1024 * 1024, Math.max(1024 * 1024, this.init.thresholdBytes / 4))
     const probeMs = this.init.probeMs ?? 100
-    const started = performance.now()
     let switched = false
     const striped = (start: number, peers: Peer[]): Readable => this.body({ ...init, start, peers })
     async function* chunks(): AsyncGenerator<Buffer> {
       let offset = 0
-      let decided = false
+      // windows of the first bytes: two slow ones in a row switch (the first alone may be a cold start:
+      // the first request of a process, a cold cache); a fast one ends the watch
+      let windowStartMs = performance.now()
+      let windowStartAt = 0
+      let slowWindows = 0
+      let watching = true
       for await (const chunk of single) {
         const buf = chunk as Buffer
         yield buf
         offset += buf.length
-        if (decided || offset >= init.sizeBytes) continue
-        const ms = performance.now() - started
-        if (offset < probeBytes && ms < probeMs) continue
-        decided = true
-        if ((offset / Math.max(ms, 1)) * 1000 >= minRate) continue
+        if (!watching || offset >= init.sizeBytes) continue
+        const ms = performance.now() - windowStartMs
+        const bytes = offset - windowStartAt
+        if (bytes < probeBytes && ms < probeMs) continue
+        if ((bytes / Math.max(ms, 1)) * 1000 >= minRate) {
+          watching = false
+          continue
+        }
+        windowStartMs += ms
+        windowStartAt = offset
+        if (++slowWindows < 2) continue
+        watching = false
         const peers = await init.holders(init.signal)
         if (peers.length < 2) continue
         switched = true

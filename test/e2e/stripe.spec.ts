@@ -97,7 +97,7 @@ describe('e2e: a big layer striped over three peers', () => {
       Number(new RegExp(`^${line.replace(/[{}"]/g, '\\$&')} (\\S+)$`, 'm').exec(metrics)?.[1] ?? 0)
     expect(value('kagami_striped_blobs_total{result="started"}')).toBeGreaterThanOrEqual(1)
     expect(value('kagami_striped_blobs_total{result="failed"}')).toBe(0)
-    // 24 MB: the first bytes (half the threshold, 2 MiB, + a socket read) from one peer, the rest in 4 MiB stripes
+    // 24 MB: the first two 1 MiB windows (+ a socket read each) from one peer, the rest in 4 MiB stripes
     const stripes =
       value('kagami_stripes_total{result="fetched"}') + value('kagami_stripes_total{result="refetched"}')
     expect(stripes).toBeGreaterThanOrEqual(3)
