@@ -118,7 +118,7 @@ export async function benchHerdOnce(
     const cluster = await startCluster({
       names: Array.from({ length: n }, (_, i) => `herd-${i}`),
       registries: [lan.url, wan.url],
-      logLevel: 'warn',
+      logLevel: process.env.KAGAMI_BENCH_LOG_LEVEL ?? 'warn',
       // KAGAMI_HERD_BUDGET and KAGAMI_HERD from the environment reach the daemons (the harness passes it on)
       env: { KAGAMI_FROM_DIST: '1' },
       minPeers: n - 1,

@@ -177,6 +177,7 @@ export function createRegistryServer(
       peer: k.peer,
       bytes: k.bytes,
       durationMs: Math.round(durationMs * 10) / 10,
+      ...(t.firstByteMs !== undefined ? { ttfbMs: Math.round((t.firstByteMs - t.startMs) * 10) / 10 } : {}),
       ...(complete ? {} : { aborted: true }),
     }
     // A miss is normal traffic (containerd falls through) and a local hit is the routine case: debug. Content
