@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import { PassThrough, Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import type { Logger } from 'pino'
-import { Counter, type Registry } from 'prom-client'
+import { Counter, Gauge, type Registry } from 'prom-client'
 import { type Digest, type DistributionRequest, digestHex } from '../oci/index.js'
 import type { Peer, Router } from '../routing/router.js'
 import { NotFoundError } from '../store/errors.js'
@@ -129,6 +129,15 @@ export class Herd {
       help: 'Blob misses coordinated by the herd, by role (requester: asked the elected node | elected: fetched upstream for itself or a peer) and result (coalesced|served|private|unavailable|failed)',
       labelNames: ['role', 'result'],
       registers: [components.metrics],
+    })
+    const budget = this.budget
+    new Gauge({
+      name: 'kagami_herd_budget_seconds',
+      help: 'How long a blob miss waits for the elected node now (herd-budget.ts: rises while answers are slow)',
+      registers: [components.metrics],
+      collect() {
+        this.set(budget.ms / 1000)
+      },
     })
     this.flightCount = new Counter({
       name: 'kagami_herd_flights_total',
