@@ -78,13 +78,11 @@ async function send(reply: FastifyReply, served: Served): Promise<FastifyReply> 
     await sendBlob(reply, served.status, { ...served.headers, ...API_VERSION }, served.body)
     return reply
   }
-  reply
-    .code(served.status)
-    .headers({
-      ...served.headers,
-      ...API_VERSION,
-      ...(served.inFlight === true ? { [IN_FLIGHT_HEADER]: '1' } : {}),
-    })
+  reply.code(served.status).headers({
+    ...served.headers,
+    ...API_VERSION,
+    ...(served.inFlight === true ? { [IN_FLIGHT_HEADER]: '1' } : {}),
+  })
   // A blob still arriving may have no byte yet, and sendBlob (like fastify) writes the headers with the first
   // one: a peer's header deadline would fire. Piped by fastify instead, headers flushed at once.
   if (served.inFlight === true) reply.raw.once('pipe', () => reply.raw.flushHeaders())
