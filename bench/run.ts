@@ -16,6 +16,7 @@ import { benchPull, type PullBenchResult } from './pull.js'
 import { benchRouting, type RoutingBenchResult } from './routing.js'
 import { benchScale, type ScaleResult } from './scale.js'
 import { benchStoreRead, type StoreReadBenchResult } from './store-read.js'
+import { benchStripe, type StripeBenchResult } from './stripe.js'
 import { benchTags, type TagsBenchResult } from './tags.js'
 
 const RESULTS = fileURLToPath(new URL('./results/', import.meta.url))
@@ -36,6 +37,7 @@ interface Results {
   tags?: TagsBenchResult
   auth?: AuthBenchResult
   scale?: ScaleResult[]
+  stripe?: StripeBenchResult
 }
 
 const SCENARIOS = {
@@ -47,6 +49,7 @@ const SCENARIOS = {
   store: () => benchStoreRead(),
   tags: () => benchTags(),
   auth: () => benchAuth(),
+  stripe: () => benchStripe(),
   // ~15 min on this machine; the model over these points: bench/scale-model.ts
   scale: async () => [
     await benchScale({ nodes: 50 }),
@@ -108,6 +111,20 @@ function rows(r: Results): Row[] {
       goal: 'miss → 404, p99 ≤ 25 ms',
       measured: `p50 ${f(m.missTtfbMs.p50, 1)} ms, p99 ${f(m.missTtfbMs.p99, 1)} ms (n=${m.missTtfbMs.n})`,
       met: m.missTtfbMs.p99 <= 25,
+    })
+  }
+  if (r.stripe) {
+    const s = r.stripe
+    out.push({
+      goal: `striped over ${s.holders} peers, each behind a ${s.linkMbitPerSecond} Mbit/s link: ≥ 2.5× a single peer`,
+      measured: `${f(s.mibPerSecond.striped, 1)} vs ${f(s.mibPerSecond.single, 1)} MiB/s = ${f(s.speedup.median)}× (min ${f(s.speedup.min)}, max ${f(s.speedup.max)}, ${s.runs} runs, ${f(s.blobBytes / 2 ** 20, 0)} MiB)`,
+      met: s.speedup.median >= 2.5,
+      bar: {
+        label: 'striped (MiB/s)',
+        value: s.mibPerSecond.striped,
+        baseline: s.mibPerSecond.single,
+        baselineLabel: 'one peer (MiB/s)',
+      },
     })
   }
   if (r.pull) {

@@ -266,6 +266,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
         resolveTimeoutMs: config.resolveTimeout,
         peerHeadersTimeoutMs: config.peerHeadersTimeout,
         bodyIdleTimeoutMs: config.bodyIdleTimeout,
+        stripe: { thresholdBytes: config.stripeThreshold, minSingleBytesPerSecond: config.stripeBelowRate },
       },
     )
     const flights = new Herd(
