@@ -186,7 +186,8 @@ export async function benchMirror(
       for (const c of CONTENDERS) {
         if (c === 'rawTcp') {
           const raw = await rawTcp(layer.size)
-          if (raw.bytes !== layer.size) throw new Error(`iperf3 moved ${raw.bytes} bytes, want ${layer.size}`)
+          // iperf3 sends whole 1 MiB writes, so it may move up to one write more than asked
+          if (raw.bytes < layer.size) throw new Error(`iperf3 moved ${raw.bytes} bytes, want ${layer.size}`)
           rates.rawTcp.push(raw.bytes / raw.seconds / GiB)
           continue
         }
