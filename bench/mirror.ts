@@ -55,7 +55,8 @@ export interface RatioStats {
   max: number
 }
 
-function ratioStats(a: number[], b: number[]): RatioStats {
+/** Ratios taken run by run (a[i] / b[i], both from the same run), then min/median/max. */
+export function ratioStats(a: number[], b: number[]): RatioStats {
   const r = a.map((x, i) => x / (b[i] as number)).sort((x, y) => x - y)
   return { min: r[0] ?? NaN, median: median(r), max: r.at(-1) ?? NaN }
 }
