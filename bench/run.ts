@@ -129,9 +129,15 @@ function rows(r: Results): Row[] {
   }
   if (r.pull) {
     const p = r.pull
+    const sp = p.spread
+    const mmm = (x: { min: number; p50: number; max: number }): string =>
+      `min ${f(x.min)}, median ${f(x.p50)}, max ${f(x.max)} s`
     out.push({
       goal: 'ctr pull via a peer ≤ 1.1× from the registry (loopback)',
-      measured: `${f(p.seconds.peer)} s vs ${f(p.seconds.registry)} s = ${f(p.ratios.peerVsRegistry)}× (${f(p.imageBytes / 2 ** 20, 0)} MiB, 5 layers)`,
+      measured:
+        sp === undefined
+          ? `${f(p.seconds.peer)} s vs ${f(p.seconds.registry)} s = ${f(p.ratios.peerVsRegistry)}× (${f(p.imageBytes / 2 ** 20, 0)} MiB, 5 layers)`
+          : `median ${f(p.seconds.peer)} s vs ${f(p.seconds.registry)} s = ${f(p.ratios.peerVsRegistry)}×; run by run min ${f(sp.peerVsRegistry.min)}, median ${f(sp.peerVsRegistry.median)}, max ${f(sp.peerVsRegistry.max)}× (${p.runs} runs each; via peer ${mmm(sp.peer)}; registry ${mmm(sp.registry)}; ${f(p.imageBytes / 2 ** 20, 0)} MiB, 5 layers)`,
       met: p.ratios.peerVsRegistry <= 1.1,
       bar: {
         label: 'via peer (s)',
