@@ -34,7 +34,7 @@ import { isKeyString } from './keys.js'
 
 export const KEYS_PROTOCOL = '/kagami/keys/2.0.0'
 
-export const FRAME = { keys: 1, end: 2, add: 3, del: 4, join: 5, leave: 6 } as const
+export const FRAME = { keys: 1, end: 2, add: 3, del: 4, join: 5, leave: 6, view: 7 } as const
 const MAX_ADDRS_PER_MEMBER = 4
 
 export interface KeyExchangeInit {
@@ -66,6 +66,12 @@ export interface KeyExchangeInit {
   banMs?: number
   /** How often the subscription set is reconsidered (default 2 s; also after every membership event). */
   selectIntervalMs?: number
+  /**
+   * How often a publisher tells its subscribers how many keys and members it announced (default 30 s). A
+   * subscriber whose copy differs, or that heard nothing for 3 intervals, subscribes again: whatever went
+   * wrong with a delta, a list is never wrong for longer than that.
+   */
+  heartbeatMs?: number
 }
 
 export interface KeyExchangeStats {
@@ -82,6 +88,8 @@ export interface KeyExchangeStats {
   complete: boolean
   incomplete?: string
   violations: number
+  /** subscriptions restarted because a heartbeat showed our copy out of step */
+  resyncs: number
 }
 
 class Violation extends Error {
@@ -178,6 +186,8 @@ interface Subscription {
   members: Map<string, string[]>
   /** XOR of hash32 over members and the peer itself */
   view: number
+  /** when the last whole frame arrived */
+  lastFrameAt: number
   bytes: TokenBucket
   frames: TokenBucket
 }
@@ -215,6 +225,7 @@ export class KeyExchange {
   private bytesSent = 0
   private bytesReceived = 0
   private violations = 0
+  private resyncs = 0
   private readonly self: string
   private readonly selfHash: number
   private readonly cfg: Required<KeyExchangeInit>
@@ -243,6 +254,7 @@ export class KeyExchange {
       burstFrames: init.burstFrames ?? 2_000,
       banMs: init.banMs ?? 60_000,
       selectIntervalMs: init.selectIntervalMs ?? 2_000,
+      heartbeatMs: init.heartbeatMs ?? 30_000,
     }
     this.self = node.peerId.toString()
     this.selfHash = hash32(this.self)
@@ -284,6 +296,8 @@ export class KeyExchange {
     })
     this.selectTimer = setInterval(() => this.select(), this.cfg.selectIntervalMs)
     this.selectTimer.unref()
+    this.heartbeatTimer = setInterval(() => this.heartbeat(), this.cfg.heartbeatMs)
+    this.heartbeatTimer.unref()
   }
 
   stop(): void {
@@ -291,6 +305,16 @@ export class KeyExchange {
     clearTimeout(this.timer)
     clearTimeout(this.kickTimer)
     clearInterval(this.selectTimer)
+    clearInterval(this.heartbeatTimer)
+  }
+
+  private heartbeatTimer: NodeJS.Timeout | undefined
+
+  /** What our subscribers should hold of us: `<keys> <members>` (after the deltas queued before it). */
+  private heartbeat(): void {
+    if (this.stopped || this.subscribers.size === 0) return
+    const frame = encodeFrame(FRAME.view, Buffer.from(`${this.sent.size} ${this.sentMembers.size}`))
+    for (const s of this.subscribers.values()) this.enqueue(s, [frame])
   }
 
   /** Peers whose complete list we hold. */
@@ -378,6 +402,7 @@ export class KeyExchange {
       complete: this.complete(),
       incomplete: this.incompleteReason(),
       violations: this.violations,
+      resyncs: this.resyncs,
     }
   }
 
@@ -529,6 +554,12 @@ export class KeyExchange {
   private select(): void {
     if (this.stopped) return
     const now = Date.now()
+    for (const sub of [...this.subs.values()]) {
+      if (sub.complete && now - sub.lastFrameAt > 3 * this.cfg.heartbeatMs) {
+        this.log.debug({ peer: sub.id }, 'key list publisher went silent; subscribing again')
+        this.drop(sub)
+      }
+    }
     const candidates = new Map<string, string[]>()
     for (const id of this.kagamiPeers) candidates.set(id, [])
     for (const id of this.knownPeers()) candidates.set(id, [])
@@ -587,6 +618,7 @@ export class KeyExchange {
       pending: [],
       members: new Map(),
       view: hash32(id),
+      lastFrameAt: Date.now(),
       bytes: new TokenBucket(this.cfg.bytesPerSecond, this.cfg.burstBytes),
       frames: new TokenBucket(this.cfg.framesPerSecond, this.cfg.burstFrames),
     }
@@ -644,6 +676,7 @@ export class KeyExchange {
           if (length < 1 || length > this.cfg.maxFrameBytes) throw new Violation(`a frame of ${length} bytes`)
           if (buffered.length < 4 + length) break
           if (!sub.frames.take(1)) throw new Violation('over its frame rate')
+          sub.lastFrameAt = Date.now()
           this.apply(sub, buffered[4]!, buffered.subarray(5, 4 + length))
           if (sub.complete) clearTimeout(snapshotTimer)
           buffered = buffered.subarray(4 + length)
@@ -733,6 +766,18 @@ export class KeyExchange {
       case FRAME.leave: {
         for (const id of this.lines(payload)) {
           if (sub.members.delete(id)) sub.view ^= hash32(id)
+        }
+        return
+      }
+      case FRAME.view: {
+        const [keys, members] = Buffer.from(payload).toString('utf8').split(' ').map(Number)
+        if (!Number.isSafeInteger(keys) || !Number.isSafeInteger(members))
+          throw new Violation('a malformed view')
+        if (sub.complete && (keys !== sub.hashes.length || members !== sub.members.size)) {
+          // our copy drifted (a lost delta, or a 48-bit hash collision): start over with a snapshot
+          this.log.debug({ peer: sub.id, keys, members }, 'key list out of step; subscribing again')
+          this.resyncs++
+          this.drop(sub)
         }
         return
       }
