@@ -55,6 +55,7 @@ export interface ScaleResult {
   settleSeconds: number
   /** every node's exchange was a full view (or, when sampled, full) at the end of settling */
   settled: boolean
+  churnSeconds: number
   /** this process's event-loop delay p99 during the run (ms): every latency below includes it */
   eventLoopDelayP99Ms: number
   memory: {
@@ -231,6 +232,7 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
   const statsOf = (): RoutingStats[] => live().map((n) => n.router.routingStats())
   const deadline = Date.now() + 30 * 60_000 // the whole run, whatever happens
 
+  let churnSecondsMeasured = 0
   countWireBytes()
   const loop = monitorEventLoopDelay({ resolution: 20 })
   loop.enable()
@@ -386,6 +388,7 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
       }
     }
     const churnSeconds = (performance.now() - churnStart) / 1000
+    churnSecondsMeasured = churnSeconds
     await Promise.all(checks)
     const traffic = {
       idleBytesPerNodePerSecond,
@@ -464,6 +467,7 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
       distinctKeys: distinct,
       settleSeconds,
       settled,
+      churnSeconds: churnSecondsMeasured,
       eventLoopDelayP99Ms: loop.percentile(99) / 1e6,
       memory,
       traffic,
