@@ -656,9 +656,22 @@ export class KeyExchange {
         }
         await this.node.peerStore.merge(peer, { multiaddrs })
       }
-      const stream = await this.node.dialProtocol(peer, KEYS_PROTOCOL, {
-        signal: AbortSignal.timeout(Math.min(this.cfg.snapshotTimeoutMs, 10_000)),
-      })
+      const signal = AbortSignal.timeout(Math.min(this.cfg.snapshotTimeoutMs, 10_000))
+      const dialled = this.node.dialProtocol(peer, KEYS_PROTOCOL, { signal })
+      // a stream that opens after our deadline is closed at once
+      dialled.then(
+        (late) => signal.aborted && late.abort(new Error('too late')),
+        () => undefined,
+      )
+      // our own deadline too: a dial that ignored its signal would hold one of the few dial slots for ever
+      const stream = await Promise.race([
+        dialled,
+        new Promise<never>((_, reject) =>
+          signal.addEventListener('abort', () => reject(new Error('subscription dial timed out')), {
+            once: true,
+          }),
+        ),
+      ])
       this.dialing--
       sub.stream = stream
       this.log.debug({ peer: id }, 'key subscription open')
