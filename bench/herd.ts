@@ -59,6 +59,19 @@ async function herdRun(
   const seconds = (performance.now() - t0) / 1000
   const upstreamBytes = proxy.bytesToClients()
   const slowestSeconds = Math.max(...times)
+  // why bytes went upstream more than once: the herd's own counters, summed over the nodes
+  const sums = new Map<string, number>()
+  for (const n of nodes) {
+    const text = await (await fetch(`${n.kagami.mirrorUrl}/metrics`)).text()
+    for (const line of text.split('\n')) {
+      const m =
+        /^(kagami_herd_requests_total|kagami_peer_failures_total|kagami_herd_flights_total)\{(.*)\} (\S+)$/.exec(
+          line,
+        )
+      if (m !== null) sums.set(`${m[1]}{${m[2]}}`, (sums.get(`${m[1]}{${m[2]}}`) ?? 0) + Number(m[3]))
+    }
+  }
+  log(`herd: counters (cumulative) ${[...sums].map(([k, v]) => `${k}=${v}`).join(' ')}`)
   return {
     nodes: nodes.length,
     imageBytes,
@@ -153,7 +166,11 @@ export async function benchHerd(
 ): Promise<HerdBenchResult> {
   const counts = init.nodes ?? (process.env.HERD_NODES ?? '5,8').split(',').map(Number)
   const [first, ...rest] = counts
-  const result = await benchHerdOnce({ nodes: first, layerBytes: init.layerBytes })
+  const result = await benchHerdOnce({
+    nodes: first,
+    layerBytes: init.layerBytes,
+    wan: process.env.HERD_WAN !== '0',
+  })
   result.more = []
   for (const n of rest)
     result.more.push(await benchHerdOnce({ nodes: n, layerBytes: init.layerBytes, wan: false }))

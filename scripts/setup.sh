@@ -13,7 +13,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 need=()
-for cmd in containerd:containerd ctr:containerd docker-registry:docker-registry skopeo:skopeo go:golang-go ip:iproute2 unshare:util-linux chromium:chromium iperf3:iperf3; do
+for cmd in containerd:containerd ctr:containerd docker-registry:docker-registry skopeo:skopeo go:golang-go ip:iproute2 unshare:util-linux chromium:chromium iperf3:iperf3 pkill:procps prlimit:util-linux; do
   command -v "${cmd%%:*}" >/dev/null 2>&1 || need+=("${cmd##*:}")
 done
 [ -d /usr/share/gocode/src/github.com/Masterminds/sprig ] || need+=(golang-github-masterminds-sprig-dev)

@@ -210,8 +210,8 @@ export class PeerFetcher {
     this.components.metrics.peerFailures.inc({ reason: err.name })
     this.log.warn({ peer: peer.id, url: peer.url, digest, err: err.message }, 'peer sent corrupt content')
     const signal = AbortSignal.timeout(REPORT_TIMEOUT_MS)
-    void this.signed(peer, `${CORRUPT_REPORT_PATH}${digest}`, 'POST')
-      .then((headers) => reportCorrupt(peer, digest, { headers: { ...headers, [HOP_HEADER]: '1' }, signal }))
+    void this.peerHeaders(peer, `${CORRUPT_REPORT_PATH}${digest}`, 'POST')
+      .then((headers) => reportCorrupt(peer, digest, { headers, signal }))
       .catch(() => undefined)
   }
 
@@ -253,13 +253,13 @@ export class PeerFetcher {
       headersTimeoutMs?: number
     },
   ): Promise<PeerResponse> {
-    return this.signed(peer, path, init.method)
-      .then((auth) =>
+    return this.peerHeaders(peer, path, init.method)
+      .then((ours) =>
         peerRequest(peer, {
           ...init,
           // blob bodies go into pool buffers (manifests ask for a small read buffer of their own)
           pool: init.readBufferBytes === undefined ? this.pool : undefined,
-          headers: { ...init.headers, ...auth, [HOP_HEADER]: '1' },
+          headers: { ...init.headers, ...ours },
           path,
           headersTimeoutMs: init.headersTimeoutMs ?? this.init.peerHeadersTimeoutMs,
           bodyIdleTimeoutMs: this.init.bodyIdleTimeoutMs,
@@ -271,15 +271,16 @@ export class PeerFetcher {
       })
   }
 
-  private async signed(peer: Peer, path: string, method: string): Promise<Record<string, string>> {
+  /** Headers of every request this node makes to a peer: its signature, and the mark that it is relayed. */
+  private async peerHeaders(peer: Peer, path: string, method: string): Promise<Record<string, string>> {
     const signer = this.components.signer
-    return signer === undefined ? {} : { authorization: await signer.sign(method, path, peer.id) }
+    const hop = { [HOP_HEADER]: '1' }
+    return signer === undefined ? hop : { ...hop, authorization: await signer.sign(method, path, peer.id) }
   }
 
   /** Manifests are small: fetch whole, verify against the digest asked for (or the peer's digest for a tag). */
-  // Trade-off (design §5): a tag found on a peer is served as that peer has it. Fresh-from-upstream would be
-  // better while upstream is reachable, but containerd asks the mirror first, so answering here means a
-  // moved tag can be served stale until peers re-pull it. Digest requests are immutable and always safe.
+  // A tag reaches this point only when the registry did not answer (registry/tags.ts): the peer's tag is the
+  // fallback. Digest requests are immutable and always safe.
   private async manifest(
     req: ContentRequest,
     client: ClientRequest,

@@ -41,7 +41,7 @@ export interface KadDhtRouterComponents {
 }
 
 export interface KadDhtRouterInit {
-  /** libp2p listen multiaddrs, e.g. `/ip4/0.0.0.0/tcp/30022`. */
+  /** libp2p listen multiaddrs, e.g. `/ip4/0.0.0.0/tcp/29022`. */
   listen: string[]
   /** This node's peer endpoint URL, carried to other nodes by identify. */
   peerUrl: string

@@ -276,6 +276,9 @@ export class KeyExchange {
       }
       this.otherPeers.delete(id)
       this.kagamiPeers.add(id)
+      // a peer that is back (restarted, reconnected) is asked at once, not after the back-off its absence
+      // earned: until its list is here, its content is unreachable
+      this.failed.delete(id)
       this.listenAddrs.set(
         id,
         e.detail.listenAddrs.slice(0, MAX_ADDRS_PER_MEMBER).map((a) => a.decapsulateCode(421).toString()),

@@ -4,7 +4,7 @@ import type { RoutingKey } from './keys.js'
 /** A node that can serve content: its id and the base URL of its kagami peer endpoint. */
 export interface Peer {
   id: string
-  /** e.g. `http://10.0.0.7:30021` — the peer endpoint, which serves only that node's local content. */
+  /** e.g. `http://10.0.0.7:29021` — the peer endpoint, which serves only that node's local content. */
   url: string
 }
 

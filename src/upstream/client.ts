@@ -14,13 +14,15 @@ import { fetchAnonymousToken, TokenCache, UpstreamStatusError } from './tokens.j
 export type UnavailableReason =
   'backoff' | 'timeout' | 'unreachable' | 'server-error' | 'rate-limited' | 'bad-response'
 
-/** What the upstream registry says about a tag. Outcomes are values: all of them are normal traffic. */
-export type TagAnswer =
-  | { kind: 'found'; digest: Digest; mediaType?: string }
+/** What the upstream registry answers when it does not hand the content over. */
+type NoContent =
   | { kind: 'not-found' }
   /** 401/403: the repository needs credentials the request did not carry. */
   | { kind: 'denied'; status: number }
   | { kind: 'unavailable'; reason: UnavailableReason; detail: string }
+
+/** What the upstream registry says about a tag. Outcomes are values: all of them are normal traffic. */
+export type TagAnswer = { kind: 'found'; digest: Digest; mediaType?: string } | NoContent
 
 export interface TagQuery {
   registry: string
@@ -34,12 +36,7 @@ export interface TagQuery {
 }
 
 /** What the upstream registry answers for a blob. */
-export type BlobAnswer =
-  | { kind: 'found'; sizeBytes: number; body: Readable }
-  | { kind: 'not-found' }
-  /** 401/403: the repository needs credentials the request did not carry. */
-  | { kind: 'denied'; status: number }
-  | { kind: 'unavailable'; reason: UnavailableReason; detail: string }
+export type BlobAnswer = { kind: 'found'; sizeBytes: number; body: Readable } | NoContent
 
 export interface BlobQuery {
   registry: string

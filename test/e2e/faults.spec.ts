@@ -154,6 +154,12 @@ describe('e2e: faults found by black-box trials', () => {
           timeoutMs: 30_000,
           what: 'B to see C again',
         })
+        // and to hold C's key list again (a subscription takes a moment after a restart)
+        const blobAtB = `${b.kagami.mirrorUrl}/v2/corrupt/app/blobs/${layer}?ns=${encodeURIComponent(registry.host)}`
+        await waitFor(async () => (await fetch(blobAtB, { method: 'HEAD' })).status === 200 || undefined, {
+          timeoutMs: 30_000,
+          what: 'B to find the layer at C',
+        })
         await b.containerd.pull(ref, { hostsDir: b.hostsDir, timeoutMs: 60_000 })
         expect(sha(await readFile(blobFile(b, layer)))).toBe(layer)
         // a brand-new node pulls at the first attempt

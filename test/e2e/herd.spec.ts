@@ -61,7 +61,7 @@ describe('e2e: herd', () => {
       logLevel: process.env.KAGAMI_TEST_LOG ?? 'info',
       // Coordination outcomes, not timing, are under test: a generous budget keeps a loaded 2-core machine
       // (4 containerd + 4 daemons + registry) from turning a slow elected node into an upstream fallback.
-      extraArgs: () => ['--herd-budget', '2s'],
+      extraArgs: () => ['--herd-budget', '5s'],
     })
     nodes = cluster.nodes
   }, 180_000)
@@ -183,7 +183,7 @@ describe('e2e: herd', () => {
       await Promise.all(
         others.map((n) => n.containerd.pull(ref, { hostsDir: n.hostsDir, timeoutMs: 120_000 })),
       )
-      // reported, not asserted (timing belongs to bench/): budget 2 s here, + the pull itself
+      // reported, not asserted (timing belongs to bench/): budget 5 s here, + the pull itself
       console.log(
         `herd e2e: pulls with a frozen elected node took ${((performance.now() - started) / 1000).toFixed(1)} s`,
       )

@@ -48,7 +48,7 @@ export async function startCluster(init: StartClusterInit): Promise<Cluster> {
   let pskFile = init.pskFile
   const destroy = async (): Promise<void> => {
     for (const n of nodes.reverse()) {
-      await n.kagami.destroy().catch(() => undefined)
+      await n.kagami?.destroy().catch(() => undefined) // undefined when its start failed
       await n.containerd.destroy().catch(() => undefined)
     }
     await dir.remove()

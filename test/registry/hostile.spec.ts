@@ -52,7 +52,9 @@ describe('hostile peers and clients: every wait and resource is bounded', () => 
       floorBytesPerSecond: 64 * 1024,
       floorWindowMs: 1000,
       hedgeDelayMs: 5000,
-      peerHeadersTimeoutMs: 3000, // a loaded machine: the header deadline is not what this tests
+      // a loaded machine: neither the header deadline nor the idle timeout is what this tests
+      peerHeadersTimeoutMs: 3000,
+      bodyIdleTimeoutMs: 10_000,
     })
     closers.push(node.close)
     await node.provide('trickler', trickle.url, image)

@@ -173,10 +173,14 @@ describe('in-flight downloads', () => {
     a.store.startIngest({ ref, expected: digest, offsetBytes: 0, totalBytes: bytes.length })
     a.store.writeIngest(ref, bytes.subarray(0, 1024 * 1024))
     await eventually(async () => expect(await holders(node.router, digest)).toEqual(['downloader']))
-    const stalled = fetch(`${node.url}/v2/library/app/blobs/${digest}?ns=docker.io`, {
+    // a short body, or (a loaded machine past the header deadline) an error status: never a hang, never
+    // a complete body
+    const stalled = await fetch(`${node.url}/v2/library/app/blobs/${digest}?ns=docker.io`, {
       signal: AbortSignal.timeout(20_000),
-    }).then(async (r) => Buffer.from(await r.arrayBuffer()))
-    await expect(stalled).rejects.toThrow()
+    })
+      .then(async (r) => (r.status === 200 ? Buffer.from(await r.arrayBuffer()) : r.status))
+      .catch((err: Error) => err)
+    expect(stalled instanceof Error || typeof stalled === 'number').toBe(true)
     // corrupt bytes arriving in flight: the fetching side's digest check cuts the body
     const wrong = Buffer.from(bytes)
     wrong.writeUInt8((wrong.readUInt8(wrong.length - 10) ^ 0xff) & 0xff, wrong.length - 10)
