@@ -1,5 +1,5 @@
 /**
- * `/kagami/keys/2.0.0`: each node subscribes to the key lists of a bounded set of kagami peers and holds
+ * `/kagami/keys/3.0.0`: each node subscribes to the key lists of a bounded set of kagami peers and holds
  * them in memory, so a lookup for content on one of those peers is answered locally in microseconds and,
  * while the set covers the whole cluster, a miss is known at once without a DHT query.
  *
@@ -11,13 +11,16 @@
  *   joined/left) as they happen. Nothing is re-sent while nothing changes.
  * - a node subscribes to at most `maxPeers` peers (all of them in clusters up to that size: a full view;
  *   above it the XOR-closest half and a random half) and serves at most `maxSubscribers`.
- * - a peer's list is held as a sorted Float64Array of 48-bit key hashes (8 bytes a key, not ~150).
+ * - a peer's list is held as a sorted Float64Array of 48-bit key hashes (8 bytes a key, not ~150), and it is
+ *   sent as those hashes (6 bytes a key; 2.0.0 sent the 72-byte key strings, which the subscriber only hashed):
+ *   a node joining a 200-node full view received 200 × 3,000 × 72 B = 43 MB, and the cluster's settling was
+ *   bound by the CPU that noise, the PSK and parsing spent on those bytes (bench/results/scale.md).
  * - members spread through the snapshots, so every node learns of every other and the full view heals by
- *   itself; `complete()` says when every node we know of has given us its list and sees the same members
- *   as we do, which is when `KadDhtRouter.resolve` may answer a miss from memory.
+ *   itself; `complete()` says when every node we know of, and every node they know of, has given us its
+ *   list, which is when `KadDhtRouter.resolve` may answer a miss from memory.
  *
- * Frames: u32 big-endian length of (type + payload), u8 type, payload. Keys are UTF-8 lines; members are
- * lines `<peer id> <multiaddr>…`. Every input is bounded: frame size, keys and members per peer, key syntax,
+ * Frames: u32 big-endian length of (type + payload), u8 type, payload. Keys are 6-byte big-endian hashes
+ * (`keyHash`), packed; members are UTF-8 lines `<peer id> <multiaddr>…`. Every input is bounded: frame size, keys and members per peer, key syntax,
  * a deadline for the snapshot and for every frame once its first byte arrived (a trickling peer), and a
  * per-peer byte and frame rate. A peer that breaks one is logged, disconnected and not served or
  * subscribed to for `banMs`. A subscriber must never write: one byte from it is such a violation.
@@ -30,12 +33,13 @@ import type { Connection, Libp2p, PeerId, Stream } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import type { Logger } from 'pino'
-import { isKeyString } from './keys.js'
 
-export const KEYS_PROTOCOL = '/kagami/keys/2.0.0'
+export const KEYS_PROTOCOL = '/kagami/keys/3.0.0'
 
 export const FRAME = { keys: 1, end: 2, add: 3, del: 4, join: 5, leave: 6, view: 7 } as const
 const MAX_ADDRS_PER_MEMBER = 4
+/** bytes of one key hash on the wire */
+export const HASH_BYTES = 6
 
 export interface KeyExchangeInit {
   /** Coalesce local changes for this long before sending a delta (default 100 ms). */
@@ -174,6 +178,35 @@ function lineFrames(type: number, lines: Iterable<string>, maxPayload = 64 * 102
   return out
 }
 
+/** Key hashes packed 6 bytes each into frames of at most `maxPayload` bytes. */
+export function hashFrames(type: number, hashes: Iterable<number>, maxPayload = 64 * 1024): Uint8Array[] {
+  const per = Math.floor(maxPayload / HASH_BYTES)
+  const out: Uint8Array[] = []
+  let batch = Buffer.allocUnsafe(per * HASH_BYTES)
+  let n = 0
+  for (const h of hashes) {
+    batch.writeUIntBE(h, n * HASH_BYTES, HASH_BYTES)
+    if (++n === per) {
+      out.push(encodeFrame(type, batch))
+      batch = Buffer.allocUnsafe(per * HASH_BYTES)
+      n = 0
+    }
+  }
+  if (n > 0) out.push(encodeFrame(type, batch.subarray(0, n * HASH_BYTES)))
+  return out
+}
+
+function readHashes(payload: Uint8Array): number[] {
+  if (payload.length % HASH_BYTES !== 0)
+    throw new Violation(
+      `a malformed key frame (${payload.length} bytes, not whole ${HASH_BYTES}-byte hashes)`,
+    )
+  const b = Buffer.from(payload.buffer, payload.byteOffset, payload.length)
+  const out = new Array<number>(payload.length / HASH_BYTES)
+  for (let i = 0; i < out.length; i++) out[i] = b.readUIntBE(i * HASH_BYTES, HASH_BYTES)
+  return out
+}
+
 interface Subscription {
   id: string
   peer: PeerId
@@ -184,8 +217,6 @@ interface Subscription {
   pending: number[]
   /** member id → its addresses */
   members: Map<string, string[]>
-  /** XOR of hash32 over members and the peer itself */
-  view: number
   /** when the last whole frame arrived */
   lastFrameAt: number
   bytes: TokenBucket
@@ -214,7 +245,10 @@ export class KeyExchange {
   private readonly banned = new Map<string, number>()
   private readonly memberLines = new Map<string, { id: string; addrs: string[] }>()
   /** what our subscribers were last sent: deltas are computed against it */
-  private sent = new Set<string>()
+  /** key → its hash */
+  private sent = new Map<string, number>()
+  /** the snapshot's key frames, encoded once per change of our keys (every new subscriber gets the same) */
+  private snapshotFrames: Uint8Array[] | undefined
   private sentMembers = new Map<string, string[]>()
   private timer: NodeJS.Timeout | undefined
   private selectTimer: NodeJS.Timeout | undefined
@@ -351,8 +385,14 @@ export class KeyExchange {
   }
 
   /**
-   * True when a miss may be answered from memory: we are below `maxPeers`, hold the complete list of every
-   * kagami peer we are connected to or have heard of, and every one of them sees exactly our members.
+   * True when a miss may be answered from memory: we are below `maxPeers` and hold the complete list of every
+   * kagami peer we are connected to or have heard of, including every member those peers announce (the set
+   * of nodes we know is closed: nobody we know knows a node we do not).
+   *
+   * Why closure and not agreement (until this, every peer had to announce exactly our members): with 200
+   * nodes and one joining or leaving every few seconds, some peer was always a delta behind, so no node was
+   * complete for long, misses went to the DHT, and after a minute of that every node started providing its
+   * keys at once. A peer that knows fewer nodes than we do takes nothing from what we know.
    */
   complete(): boolean {
     return this.incompleteReason() === undefined
@@ -362,13 +402,7 @@ export class KeyExchange {
   incompleteReason(): string | undefined {
     if (this.saturated_) return 'saturated'
     for (const id of this.otherPeers) return `connected to ${id}, a DHT node without the key exchange`
-    let count = 1
-    let view = this.selfHash
-    for (const s of this.subs.values()) {
-      if (!s.complete) return `list of ${s.id} still arriving`
-      count++
-      view ^= hash32(s.id)
-    }
+    for (const s of this.subs.values()) if (!s.complete) return `list of ${s.id} still arriving`
     for (const id of this.kagamiPeers) {
       if (!this.subs.has(id) && !this.isBanned(id)) return `connected to ${id} without its list`
     }
@@ -381,9 +415,24 @@ export class KeyExchange {
       if (id !== this.self && this.subs.get(id)?.complete !== true && !this.isBanned(id))
         return `${id} in the routing table without its list`
     }
+    // V × V members: computed again only when a list or a member changed (or after a second: bans expire)
+    const now = Date.now()
+    if (this.closure === undefined || this.closure.at !== this.membership || now - this.closure.time > 1000) {
+      this.closure = { at: this.membership, time: now, reason: this.closureReason() }
+    }
+    return this.closure.reason
+  }
+
+  /** Bumped when a list completes or is dropped and when a member joins or leaves a list. */
+  private membership = 0
+  private closure: { at: number; time: number; reason: string | undefined } | undefined
+
+  private closureReason(): string | undefined {
     for (const s of this.subs.values()) {
-      if (s.members.size + 1 !== count || s.view !== view)
-        return `${s.id} sees ${s.members.size + 1} members, we see ${count}`
+      for (const m of s.members.keys()) {
+        if (m !== this.self && this.subs.get(m)?.complete !== true && !this.isBanned(m))
+          return `${s.id} knows ${m}, whose list we do not hold`
+      }
     }
     return undefined
   }
@@ -450,15 +499,17 @@ export class KeyExchange {
 
   private broadcast(): void {
     if (this.stopped) return
-    const added: string[] = []
-    const removed: string[] = []
+    const added: number[] = []
+    const removed: number[] = []
     if (this.keysDirty) {
       // diffing K keys costs ~1 ms; only when our keys changed, not on every member change
       this.keysDirty = false
-      const current = new Set(this.localKeys())
-      for (const k of current) if (!this.sent.has(k)) added.push(k)
-      for (const k of this.sent) if (!current.has(k)) removed.push(k)
+      const current = new Map<string, number>()
+      for (const k of this.localKeys()) current.set(k, this.sent.get(k) ?? keyHash(k))
+      for (const [k, h] of current) if (!this.sent.has(k)) added.push(h)
+      for (const [k, h] of this.sent) if (!current.has(k)) removed.push(h)
       this.sent = current
+      this.snapshotFrames = undefined
     }
     const members = this.currentMembers()
     const joined: string[] = []
@@ -467,8 +518,8 @@ export class KeyExchange {
     for (const id of this.sentMembers.keys()) if (!members.has(id)) left.push(id)
     this.sentMembers = members
     const frames = [
-      ...lineFrames(FRAME.del, removed),
-      ...lineFrames(FRAME.add, added),
+      ...hashFrames(FRAME.del, removed),
+      ...hashFrames(FRAME.add, added),
       ...lineFrames(FRAME.leave, left),
       ...lineFrames(FRAME.join, joined),
     ]
@@ -507,7 +558,7 @@ export class KeyExchange {
     })()
     // the snapshot is what the others were last sent; the next delta brings it up to date
     this.enqueue(s, [
-      ...lineFrames(FRAME.keys, this.sent),
+      ...(this.snapshotFrames ??= hashFrames(FRAME.keys, this.sent.values())),
       ...lineFrames(
         FRAME.join,
         [...this.sentMembers].map(([m, a]) => this.memberLine(m, a)),
@@ -620,7 +671,6 @@ export class KeyExchange {
       hashes: new Float64Array(0),
       pending: [],
       members: new Map(),
-      view: hash32(id),
       lastFrameAt: Date.now(),
       bytes: new TokenBucket(this.cfg.bytesPerSecond, this.cfg.burstBytes),
       frames: new TokenBucket(this.cfg.framesPerSecond, this.cfg.burstFrames),
@@ -735,11 +785,7 @@ export class KeyExchange {
       case FRAME.add: {
         if (type === FRAME.keys && sub.complete) throw new Violation('snapshot keys after END')
         if (type === FRAME.add && !sub.complete) throw new Violation('a delta before END')
-        const hashes: number[] = []
-        for (const key of this.lines(payload)) {
-          if (!isKeyString(key)) throw new Violation(`a malformed key ${JSON.stringify(key.slice(0, 80))}`)
-          hashes.push(keyHash(key))
-        }
+        const hashes = readHashes(payload)
         if (type === FRAME.keys) {
           for (const h of hashes) sub.pending.push(h)
           if (sub.pending.length > this.cfg.maxKeysPerPeer) throw new Violation('too many keys')
@@ -752,11 +798,7 @@ export class KeyExchange {
       }
       case FRAME.del: {
         if (!sub.complete) throw new Violation('a delta before END')
-        const gone = new Set<number>()
-        for (const key of this.lines(payload)) {
-          if (!isKeyString(key)) throw new Violation(`a malformed key ${JSON.stringify(key.slice(0, 80))}`)
-          gone.add(keyHash(key))
-        }
+        const gone = new Set(readHashes(payload))
         sub.hashes = sub.hashes.filter((h) => !gone.has(h))
         return
       }
@@ -765,6 +807,7 @@ export class KeyExchange {
         sub.hashes = sortedUnique(sub.pending)
         sub.pending = []
         sub.complete = true
+        this.membership++
         this.failed.delete(sub.id)
         this.schedule() // our members changed
         return
@@ -772,17 +815,16 @@ export class KeyExchange {
       case FRAME.join: {
         for (const line of this.lines(payload)) {
           const { id, addrs } = this.memberOf(line)
-          if (!sub.members.has(id)) sub.view ^= hash32(id)
           sub.members.set(id, addrs)
           if (sub.members.size > this.cfg.maxMembersPerPeer) throw new Violation('too many members')
         }
+        this.membership++
         if (sub.complete) this.kick()
         return
       }
       case FRAME.leave: {
-        for (const id of this.lines(payload)) {
-          if (sub.members.delete(id)) sub.view ^= hash32(id)
-        }
+        for (const id of this.lines(payload)) sub.members.delete(id)
+        this.membership++
         return
       }
       case FRAME.view: {
@@ -832,6 +874,7 @@ export class KeyExchange {
   private drop(sub: Subscription): void {
     if (this.subs.get(sub.id) !== sub) return
     this.subs.delete(sub.id)
+    this.membership++
     sub.stream?.abort(new Error('subscription dropped'))
     if (sub.complete) this.schedule() // our members changed
     this.kick()
