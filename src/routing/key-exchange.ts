@@ -236,6 +236,8 @@ export class KeyExchange {
   private readonly kagamiPeers = new Set<string>()
   /** connected peers whose identify finished (kagami or not): an unidentified one may be a kagami node */
   private readonly identified = new Set<string>()
+  /** connected peers (any protocol) */
+  private readonly connected = new Set<string>()
   /** connected kagami DHT nodes that do not speak this protocol */
   private readonly otherPeers = new Set<string>()
   /** their identify listen addresses, passed on to our subscribers with our members */
@@ -313,14 +315,21 @@ export class KeyExchange {
       // a peer that is back (restarted, reconnected) is asked at once, not after the back-off its absence
       // earned: until its list is here, its content is unreachable
       this.failed.delete(id)
+      this.membership++
       this.listenAddrs.set(
         id,
         e.detail.listenAddrs.slice(0, MAX_ADDRS_PER_MEMBER).map((a) => a.decapsulateCode(421).toString()),
       )
       this.kick()
     })
+    this.node.addEventListener('peer:connect', (e) => {
+      this.connected.add(e.detail.toString())
+      this.membership++
+    })
     this.node.addEventListener('peer:disconnect', (e) => {
       const id = e.detail.toString()
+      this.connected.delete(id)
+      this.membership++
       this.kagamiPeers.delete(id)
       this.identified.delete(id)
       this.otherPeers.delete(id)
@@ -412,7 +421,7 @@ export class KeyExchange {
         return `connected to ${id}, not identified yet`
     }
     for (const id of this.knownPeers()) {
-      if (id !== this.self && this.subs.get(id)?.complete !== true && !this.isBanned(id))
+      if (id !== this.self && this.subs.get(id)?.complete !== true && !this.isBanned(id) && !this.gone(id))
         return `${id} in the routing table without its list`
     }
     // V × V members: computed again only when a list or a member changed (or after a second: bans expire)
@@ -427,10 +436,20 @@ export class KeyExchange {
   private membership = 0
   private closure: { at: number; time: number; reason: string | undefined } | undefined
 
+  /**
+   * A node we are not connected to and could not subscribe to: it left (the DHT routing table keeps a
+   * departed node until a ping evicts it, and a peer lists it until its own connection closes). Without
+   * this, one departure left every node incomplete, and every miss went to the DHT, until the table
+   * forgot it. A node we cannot reach cannot serve us either; it counts again once it connects.
+   */
+  private gone(id: string): boolean {
+    return this.failed.has(id) && !this.connected.has(id)
+  }
+
   private closureReason(): string | undefined {
     for (const s of this.subs.values()) {
       for (const m of s.members.keys()) {
-        if (m !== this.self && this.subs.get(m)?.complete !== true && !this.isBanned(m))
+        if (m !== this.self && this.subs.get(m)?.complete !== true && !this.isBanned(m) && !this.gone(m))
           return `${s.id} knows ${m}, whose list we do not hold`
       }
     }
@@ -809,6 +828,7 @@ export class KeyExchange {
         sub.complete = true
         this.membership++
         this.failed.delete(sub.id)
+        this.membership++
         this.schedule() // our members changed
         return
       }
@@ -848,6 +868,7 @@ export class KeyExchange {
     const count = (this.failed.get(id)?.count ?? 0) + 1
     this.failed.set(id, { at: Date.now(), count })
     if (this.failed.size > 10_000) this.failed.clear()
+    this.membership++
   }
 
   /**
