@@ -162,13 +162,13 @@ function rows(r: Results): Row[] {
     const h = r.herd
     for (const run of [h, ...(h.more ?? [])]) {
       out.push({
-        goal: `herd: ${run.nodes} nodes pull one new image at once, upstream ≤ 1.2× the image`,
+        goal: `herd: ${run.nodes} nodes pull one new image at once${run.budget !== undefined ? ` (--herd-budget ${run.budget})` : ''}, upstream ≤ 1.2× the image`,
         measured: `upstream served ${f(run.upstreamRatio)}× the image (${f(run.upstreamBytes / 2 ** 20, 0)} MiB of ${f(run.imageBytes / 2 ** 20, 0)} MiB) in ${f(run.seconds, 1)} s`,
         met: run.upstreamRatio <= 1.2,
       })
       if (run.slowestVsSolo !== undefined)
         out.push({
-          goal: `herd: ${run.nodes} nodes, slowest pull ≤ 1.3× a solo pull (same run)`,
+          goal: `herd: ${run.nodes} nodes${run.budget !== undefined ? ` (--herd-budget ${run.budget})` : ''}, slowest pull ≤ 1.3× a solo pull (same run)`,
           measured:
             `slowest ${f(run.slowestSeconds, 1)} s vs solo ${f(run.soloSeconds, 1)} s = ${f(run.slowestVsSolo)}×` +
             (run.herdCpuSeconds !== undefined && run.cores !== undefined
