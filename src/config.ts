@@ -160,7 +160,12 @@ export const runSchema = z
     herdBudget: duration
       .prefault('300ms')
       .describe(
-        'the longest a blob miss waits for the elected node before the 404 that sends containerd upstream',
+        'how long a blob miss waits for the elected node before the 404 that sends containerd upstream, on a quiet node',
+      ),
+    herdBudgetMax: duration
+      .prefault('2s')
+      .describe(
+        'the most that wait rises to while elected nodes answer slowly or this node is busy (the longest a frozen elected node can hold a pull up)',
       ),
     upstreamTagTimeout: duration
       .prefault('1.5s')
