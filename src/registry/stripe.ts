@@ -37,6 +37,7 @@ import type { PeerLookup } from './lookup.js'
 import type { RegistryMetrics } from './metrics.js'
 import type { PeerResponse } from './peer-client.js'
 import { PeerTooSlowError } from './resume.js'
+import { IN_FLIGHT_HEADER } from './served.js'
 
 export interface StripeInit {
   /** Blobs at least this big, held by at least two peers, are striped; 0 turns striping off. */
@@ -249,6 +250,8 @@ interface Worker {
   /** Floor accounting (as resume.ts): time spent fetching and bytes delivered in the current window. */
   waitedMs: number
   delivered: number
+  /** It serves a copy still arriving (held to 1/8 of the floor, as resume.ts does). */
+  inFlight?: boolean
 }
 
 const length = (s: Stripe): number => s.end - s.start + 1
@@ -395,6 +398,13 @@ class StripedBody {
       body = res.body
       if (!covers(res, from, s.end, this.init.sizeBytes))
         throw new PeerUnavailableError(`peer ${w.peer.id} did not answer Range ${from}-${s.end}`)
+      // a copy still arriving comes no faster than its own source, and a stripe ahead of it waits: not a
+      // holder to stripe over (nor a failure) while others are; the last one left is kept, with the lower
+      // floor resume.ts gives such a copy
+      if (res.headers[IN_FLIGHT_HEADER] !== undefined) {
+        if (this.workers.size > 1) throw new StillArrivingError(w.peer.id)
+        w.inFlight = true
+      }
       if (!mine()) {
         body.destroy()
         return
@@ -430,6 +440,11 @@ class StripedBody {
       s.fetcher = undefined
       s.cancel = undefined
       w.retired = true
+      if (err instanceof StillArrivingError) {
+        s.attempts--
+        this.failures.set(w.peer.id, MAX_PEER_FAILURES)
+        return
+      }
       // a slow peer is out; one that failed may get a second chance (a moment's overload is not a dead peer)
       const failures = (err as Error).name === 'PeerTooSlowError' ? MAX_PEER_FAILURES : 1
       this.failures.set(w.peer.id, (this.failures.get(w.peer.id) ?? 0) + failures)
@@ -443,7 +458,7 @@ class StripedBody {
 
   /** resume.ts's floor: over each `floorWindowMs` of fetching, at least `floorBytesPerSecond`. */
   private floor(w: Worker, waitedMs: number, bytes: number): void {
-    const floor = this.init.floorBytesPerSecond ?? 1024 * 1024
+    const floor = (this.init.floorBytesPerSecond ?? 1024 * 1024) / (w.inFlight === true ? 8 : 1)
     const windowMs = this.init.floorWindowMs ?? 5000
     w.waitedMs += waitedMs
     w.delivered += bytes
@@ -539,6 +554,13 @@ class StripedBody {
     const waiters = this.waiters
     this.waiters = []
     for (const w of waiters) w()
+  }
+}
+
+class StillArrivingError extends Error {
+  override name = 'StillArrivingError'
+  constructor(peer: string) {
+    super(`peer ${peer} serves a copy still arriving`)
   }
 }
 
