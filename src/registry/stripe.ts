@@ -172,41 +172,68 @@ export class Striper {
       this.init.probeBytes ?? Math.min(16 * 1024 * 1024, Math.max(1024 * 1024, this.init.thresholdBytes / 4))
     const probeMs = this.init.probeMs ?? 100
     let switched = false
-    const striped = (start: number, peers: Peer[]): Readable => this.body({ ...init, start, peers })
-    async function* chunks(): AsyncGenerator<Buffer> {
-      let offset = 0
-      // windows of the first bytes: two slow ones in a row switch (the first alone may be a cold start:
-      // the first request of a process, a cold cache); a fast one ends the watch
-      let windowStartMs = performance.now()
-      let windowStartAt = 0
-      let slowWindows = 0
-      let watching = true
-      for await (const chunk of single) {
-        const buf = chunk as Buffer
-        yield buf
-        offset += buf.length
-        if (!watching || offset >= init.sizeBytes) continue
-        const ms = performance.now() - windowStartMs
-        const bytes = offset - windowStartAt
-        if (bytes < probeBytes && ms < probeMs) continue
-        if ((bytes / Math.max(ms, 1)) * 1000 >= minRate) {
-          watching = false
-          continue
-        }
-        windowStartMs += ms
-        windowStartAt = offset
-        if (++slowWindows < 2) continue
+    let offset = 0
+    // windows of the first bytes: two slow ones in a row switch (the first alone may be a cold start: the
+    // first request of a process, a cold cache); a fast one ends the watch
+    let windowStartMs = performance.now()
+    let windowStartAt = 0
+    let slowWindows = 0
+    let watching = true
+    // while the holders are looked for, `single` stays paused whatever the reader asks
+    let deciding = false
+    let source: Readable = single
+    // 'data' events, not an async iterator: a byte-mode stream's iterator merges what is buffered into one
+    // copy (and the pool buffers are lost); events hand on each chunk as it came
+    const body = new Readable({
+      objectMode: true,
+      highWaterMark: 1,
+      read: () => {
+        if (!deciding) source.resume()
+      },
+      destroy: (err, cb) => {
+        source.destroy()
+        cb(err)
+      },
+    })
+    const follow = (from: Readable, onData: (chunk: Buffer) => void): (() => void) => {
+      source = from
+      const onEnd = (): void => void body.push(null)
+      const onError = (err: Error): void => void body.destroy(err)
+      from.on('data', onData).once('end', onEnd).once('error', onError)
+      return () => from.off('data', onData).off('end', onEnd).off('error', onError)
+    }
+    const decide = async (): Promise<void> => {
+      const peers = await init.holders(init.signal)
+      deciding = false
+      if (body.destroyed) return
+      if (peers.length < 2) return void single.resume()
+      switched = true
+      unfollow()
+      single.on('error', () => undefined) // destroyed on purpose: a late error is nobody's concern
+      single.destroy()
+      follow(this.body({ ...init, start: offset, peers }), (chunk) => {
+        if (!body.push(chunk)) source.pause()
+      })
+    }
+    const unfollow = follow(single, (chunk) => {
+      if (!body.push(chunk)) single.pause()
+      offset += chunk.length
+      if (!watching || offset >= init.sizeBytes) return
+      const ms = performance.now() - windowStartMs
+      const bytes = offset - windowStartAt
+      if (bytes < probeBytes && ms < probeMs) return
+      if ((bytes / Math.max(ms, 1)) * 1000 >= minRate) {
         watching = false
-        const peers = await init.holders(init.signal)
-        if (peers.length < 2) continue
-        switched = true
-        single.destroy()
-        yield* striped(offset, peers) as AsyncIterable<Buffer>
         return
       }
-    }
-    // object mode: each chunk goes on as it came, never merged into a copy
-    const body = Readable.from(chunks(), { objectMode: true, highWaterMark: 1 })
+      windowStartMs += ms
+      windowStartAt = offset
+      if (++slowWindows < 2) return
+      watching = false
+      deciding = true
+      single.pause()
+      decide().catch((err: unknown) => body.destroy(err as Error))
+    })
     return { body, switched: () => switched }
   }
 
