@@ -6,6 +6,7 @@
  * The WAN variant puts the registry behind a 100 Mbit/s, 20 ms RTT link (bench/proxy.ts): the herd should
  * finish in about one image-transfer time over that link, not N.
  */
+import { cpus } from 'node:os'
 import { join } from 'node:path'
 import {
   buildImage,
@@ -15,7 +16,7 @@ import {
   startRegistry,
   tempDir,
 } from '../test/harness/index.js'
-import { log, MiB } from './lib.js'
+import { log, MiB, treeCpuSeconds } from './lib.js'
 import { startProxy, type ThrottleProxy } from './proxy.js'
 
 export interface HerdRun {
@@ -28,6 +29,14 @@ export interface HerdRun {
   slowestSeconds: number
   soloSeconds: number
   slowestVsSolo: number
+  /**
+   * CPU seconds all processes of the run used (containerd, kagami, registry, proxy, ctr) for the solo pull and
+   * for the herd: the herd cannot finish faster than herdCpuSeconds ÷ cores on this machine, whatever the
+   * design, so a slowest-vs-solo ratio near (herdCpuSeconds ÷ cores) ÷ soloSeconds is the machine's limit.
+   */
+  soloCpuSeconds?: number
+  herdCpuSeconds?: number
+  cores?: number
 }
 
 export interface HerdBenchResult extends HerdRun {
@@ -52,11 +61,14 @@ async function herdRun(
   images: { solo: string; herd: string },
   imageBytes: number,
 ): Promise<HerdRun> {
+  const cpu0 = await treeCpuSeconds()
   const soloSeconds = await timedPull(nodes[0] as ClusterNode, `${proxy.host}/${images.solo}`)
+  const cpu1 = await treeCpuSeconds()
   proxy.reset()
   const t0 = performance.now()
   const times = await Promise.all(nodes.map((n) => timedPull(n, `${proxy.host}/${images.herd}`)))
   const seconds = (performance.now() - t0) / 1000
+  const cpu2 = await treeCpuSeconds()
   const upstreamBytes = proxy.bytesToClients()
   const slowestSeconds = Math.max(...times)
   // why bytes went upstream more than once: the herd's own counters, summed over the nodes
@@ -81,6 +93,9 @@ async function herdRun(
     slowestSeconds,
     soloSeconds,
     slowestVsSolo: slowestSeconds / soloSeconds,
+    soloCpuSeconds: cpu1 - cpu0,
+    herdCpuSeconds: cpu2 - cpu1,
+    cores: cpus().length,
   }
 }
 
@@ -118,7 +133,7 @@ export async function benchHerdOnce(
     const cluster = await startCluster({
       names: Array.from({ length: n }, (_, i) => `herd-${i}`),
       registries: [lan.url, wan.url],
-      logLevel: 'warn',
+      logLevel: process.env.KAGAMI_BENCH_LOG_LEVEL ?? 'warn',
       // KAGAMI_HERD_BUDGET and KAGAMI_HERD from the environment reach the daemons (the harness passes it on)
       env: { KAGAMI_FROM_DIST: '1' },
       minPeers: n - 1,
@@ -132,7 +147,7 @@ export async function benchHerdOnce(
       imageBytes,
     )
     log(
-      `herd: upstream ${(run.upstreamBytes / MiB).toFixed(1)} MiB = ${run.upstreamRatio.toFixed(2)}× the image; slowest ${run.slowestSeconds.toFixed(1)} s vs solo ${run.soloSeconds.toFixed(1)} s = ${run.slowestVsSolo.toFixed(2)}×`,
+      `herd: upstream ${(run.upstreamBytes / MiB).toFixed(1)} MiB = ${run.upstreamRatio.toFixed(2)}× the image; slowest ${run.slowestSeconds.toFixed(1)} s vs solo ${run.soloSeconds.toFixed(1)} s = ${run.slowestVsSolo.toFixed(2)}×; CPU ${run.herdCpuSeconds?.toFixed(1)} core-s (solo ${run.soloCpuSeconds?.toFixed(1)})`,
     )
     const result: HerdBenchResult = { ...run }
     if (init.wan !== false) {

@@ -27,6 +27,7 @@ import { PeerLookup } from './lookup.js'
 import { HedgeDelay, race } from './race.js'
 import { resumableBody, startsAt } from './resume.js'
 import { BLOB_BUFFER_BYTES, type Served } from './served.js'
+import { type StripeInit, Striper } from './stripe.js'
 import { verifyBytes, VerifyDigest } from './verify.js'
 
 type ContentRequest = Extract<DistributionRequest, { kind: 'manifest' | 'blob' }>
@@ -67,7 +68,12 @@ export interface PeerFetcherInit {
   /** Throughput floor for a peer body (default 1 MiB/s over 5 s of waiting, see resume.ts). */
   floorBytesPerSecond?: number
   floorWindowMs?: number
+  /** Striping of big blobs over several holders (stripe.ts); off when absent or its threshold is 0. */
+  stripe?: StripeInit
 }
+
+/** Socket reads of one stripe: no pool buffers (a stripe is held until written, see stripe.ts). */
+const STRIPE_READ_BYTES = 256 * 1024
 
 /** Budget for asking containerd which size a pull expects; without an answer the peer's length is checked by the digest alone. */
 const EXPECTED_SIZE_TIMEOUT_MS = 250
@@ -110,6 +116,7 @@ export class PeerFetcher {
   private readonly log: Logger
   private readonly pool: BufferPool
   private readonly suspects: SuspectPeers
+  private readonly striper: Striper | undefined
 
   constructor(
     private readonly components: PeerFetcherComponents,
@@ -123,6 +130,10 @@ export class PeerFetcher {
       maxMs: init.peerHeadersTimeoutMs,
     })
     this.suspects = new SuspectPeers({ ttlMs: init.suspectTtlMs ?? 30 * 60_000, maxEntries: 10_000 })
+    this.striper =
+      init.stripe !== undefined && init.stripe.thresholdBytes > 0
+        ? new Striper({ logger: components.logger, metrics: components.metrics }, init.stripe)
+        : undefined
   }
 
   /**
@@ -365,6 +376,7 @@ export class PeerFetcher {
       firstAttempt !== undefined ? firstAttempt.expected : await this.expectedSize(digest, client.signal)
     // with the size known, a range past the end is answered before asking anyone (416, as locally)
     if (expected !== undefined) parseRangeHeader(rangeHeader, expected)
+    const failedInRace = new Set<string>()
     const win = await race(
       lookup,
       first,
@@ -391,7 +403,14 @@ export class PeerFetcher {
         }
         return { res, sizeBytes }
       },
-      { hedgeDelayMs: this.hedge.ms, signal: client.signal, onFailure: this.onFailure },
+      {
+        hedgeDelayMs: this.hedge.ms,
+        signal: client.signal,
+        onFailure: (peer, err) => {
+          failedInRace.add(peer.id)
+          this.onFailure(peer, err)
+        },
+      },
     )
     const { res, sizeBytes } = win.value
     const d = { digest, mediaType: 'application/octet-stream', sizeBytes }
@@ -457,12 +476,21 @@ export class PeerFetcher {
         )
       },
     })
+    // striping (stripe.ts): a big blob whose peer is slow goes on as parallel ranges from several holders,
+    // through the same digest check; not from the herd's elected node (its copy is still arriving)
+    const striping =
+      firstAttempt === undefined && this.striper?.wants(sizeBytes, digest) === true
+        ? this.striping(body, { digest, path, sizeBytes, lookup, failedInRace, contributors, client })
+        : undefined
     const out = new PassThrough({ highWaterMark: BLOB_BUFFER_BYTES })
-    pipeline(body, new VerifyDigest(digest, { start, end }), out)
+    pipeline(striping?.body ?? body, new VerifyDigest(digest, { start, end }), out)
       .catch((err: Error) => {
-        this.slow(contributors.at(-1) as Peer, digest, err)
+        const striped = striping?.switched() === true
+        if (!striped) this.slow(contributors.at(-1) as Peer, digest, err)
         if (err.name !== 'DigestMismatchError') return
-        for (const peer of contributors) this.corrupt(peer, digest, err)
+        // one digest cannot name the peer of a bad stripe: striped, nobody is blamed (stripe.ts)
+        if (striped) this.striper?.failed(digest)
+        else for (const peer of contributors) this.corrupt(peer, digest, err)
         void this.discardDownload(digest)
       })
       .finally(() => {
@@ -470,6 +498,52 @@ export class PeerFetcher {
         lookup.close()
       })
     return { source: 'peer', status, headers, body: out, digest, peer: win.peer.id }
+  }
+
+  /** The striping hook (stripe.ts): each stripe a signed, deadline-bound Range request, as a resume is. */
+  private striping(
+    single: Readable,
+    b: {
+      digest: Digest
+      path: string
+      sizeBytes: number
+      lookup: PeerLookup
+      failedInRace: ReadonlySet<string>
+      contributors: Peer[]
+      client: ClientRequest
+    },
+  ): { body: Readable; switched(): boolean } {
+    const striper = this.striper as Striper
+    return striper.adaptive(single, {
+      digest: b.digest,
+      sizeBytes: b.sizeBytes,
+      // the peer serving now, and the other holders
+      holders: async (signal) => {
+        const peers = await striper.holders(b.lookup, b.contributors.at(-1) as Peer, b.failedInRace, signal)
+        for (const p of peers) b.lookup.tried(p)
+        return peers
+      },
+      open: (peer, start, end, signal) =>
+        this.request(peer, b.path, {
+          method: 'GET',
+          headers: { range: `bytes=${start}-${end}` },
+          signal,
+          readBufferBytes: STRIPE_READ_BYTES,
+        }),
+      another: async () => {
+        const peer = await b.lookup.resumeFrom(this.init.peerHeadersTimeoutMs)
+        if (peer === undefined || this.suspects.has(b.digest, peer.id)) return undefined
+        b.lookup.tried(peer)
+        return peer
+      },
+      onPeerFailure: (peer, err) => {
+        this.slow(peer, b.digest, err)
+        this.onFailure(peer, err)
+      },
+      signal: b.client.signal,
+      floorBytesPerSecond: this.init.floorBytesPerSecond,
+      floorWindowMs: this.init.floorWindowMs,
+    })
   }
 
   /** Drops containerd's download of `digest`, which received bytes that can never commit. */

@@ -26,6 +26,7 @@ import type { Logger } from 'pino'
 import { Gauge, type Registry } from 'prom-client'
 import type { AbortOptions } from '../abort.js'
 import { checkPeerUrl } from '../trust/peer-url.js'
+import { replacePnetCipher } from '../trust/pnet-cipher.js'
 import { KeyExchange, type KeyExchangeInit, type KeyExchangeStats } from './key-exchange.js'
 import { ExpiringProviderDatastore, type ProviderLimits } from './provider-datastore.js'
 import { keyToCid, keyToString, type RoutingKey } from './keys.js'
@@ -185,6 +186,7 @@ export class KadDhtRouter implements Router {
     this.datastore = new ExpiringProviderDatastore(validityMs, this.init.providerLimits, this.log, (peer) => {
       void this.node?.hangUp(peerIdFromString(peer)).catch(() => undefined)
     })
+    if (this.init.psk !== undefined) replacePnetCipher()
     this.node = await createLibp2p({
       privateKey: this.init.privateKey,
       datastore: this.datastore,

@@ -1,5 +1,5 @@
 /**
- * `/kagami/keys/2.0.0`: each node subscribes to the key lists of a bounded set of kagami peers and holds
+ * `/kagami/keys/3.0.0`: each node subscribes to the key lists of a bounded set of kagami peers and holds
  * them in memory, so a lookup for content on one of those peers is answered locally in microseconds and,
  * while the set covers the whole cluster, a miss is known at once without a DHT query.
  *
@@ -11,13 +11,16 @@
  *   joined/left) as they happen. Nothing is re-sent while nothing changes.
  * - a node subscribes to at most `maxPeers` peers (all of them in clusters up to that size: a full view;
  *   above it the XOR-closest half and a random half) and serves at most `maxSubscribers`.
- * - a peer's list is held as a sorted Float64Array of 48-bit key hashes (8 bytes a key, not ~150).
+ * - a peer's list is held as a sorted Float64Array of 48-bit key hashes (8 bytes a key, not ~150), and it is
+ *   sent as those hashes (6 bytes a key; 2.0.0 sent the 72-byte key strings, which the subscriber only hashed):
+ *   a node joining a 200-node full view received 200 × 3,000 × 72 B = 43 MB, and the cluster's settling was
+ *   bound by the CPU that noise, the PSK and parsing spent on those bytes (bench/results/scale.md).
  * - members spread through the snapshots, so every node learns of every other and the full view heals by
- *   itself; `complete()` says when every node we know of has given us its list and sees the same members
- *   as we do, which is when `KadDhtRouter.resolve` may answer a miss from memory.
+ *   itself; `complete()` says when every node we know of, and every node they know of, has given us its
+ *   list, which is when `KadDhtRouter.resolve` may answer a miss from memory.
  *
- * Frames: u32 big-endian length of (type + payload), u8 type, payload. Keys are UTF-8 lines; members are
- * lines `<peer id> <multiaddr>…`. Every input is bounded: frame size, keys and members per peer, key syntax,
+ * Frames: u32 big-endian length of (type + payload), u8 type, payload. Keys are 6-byte big-endian hashes
+ * (`keyHash`), packed; members are UTF-8 lines `<peer id> <multiaddr>…`. Every input is bounded: frame size, keys and members per peer, key syntax,
  * a deadline for the snapshot and for every frame once its first byte arrived (a trickling peer), and a
  * per-peer byte and frame rate. A peer that breaks one is logged, disconnected and not served or
  * subscribed to for `banMs`. A subscriber must never write: one byte from it is such a violation.
@@ -30,12 +33,13 @@ import type { Connection, Libp2p, PeerId, Stream } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import type { Logger } from 'pino'
-import { isKeyString } from './keys.js'
 
-export const KEYS_PROTOCOL = '/kagami/keys/2.0.0'
+export const KEYS_PROTOCOL = '/kagami/keys/3.0.0'
 
-export const FRAME = { keys: 1, end: 2, add: 3, del: 4, join: 5, leave: 6 } as const
+export const FRAME = { keys: 1, end: 2, add: 3, del: 4, join: 5, leave: 6, view: 7 } as const
 const MAX_ADDRS_PER_MEMBER = 4
+/** bytes of one key hash on the wire */
+export const HASH_BYTES = 6
 
 export interface KeyExchangeInit {
   /** Coalesce local changes for this long before sending a delta (default 100 ms). */
@@ -66,6 +70,12 @@ export interface KeyExchangeInit {
   banMs?: number
   /** How often the subscription set is reconsidered (default 2 s; also after every membership event). */
   selectIntervalMs?: number
+  /**
+   * How often a publisher tells its subscribers how many keys and members it announced (default 30 s). A
+   * subscriber whose copy differs, or that heard nothing for 3 intervals, subscribes again: whatever went
+   * wrong with a delta, a list is never wrong for longer than that.
+   */
+  heartbeatMs?: number
 }
 
 export interface KeyExchangeStats {
@@ -82,6 +92,8 @@ export interface KeyExchangeStats {
   complete: boolean
   incomplete?: string
   violations: number
+  /** subscriptions restarted because a heartbeat showed our copy out of step */
+  resyncs: number
 }
 
 class Violation extends Error {
@@ -166,6 +178,35 @@ function lineFrames(type: number, lines: Iterable<string>, maxPayload = 64 * 102
   return out
 }
 
+/** Key hashes packed 6 bytes each into frames of at most `maxPayload` bytes. */
+export function hashFrames(type: number, hashes: Iterable<number>, maxPayload = 64 * 1024): Uint8Array[] {
+  const per = Math.floor(maxPayload / HASH_BYTES)
+  const out: Uint8Array[] = []
+  let batch = Buffer.allocUnsafe(per * HASH_BYTES)
+  let n = 0
+  for (const h of hashes) {
+    batch.writeUIntBE(h, n * HASH_BYTES, HASH_BYTES)
+    if (++n === per) {
+      out.push(encodeFrame(type, batch))
+      batch = Buffer.allocUnsafe(per * HASH_BYTES)
+      n = 0
+    }
+  }
+  if (n > 0) out.push(encodeFrame(type, batch.subarray(0, n * HASH_BYTES)))
+  return out
+}
+
+function readHashes(payload: Uint8Array): number[] {
+  if (payload.length % HASH_BYTES !== 0)
+    throw new Violation(
+      `a malformed key frame (${payload.length} bytes, not whole ${HASH_BYTES}-byte hashes)`,
+    )
+  const b = Buffer.from(payload.buffer, payload.byteOffset, payload.length)
+  const out = new Array<number>(payload.length / HASH_BYTES)
+  for (let i = 0; i < out.length; i++) out[i] = b.readUIntBE(i * HASH_BYTES, HASH_BYTES)
+  return out
+}
+
 interface Subscription {
   id: string
   peer: PeerId
@@ -176,8 +217,8 @@ interface Subscription {
   pending: number[]
   /** member id → its addresses */
   members: Map<string, string[]>
-  /** XOR of hash32 over members and the peer itself */
-  view: number
+  /** when the last whole frame arrived */
+  lastFrameAt: number
   bytes: TokenBucket
   frames: TokenBucket
 }
@@ -195,6 +236,8 @@ export class KeyExchange {
   private readonly kagamiPeers = new Set<string>()
   /** connected peers whose identify finished (kagami or not): an unidentified one may be a kagami node */
   private readonly identified = new Set<string>()
+  /** connected peers (any protocol) */
+  private readonly connected = new Set<string>()
   /** connected kagami DHT nodes that do not speak this protocol */
   private readonly otherPeers = new Set<string>()
   /** their identify listen addresses, passed on to our subscribers with our members */
@@ -204,7 +247,10 @@ export class KeyExchange {
   private readonly banned = new Map<string, number>()
   private readonly memberLines = new Map<string, { id: string; addrs: string[] }>()
   /** what our subscribers were last sent: deltas are computed against it */
-  private sent = new Set<string>()
+  /** key → its hash */
+  private sent = new Map<string, number>()
+  /** the snapshot's key frames, encoded once per change of our keys (every new subscriber gets the same) */
+  private snapshotFrames: Uint8Array[] | undefined
   private sentMembers = new Map<string, string[]>()
   private timer: NodeJS.Timeout | undefined
   private selectTimer: NodeJS.Timeout | undefined
@@ -215,6 +261,7 @@ export class KeyExchange {
   private bytesSent = 0
   private bytesReceived = 0
   private violations = 0
+  private resyncs = 0
   private readonly self: string
   private readonly selfHash: number
   private readonly cfg: Required<KeyExchangeInit>
@@ -243,6 +290,7 @@ export class KeyExchange {
       burstFrames: init.burstFrames ?? 2_000,
       banMs: init.banMs ?? 60_000,
       selectIntervalMs: init.selectIntervalMs ?? 2_000,
+      heartbeatMs: init.heartbeatMs ?? 30_000,
     }
     this.self = node.peerId.toString()
     this.selfHash = hash32(this.self)
@@ -267,14 +315,21 @@ export class KeyExchange {
       // a peer that is back (restarted, reconnected) is asked at once, not after the back-off its absence
       // earned: until its list is here, its content is unreachable
       this.failed.delete(id)
+      this.membership++
       this.listenAddrs.set(
         id,
         e.detail.listenAddrs.slice(0, MAX_ADDRS_PER_MEMBER).map((a) => a.decapsulateCode(421).toString()),
       )
       this.kick()
     })
+    this.node.addEventListener('peer:connect', (e) => {
+      this.connected.add(e.detail.toString())
+      this.membership++
+    })
     this.node.addEventListener('peer:disconnect', (e) => {
       const id = e.detail.toString()
+      this.connected.delete(id)
+      this.membership++
       this.kagamiPeers.delete(id)
       this.identified.delete(id)
       this.otherPeers.delete(id)
@@ -287,6 +342,8 @@ export class KeyExchange {
     })
     this.selectTimer = setInterval(() => this.select(), this.cfg.selectIntervalMs)
     this.selectTimer.unref()
+    this.heartbeatTimer = setInterval(() => this.heartbeat(), this.cfg.heartbeatMs)
+    this.heartbeatTimer.unref()
   }
 
   stop(): void {
@@ -294,6 +351,16 @@ export class KeyExchange {
     clearTimeout(this.timer)
     clearTimeout(this.kickTimer)
     clearInterval(this.selectTimer)
+    clearInterval(this.heartbeatTimer)
+  }
+
+  private heartbeatTimer: NodeJS.Timeout | undefined
+
+  /** What our subscribers should hold of us: `<keys> <members>` (after the deltas queued before it). */
+  private heartbeat(): void {
+    if (this.stopped || this.subscribers.size === 0) return
+    const frame = encodeFrame(FRAME.view, Buffer.from(`${this.sent.size} ${this.sentMembers.size}`))
+    for (const s of this.subscribers.values()) this.enqueue(s, [frame])
   }
 
   /** Peers whose complete list we hold. */
@@ -327,8 +394,14 @@ export class KeyExchange {
   }
 
   /**
-   * True when a miss may be answered from memory: we are below `maxPeers`, hold the complete list of every
-   * kagami peer we are connected to or have heard of, and every one of them sees exactly our members.
+   * True when a miss may be answered from memory: we are below `maxPeers` and hold the complete list of every
+   * kagami peer we are connected to or have heard of, including every member those peers announce (the set
+   * of nodes we know is closed: nobody we know knows a node we do not).
+   *
+   * Why closure and not agreement (until this, every peer had to announce exactly our members): with 200
+   * nodes and one joining or leaving every few seconds, some peer was always a delta behind, so no node was
+   * complete for long, misses went to the DHT, and after a minute of that every node started providing its
+   * keys at once. A peer that knows fewer nodes than we do takes nothing from what we know.
    */
   complete(): boolean {
     return this.incompleteReason() === undefined
@@ -338,13 +411,7 @@ export class KeyExchange {
   incompleteReason(): string | undefined {
     if (this.saturated_) return 'saturated'
     for (const id of this.otherPeers) return `connected to ${id}, a DHT node without the key exchange`
-    let count = 1
-    let view = this.selfHash
-    for (const s of this.subs.values()) {
-      if (!s.complete) return `list of ${s.id} still arriving`
-      count++
-      view ^= hash32(s.id)
-    }
+    for (const s of this.subs.values()) if (!s.complete) return `list of ${s.id} still arriving`
     for (const id of this.kagamiPeers) {
       if (!this.subs.has(id) && !this.isBanned(id)) return `connected to ${id} without its list`
     }
@@ -354,12 +421,37 @@ export class KeyExchange {
         return `connected to ${id}, not identified yet`
     }
     for (const id of this.knownPeers()) {
-      if (id !== this.self && this.subs.get(id)?.complete !== true && !this.isBanned(id))
+      if (id !== this.self && this.subs.get(id)?.complete !== true && !this.isBanned(id) && !this.gone(id))
         return `${id} in the routing table without its list`
     }
+    // V × V members: computed again only when a list or a member changed (or after a second: bans expire)
+    const now = Date.now()
+    if (this.closure === undefined || this.closure.at !== this.membership || now - this.closure.time > 1000) {
+      this.closure = { at: this.membership, time: now, reason: this.closureReason() }
+    }
+    return this.closure.reason
+  }
+
+  /** Bumped when a list completes or is dropped and when a member joins or leaves a list. */
+  private membership = 0
+  private closure: { at: number; time: number; reason: string | undefined } | undefined
+
+  /**
+   * A node we are not connected to and could not subscribe to: it left (the DHT routing table keeps a
+   * departed node until a ping evicts it, and a peer lists it until its own connection closes). Without
+   * this, one departure left every node incomplete, and every miss went to the DHT, until the table
+   * forgot it. A node we cannot reach cannot serve us either; it counts again once it connects.
+   */
+  private gone(id: string): boolean {
+    return this.failed.has(id) && !this.connected.has(id)
+  }
+
+  private closureReason(): string | undefined {
     for (const s of this.subs.values()) {
-      if (s.members.size + 1 !== count || s.view !== view)
-        return `${s.id} sees ${s.members.size + 1} members, we see ${count}`
+      for (const m of s.members.keys()) {
+        if (m !== this.self && this.subs.get(m)?.complete !== true && !this.isBanned(m) && !this.gone(m))
+          return `${s.id} knows ${m}, whose list we do not hold`
+      }
     }
     return undefined
   }
@@ -381,6 +473,7 @@ export class KeyExchange {
       complete: this.complete(),
       incomplete: this.incompleteReason(),
       violations: this.violations,
+      resyncs: this.resyncs,
     }
   }
 
@@ -425,15 +518,17 @@ export class KeyExchange {
 
   private broadcast(): void {
     if (this.stopped) return
-    const added: string[] = []
-    const removed: string[] = []
+    const added: number[] = []
+    const removed: number[] = []
     if (this.keysDirty) {
       // diffing K keys costs ~1 ms; only when our keys changed, not on every member change
       this.keysDirty = false
-      const current = new Set(this.localKeys())
-      for (const k of current) if (!this.sent.has(k)) added.push(k)
-      for (const k of this.sent) if (!current.has(k)) removed.push(k)
+      const current = new Map<string, number>()
+      for (const k of this.localKeys()) current.set(k, this.sent.get(k) ?? keyHash(k))
+      for (const [k, h] of current) if (!this.sent.has(k)) added.push(h)
+      for (const [k, h] of this.sent) if (!current.has(k)) removed.push(h)
       this.sent = current
+      this.snapshotFrames = undefined
     }
     const members = this.currentMembers()
     const joined: string[] = []
@@ -442,8 +537,8 @@ export class KeyExchange {
     for (const id of this.sentMembers.keys()) if (!members.has(id)) left.push(id)
     this.sentMembers = members
     const frames = [
-      ...lineFrames(FRAME.del, removed),
-      ...lineFrames(FRAME.add, added),
+      ...hashFrames(FRAME.del, removed),
+      ...hashFrames(FRAME.add, added),
       ...lineFrames(FRAME.leave, left),
       ...lineFrames(FRAME.join, joined),
     ]
@@ -482,7 +577,7 @@ export class KeyExchange {
     })()
     // the snapshot is what the others were last sent; the next delta brings it up to date
     this.enqueue(s, [
-      ...lineFrames(FRAME.keys, this.sent),
+      ...(this.snapshotFrames ??= hashFrames(FRAME.keys, this.sent.values())),
       ...lineFrames(
         FRAME.join,
         [...this.sentMembers].map(([m, a]) => this.memberLine(m, a)),
@@ -532,6 +627,12 @@ export class KeyExchange {
   private select(): void {
     if (this.stopped) return
     const now = Date.now()
+    for (const sub of [...this.subs.values()]) {
+      if (sub.complete && now - sub.lastFrameAt > 3 * this.cfg.heartbeatMs) {
+        this.log.debug({ peer: sub.id }, 'key list publisher went silent; subscribing again')
+        this.drop(sub)
+      }
+    }
     const candidates = new Map<string, string[]>()
     for (const id of this.kagamiPeers) candidates.set(id, [])
     for (const id of this.knownPeers()) candidates.set(id, [])
@@ -589,7 +690,7 @@ export class KeyExchange {
       hashes: new Float64Array(0),
       pending: [],
       members: new Map(),
-      view: hash32(id),
+      lastFrameAt: Date.now(),
       bytes: new TokenBucket(this.cfg.bytesPerSecond, this.cfg.burstBytes),
       frames: new TokenBucket(this.cfg.framesPerSecond, this.cfg.burstFrames),
     }
@@ -627,9 +728,22 @@ export class KeyExchange {
         }
         await this.node.peerStore.merge(peer, { multiaddrs })
       }
-      const stream = await this.node.dialProtocol(peer, KEYS_PROTOCOL, {
-        signal: AbortSignal.timeout(Math.min(this.cfg.snapshotTimeoutMs, 10_000)),
-      })
+      const signal = AbortSignal.timeout(Math.min(this.cfg.snapshotTimeoutMs, 10_000))
+      const dialled = this.node.dialProtocol(peer, KEYS_PROTOCOL, { signal })
+      // a stream that opens after our deadline is closed at once
+      dialled.then(
+        (late) => signal.aborted && late.abort(new Error('too late')),
+        () => undefined,
+      )
+      // our own deadline too: a dial that ignored its signal would hold one of the few dial slots for ever
+      const stream = await Promise.race([
+        dialled,
+        new Promise<never>((_, reject) =>
+          signal.addEventListener('abort', () => reject(new Error('subscription dial timed out')), {
+            once: true,
+          }),
+        ),
+      ])
       this.dialing--
       sub.stream = stream
       this.log.debug({ peer: id }, 'key subscription open')
@@ -647,6 +761,7 @@ export class KeyExchange {
           if (length < 1 || length > this.cfg.maxFrameBytes) throw new Violation(`a frame of ${length} bytes`)
           if (buffered.length < 4 + length) break
           if (!sub.frames.take(1)) throw new Violation('over its frame rate')
+          sub.lastFrameAt = Date.now()
           this.apply(sub, buffered[4]!, buffered.subarray(5, 4 + length))
           if (sub.complete) clearTimeout(snapshotTimer)
           buffered = buffered.subarray(4 + length)
@@ -689,11 +804,7 @@ export class KeyExchange {
       case FRAME.add: {
         if (type === FRAME.keys && sub.complete) throw new Violation('snapshot keys after END')
         if (type === FRAME.add && !sub.complete) throw new Violation('a delta before END')
-        const hashes: number[] = []
-        for (const key of this.lines(payload)) {
-          if (!isKeyString(key)) throw new Violation(`a malformed key ${JSON.stringify(key.slice(0, 80))}`)
-          hashes.push(keyHash(key))
-        }
+        const hashes = readHashes(payload)
         if (type === FRAME.keys) {
           for (const h of hashes) sub.pending.push(h)
           if (sub.pending.length > this.cfg.maxKeysPerPeer) throw new Violation('too many keys')
@@ -706,11 +817,7 @@ export class KeyExchange {
       }
       case FRAME.del: {
         if (!sub.complete) throw new Violation('a delta before END')
-        const gone = new Set<number>()
-        for (const key of this.lines(payload)) {
-          if (!isKeyString(key)) throw new Violation(`a malformed key ${JSON.stringify(key.slice(0, 80))}`)
-          gone.add(keyHash(key))
-        }
+        const gone = new Set(readHashes(payload))
         sub.hashes = sub.hashes.filter((h) => !gone.has(h))
         return
       }
@@ -719,23 +826,36 @@ export class KeyExchange {
         sub.hashes = sortedUnique(sub.pending)
         sub.pending = []
         sub.complete = true
+        this.membership++
         this.failed.delete(sub.id)
+        this.membership++
         this.schedule() // our members changed
         return
       }
       case FRAME.join: {
         for (const line of this.lines(payload)) {
           const { id, addrs } = this.memberOf(line)
-          if (!sub.members.has(id)) sub.view ^= hash32(id)
           sub.members.set(id, addrs)
           if (sub.members.size > this.cfg.maxMembersPerPeer) throw new Violation('too many members')
         }
+        this.membership++
         if (sub.complete) this.kick()
         return
       }
       case FRAME.leave: {
-        for (const id of this.lines(payload)) {
-          if (sub.members.delete(id)) sub.view ^= hash32(id)
+        for (const id of this.lines(payload)) sub.members.delete(id)
+        this.membership++
+        return
+      }
+      case FRAME.view: {
+        const [keys, members] = Buffer.from(payload).toString('utf8').split(' ').map(Number)
+        if (!Number.isSafeInteger(keys) || !Number.isSafeInteger(members))
+          throw new Violation('a malformed view')
+        if (sub.complete && (keys !== sub.hashes.length || members !== sub.members.size)) {
+          // our copy drifted (a lost delta, or a 48-bit hash collision): start over with a snapshot
+          this.log.debug({ peer: sub.id, keys, members }, 'key list out of step; subscribing again')
+          this.resyncs++
+          this.drop(sub)
         }
         return
       }
@@ -748,6 +868,7 @@ export class KeyExchange {
     const count = (this.failed.get(id)?.count ?? 0) + 1
     this.failed.set(id, { at: Date.now(), count })
     if (this.failed.size > 10_000) this.failed.clear()
+    this.membership++
   }
 
   /**
@@ -774,6 +895,7 @@ export class KeyExchange {
   private drop(sub: Subscription): void {
     if (this.subs.get(sub.id) !== sub) return
     this.subs.delete(sub.id)
+    this.membership++
     sub.stream?.abort(new Error('subscription dropped'))
     if (sub.complete) this.schedule() // our members changed
     this.kick()

@@ -15,7 +15,7 @@ import { createLibp2p } from 'libp2p'
 import pino from 'pino'
 import { afterEach, describe, expect, it } from 'vitest'
 import { DHT_PROTOCOL, KadDhtRouter } from '../../src/routing/kad-dht.js'
-import { encodeFrame, FRAME, KEYS_PROTOCOL } from '../../src/routing/key-exchange.js'
+import { encodeFrame, FRAME, HASH_BYTES, KEYS_PROTOCOL } from '../../src/routing/key-exchange.js'
 import { eventually } from '../harness/index.js'
 
 const MiB = 1024 * 1024
@@ -99,7 +99,7 @@ const violated = (v: Victim, attacker: Libp2p): boolean =>
   v.logs.some((l) => l.peer === attacker.peerId.toString() && /broke a limit|over the cap/.test(l.msg))
 
 describe('hostile peer: key lists', () => {
-  it('one 60 MiB key list (valid keys in 64 KiB frames): RSS grows ≤ 50 MiB, peer disconnected and logged', async () => {
+  it('one 60 MiB key list (valid key hashes in 64 KiB frames): RSS grows ≤ 50 MiB, peer disconnected and logged', async () => {
     const v = await victim()
     const attacker = await hostile()
     cleanup.push(
@@ -113,9 +113,10 @@ describe('hostile peer: key lists', () => {
         try {
           let i = 0
           while (sent < 60 * MiB) {
-            const lines: string[] = []
-            for (let size = 0; size < 64 * 1024 - 80; size += 72) lines.push(fakeDigest(i++))
-            const frame = encodeFrame(FRAME.keys, Buffer.from(lines.join('\n')))
+            // distinct 6-byte key hashes, as a publisher sends them
+            const hashes = Buffer.alloc(HASH_BYTES * 10_000)
+            for (let j = 0; j < 10_000; j++) hashes.writeUIntBE(i++, j * HASH_BYTES, HASH_BYTES)
+            const frame = encodeFrame(FRAME.keys, hashes)
             await write(stream, frame)
             sent += frame.length
           }

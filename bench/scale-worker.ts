@@ -1,0 +1,248 @@
+/**
+ * One process of the scale bench: it runs a share of the nodes (real `KadDhtRouter`s: libp2p over TCP on
+ * 127.0.0.1 with the PSK, noise, yamux, kad-dht and the key exchange, exactly as `kagami run` builds them)
+ * and does what the coordinator (bench/scale.ts) asks over the IPC channel. Lookups and visibility are timed
+ * here, next to the router, so IPC never enters a measurement; every answer carries this process's
+ * event-loop delay, so a latency that includes its own CPU starvation is visible as such.
+ */
+import type { Libp2p } from '@libp2p/interface'
+import type { KadDHT } from '@libp2p/kad-dht'
+// the one place every libp2p connection's received bytes pass (encrypted, muxed: the real wire bytes);
+// a transitive dependency of libp2p, imported here only to count
+import { AbstractMultiaddrConnection } from '@libp2p/utils'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
+import pino from 'pino'
+import { KadDhtRouter, type RoutingStats } from '../src/routing/kad-dht.js'
+import { digestOf } from '../src/oci/index.js'
+import { digestKey, keyToCid, type RoutingKey } from '../src/routing/keys.js'
+import { nodeKeys, type Workload } from './scale-workload.js'
+
+export interface StartArgs {
+  index: number
+  bootstrap: string[]
+  maxPeers: number
+  workload: Workload
+  pskHex: string
+}
+
+export interface WorkerStats {
+  nodes: { index: number; stats: RoutingStats }[]
+  wireBytes: number
+  /** event-loop delay since the last reset (ms) */
+  loopP99Ms: number
+  loopMaxMs: number
+  heapBytes: number
+  cpuMs: number
+}
+
+/** Absolute milliseconds, comparable across the bench's processes. */
+export const now = (): number => performance.timeOrigin + performance.now()
+
+const nodes = new Map<number, KadDhtRouter>()
+const logCounts = new Map<string, number>()
+const logger = pino(
+  { level: process.env.KAGAMI_BENCH_LOG ?? 'silent' },
+  {
+    write: (line: string) => {
+      // counted, not printed: hundreds of nodes would drown the terminal (KAGAMI_BENCH_LOG=debug to count)
+      const l = JSON.parse(line) as { msg?: string; err?: string }
+      const msg = `${l.msg ?? '?'}${l.err !== undefined ? `: ${l.err.replace(/12D3\w+/g, 'P')}` : ''}`
+      logCounts.set(msg, (logCounts.get(msg) ?? 0) + 1)
+    },
+  },
+)
+
+let wireBytes = 0
+const proto = AbstractMultiaddrConnection.prototype as unknown as {
+  onData(data: { byteLength: number }): void
+}
+const onData = proto.onData
+proto.onData = function (this: unknown, data: { byteLength: number }) {
+  wireBytes += data.byteLength
+  return onData.call(this, data)
+}
+const loop = monitorEventLoopDelay({ resolution: 10 })
+loop.enable()
+
+function node(index: number): KadDhtRouter {
+  const r = nodes.get(index)
+  if (r === undefined) throw new Error(`no node ${index} here`)
+  return r
+}
+
+function dhtOf(router: KadDhtRouter): KadDHT {
+  // bench only: the calibration talks to kad-dht directly, below the key exchange
+  return (router as unknown as { node: Libp2p<{ dht: KadDHT }> }).node.services.dht
+}
+
+async function firstPeer(
+  router: KadDhtRouter,
+  key: RoutingKey,
+  timeoutMs: number,
+): Promise<{ ms: number; id?: string }> {
+  const t0 = performance.now()
+  for await (const p of router.resolve(key, { signal: AbortSignal.timeout(timeoutMs), limit: 1 }))
+    return { ms: performance.now() - t0, id: p.id }
+  return { ms: performance.now() - t0 }
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
+
+function heapBytes(gc: boolean): number {
+  if (gc) (globalThis as { gc?: () => void }).gc?.()
+  const m = process.memoryUsage()
+  return m.heapUsed + m.arrayBuffers
+}
+
+const ops = {
+  async start(a: StartArgs): Promise<{ peerId: string; addrs: string[]; keys: number }> {
+    const router = new KadDhtRouter(
+      { logger },
+      {
+        listen: ['/ip4/127.0.0.1/tcp/0'],
+        peerUrl: `http://127.0.0.1:${20_000 + a.index}`,
+        bootstrap: a.bootstrap,
+        // the swarm.key form, as src/trust/psk.ts loads it
+        psk: new TextEncoder().encode(`/key/swarm/psk/1.0.0/\n/base16/\n${a.pskHex}`),
+        keyExchangeInit: { maxPeers: a.maxPeers, maxSubscribers: Math.ceil(a.maxPeers * 1.25) },
+      },
+    )
+    await router.start()
+    nodes.set(a.index, router)
+    const { keys } = nodeKeys(a.workload, a.index)
+    await router.advertise(keys)
+    return { peerId: router.peerId ?? '', addrs: router.multiaddrs().map(String), keys: keys.length }
+  },
+  async advertise(a: { index: number; keys: RoutingKey[] }): Promise<void> {
+    await node(a.index).advertise(a.keys)
+  },
+  async withdraw(a: { index: number; keys: RoutingKey[] }): Promise<void> {
+    await node(a.index).withdraw(a.keys)
+  },
+  async stop(a: { index: number }): Promise<{ exchangeBytesSent: number }> {
+    const r = node(a.index)
+    const sent = r.routingStats().exchange?.bytesSent ?? 0
+    nodes.delete(a.index)
+    await r.stop()
+    return { exchangeBytesSent: sent }
+  },
+  stats(a: { gc?: boolean; resetLoop?: boolean }): WorkerStats {
+    const out: WorkerStats = {
+      nodes: [...nodes].map(([index, r]) => ({ index, stats: r.routingStats() })),
+      wireBytes,
+      loopP99Ms: loop.percentile(99) / 1e6,
+      loopMaxMs: loop.max / 1e6,
+      heapBytes: heapBytes(a.gc === true),
+      cpuMs: (process.cpuUsage().user + process.cpuUsage().system) / 1000,
+    }
+    if (a.resetLoop === true) loop.reset()
+    return out
+  },
+  logs(): Record<string, number> {
+    return Object.fromEntries(logCounts)
+  },
+  /** Lookups one after another (never two at once in this process): first provider, or the end of a miss. */
+  async lookups(a: { items: { index: number; key: RoutingKey }[]; timeoutMs: number }): Promise<{
+    results: { ms: number; id?: string }[]
+    loopP99Ms: number
+  }> {
+    loop.reset()
+    const results: { ms: number; id?: string }[] = []
+    for (const { index, key } of a.items) {
+      const r = nodes.get(index)
+      results.push(r === undefined ? { ms: NaN } : await firstPeer(r, key, a.timeoutMs))
+      await new Promise((r) => setImmediate(r)) // let the nodes' own work run between lookups
+    }
+    return { results, loopP99Ms: loop.percentile(99) / 1e6 }
+  },
+  /**
+   * Every provider a lookup yields, and whether this node still had a connection to it when it was
+   * yielded (the dead-node check: a departed node must never be returned once its connection closed).
+   */
+  async resolveAll(a: {
+    index: number
+    key: RoutingKey
+    timeoutMs: number
+  }): Promise<{ id: string; connected: boolean }[]> {
+    const r = nodes.get(a.index)
+    if (r === undefined) return []
+    const out: { id: string; connected: boolean }[] = []
+    for await (const p of r.resolve(a.key, { signal: AbortSignal.timeout(a.timeoutMs) }))
+      out.push({ id: p.id, connected: r.isConnected(p.id) })
+    return out
+  },
+  /**
+   * When each of `indices` first resolves `key` to `want` (absolute ms; -1: the node left meanwhile),
+   * polling every 50 ms until `untilMs`. Only nodes that already held `want`'s list are watched: they learn
+   * of the image from a delta; the others (still joining) get it with the snapshot, which is their join time.
+   */
+  async watch(a: { indices: number[]; key: RoutingKey; want: string; untilMs: number }): Promise<{
+    at: (number | null)[]
+    skipped: number
+  }> {
+    const holding = a.indices.filter(
+      (index) =>
+        ((
+          nodes.get(index) as unknown as { exchange?: { keyCount(p: string): number } } | undefined
+        )?.exchange?.keyCount(a.want) ?? 0) > 0,
+    )
+    const seen: (number | null)[] = holding.map(() => null)
+    while (seen.includes(null) && now() < a.untilMs) {
+      await Promise.all(
+        holding.map(async (index, i) => {
+          const r = nodes.get(index)
+          if (seen[i] !== null || r === undefined) return
+          const found = await firstPeer(r, a.key, 250)
+          if (found.id === a.want) seen[i] = now()
+        }),
+      )
+      await sleep(50)
+    }
+    return {
+      at: holding.map((index, i) => (nodes.has(index) ? seen[i]! : -1)),
+      skipped: a.indices.length - holding.length,
+    }
+  },
+  /** n provides, or n full DHT walks for keys nobody has, one at a time from one node (the model's DHT cost). */
+  async calibrate(a: { index: number; n: number; run: string; kind: 'provide' | 'walk' }): Promise<number[]> {
+    const dht = dhtOf(node(a.index))
+    const ms: number[] = []
+    for (let i = 0; i < a.n; i++) {
+      const t = performance.now()
+      const cid = await keyToCid(digestKey(digestOf(`scale-calibrate-${a.kind}-${a.run}-${i}`)))
+      const events =
+        a.kind === 'provide'
+          ? dht.provide(cid, { signal: AbortSignal.timeout(10_000) })
+          : dht.findProviders(cid, { signal: AbortSignal.timeout(10_000) })
+      for await (const _ of events) {
+        // drain
+      }
+      ms.push(performance.now() - t)
+    }
+    return ms
+  },
+  async shutdown(): Promise<void> {
+    await Promise.all([...nodes.values()].map((r) => r.stop().catch(() => undefined)))
+    nodes.clear()
+  },
+}
+
+export type Ops = typeof ops
+
+// kad-dht 16 can throw an AbortError from a query's abort listener after the query ended: not a result
+process.on('uncaughtException', (err) => {
+  if (err.name !== 'AbortError') throw err
+})
+process.on('message', (m: { id: number; op: keyof Ops; args: unknown }) => {
+  void (async () => {
+    try {
+      const result = await (ops[m.op] as (a: unknown) => unknown)(m.args)
+      process.send!({ id: m.id, result })
+    } catch (err) {
+      process.send!({ id: m.id, error: (err as Error).message })
+    }
+  })()
+})
+// the coordinator gone (crashed, killed): nothing here outlives it
+process.on('disconnect', () => process.exit(0))
+process.send!({ ready: true })
