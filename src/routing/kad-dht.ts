@@ -74,6 +74,18 @@ export interface KadDhtRouterInit {
   dhtProvides?: 'when-needed' | 'always'
   /** With 'when-needed', provides start this long after start, once the exchange knows its peers (10 s). */
   provideSettleMs?: number
+  /**
+   * With 'when-needed', provides also start once the exchange's view has stayed incomplete this long (60 s):
+   * a node that cannot reach everyone. The scale bench raises it: its hundreds of nodes on two cores take
+   * minutes to settle, where a real cluster, each node on its own CPU, takes seconds.
+   */
+  incompleteProvideAfterMs?: number
+  /**
+   * libp2p's connection monitor: a ping on every connection every `pingIntervalMs` (10 s); by default a
+   * failed ping closes the connection. The scale bench keeps the pings but not the closing: one event loop
+   * carrying 50 nodes lags by seconds, which a node on its own CPU does not.
+   */
+  connectionMonitor?: { pingIntervalMs?: number; abortConnectionOnPingFailure?: boolean }
   /** Limits of the key exchange (peer set, list sizes, deadlines, rates). */
   keyExchangeInit?: KeyExchangeInit
   /**
@@ -198,6 +210,14 @@ export class KadDhtRouter implements Router {
       nodeInfo: {
         userAgent: `${AGENT_PREFIX}${this.init.version ?? '0.1.0'}${URL_MARK}${this.init.peerUrl}`,
       },
+      ...(this.init.connectionMonitor !== undefined
+        ? {
+            connectionMonitor: {
+              pingInterval: this.init.connectionMonitor.pingIntervalMs,
+              abortConnectionOnPingFailure: this.init.connectionMonitor.abortConnectionOnPingFailure,
+            },
+          }
+        : {}),
       connectionManager: {
         // Loopback and one-subnet clusters: every peer shares few source IPs; the default 5 conn/s per host
         // resets bootstrap dials (design.md §4).
@@ -467,7 +487,7 @@ export class KadDhtRouter implements Router {
       return true
     }
     this.incompleteSince ??= now
-    return now - this.incompleteSince < 60_000
+    return now - this.incompleteSince < (this.init.incompleteProvideAfterMs ?? 60_000)
   }
 
   private incompleteSince: number | undefined
