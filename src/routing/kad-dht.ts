@@ -81,9 +81,13 @@ export interface KadDhtRouterInit {
    */
   incompleteProvideAfterMs?: number
   /**
-   * libp2p's connection monitor: a ping on every connection every `pingIntervalMs` (10 s); by default a
-   * failed ping closes the connection. The scale bench keeps the pings but not the closing: one event loop
-   * carrying 50 nodes lags by seconds, which a node on its own CPU does not.
+   * libp2p's connection monitor: a ping stream on every connection every `pingIntervalMs` (default here 60 s,
+   * libp2p's 10 s); a failed ping closes the connection. Why 60 s: a node holds ~1.4 connections per
+   * exchange peer (up to ~360), and at 10 s these pings were the largest part of its idle routing traffic and
+   * CPU (~140 B/s and ~0.4 ms/s per connection, bench/results/scale.md); a departed node's connection closes
+   * with its process, and a silent publisher is dropped by the key exchange's heartbeat check (90 s). The
+   * scale bench keeps the pings but not the closing: one event loop carrying 50 nodes lags by seconds,
+   * which a node on its own CPU does not.
    */
   connectionMonitor?: { pingIntervalMs?: number; abortConnectionOnPingFailure?: boolean }
   /** Limits of the key exchange (peer set, list sizes, deadlines, rates). */
@@ -210,14 +214,10 @@ export class KadDhtRouter implements Router {
       nodeInfo: {
         userAgent: `${AGENT_PREFIX}${this.init.version ?? '0.1.0'}${URL_MARK}${this.init.peerUrl}`,
       },
-      ...(this.init.connectionMonitor !== undefined
-        ? {
-            connectionMonitor: {
-              pingInterval: this.init.connectionMonitor.pingIntervalMs,
-              abortConnectionOnPingFailure: this.init.connectionMonitor.abortConnectionOnPingFailure,
-            },
-          }
-        : {}),
+      connectionMonitor: {
+        pingInterval: this.init.connectionMonitor?.pingIntervalMs ?? 60_000,
+        abortConnectionOnPingFailure: this.init.connectionMonitor?.abortConnectionOnPingFailure ?? true,
+      },
       connectionManager: {
         // Loopback and one-subnet clusters: every peer shares few source IPs; the default 5 conn/s per host
         // resets bootstrap dials (design.md §4).
