@@ -32,6 +32,8 @@ export interface StripeBenchResult {
   samples: { single: number[]; striped: number[] }
   /** Striped over single, run by run. */
   speedup: RatioStats
+  /** Runs in which the striping node did stripe (its first bytes came slower than --stripe-below-rate). */
+  stripedRuns?: number
 }
 
 export async function benchStripe(
@@ -112,6 +114,11 @@ export async function benchStripe(
     const url = (n: ClusterNode): string =>
       `${n.kagami.mirrorUrl}/v2/bench/striped/blobs/${layer.digest}?ns=${ns}`
     const samples = { single: [] as number[], striped: [] as number[] }
+    const started = async (): Promise<number> => {
+      const text = await (await fetch(`${striped.kagami.mirrorUrl}/metrics`)).text()
+      return Number(/^kagami_striped_blobs_total\{result="started"\} (\S+)$/m.exec(text)?.[1] ?? NaN)
+    }
+    const startedBefore = await started()
     for (let i = 0; i < runs; i++) {
       for (const [which, node] of [
         ['single', single],
@@ -134,10 +141,21 @@ export async function benchStripe(
       mibPerSecond: { single: median(samples.single), striped: median(samples.striped) },
       samples,
       speedup: { min: ratios[0] ?? NaN, median: median(ratios), max: ratios.at(-1) ?? NaN },
+      stripedRuns: (await started()) - startedBefore,
     }
   } finally {
     for (const fn of cleanup.reverse()) await fn().catch(() => undefined)
   }
+}
+
+/**
+ * Both sides of the trade-off in one scenario: 3 holders behind 100 Mbit/s links (striping must pay), and
+ * the same with no link limit (a fast single peer: striping must stay out of the way).
+ */
+export async function benchStriping(): Promise<StripeBenchResult & { direct: StripeBenchResult }> {
+  const limited = await benchStripe()
+  const direct = await benchStripe({ linkMbitPerSecond: 0, blobBytes: 512 * MiB })
+  return { ...limited, direct }
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {

@@ -37,6 +37,7 @@ import type { PeerLookup } from './lookup.js'
 import type { RegistryMetrics } from './metrics.js'
 import type { PeerResponse } from './peer-client.js'
 import { PeerTooSlowError } from './resume.js'
+import { IN_FLIGHT_HEADER } from './served.js'
 
 export interface StripeInit {
   /** Blobs at least this big, held by at least two peers, are striped; 0 turns striping off. */
@@ -57,7 +58,7 @@ export interface StripeInit {
    * stream on a busy CPU feels more than it gains (bench/stripe.ts, no link limit: 0.4×).
    */
   minSingleBytesPerSecond?: number
-  /** The first bytes: the rate is taken after this many bytes or this long, whichever comes first. */
+  /** A window of the first bytes: this many bytes or this long, whichever comes first (default a quarter of the threshold, at most 16 MiB; 100 ms). */
   probeBytes?: number
   probeMs?: number
 }
@@ -158,8 +159,8 @@ export class Striper {
 
   /**
    * Passes on `single` (one peer's body from byte 0, resumed as usual) and watches its first bytes: when
-   * they come slower than `minSingleBytesPerSecond` and at least two holders are found, it closes `single`
-   * where it stands and continues with stripes from there. `switched()` says whether it did (then a digest
+   * two windows of them in a row come slower than `minSingleBytesPerSecond` and at least two holders are
+   * found, it closes `single` where it stands and continues with stripes from there. `switched()` says whether it did (then a digest
    * mismatch names no peer). The chunks of `single` go on untouched (pool buffers stay recyclable).
    */
   adaptive(
@@ -167,33 +168,72 @@ export class Striper {
     init: Omit<StripedBodyInit, 'start' | 'peers'> & { holders(signal: AbortSignal): Promise<Peer[]> },
   ): { body: Readable; switched(): boolean } {
     const minRate = this.init.minSingleBytesPerSecond ?? 256 * 1024 * 1024
-    const probeBytes = this.init.probeBytes ?? 8 * 1024 * 1024
-    const probeMs = this.init.probeMs ?? 250
-    const started = performance.now()
+    const probeBytes =
+      this.init.probeBytes ?? Math.min(16 * 1024 * 1024, Math.max(1024 * 1024, this.init.thresholdBytes / 4))
+    const probeMs = this.init.probeMs ?? 100
     let switched = false
-    const striped = (start: number, peers: Peer[]): Readable => this.body({ ...init, start, peers })
-    async function* chunks(): AsyncGenerator<Buffer> {
-      let offset = 0
-      let decided = false
-      for await (const chunk of single) {
-        const buf = chunk as Buffer
-        yield buf
-        offset += buf.length
-        if (decided || offset >= init.sizeBytes) continue
-        const ms = performance.now() - started
-        if (offset < probeBytes && ms < probeMs) continue
-        decided = true
-        if ((offset / Math.max(ms, 1)) * 1000 >= minRate) continue
-        const peers = await init.holders(init.signal)
-        if (peers.length < 2) continue
-        switched = true
-        single.destroy()
-        yield* striped(offset, peers) as AsyncIterable<Buffer>
+    let offset = 0
+    // windows of the first bytes: two slow ones in a row switch (the first alone may be a cold start: the
+    // first request of a process, a cold cache); a fast one ends the watch
+    let windowStartMs = performance.now()
+    let windowStartAt = 0
+    let slowWindows = 0
+    let watching = true
+    // while the holders are looked for, `single` stays paused whatever the reader asks
+    let deciding = false
+    let source: Readable = single
+    // 'data' events, not an async iterator: a byte-mode stream's iterator merges what is buffered into one
+    // copy (and the pool buffers are lost); events hand on each chunk as it came
+    const body = new Readable({
+      objectMode: true,
+      highWaterMark: 1,
+      read: () => {
+        if (!deciding) source.resume()
+      },
+      destroy: (err, cb) => {
+        source.destroy()
+        cb(err)
+      },
+    })
+    const follow = (from: Readable, onData: (chunk: Buffer) => void): (() => void) => {
+      source = from
+      const onEnd = (): void => void body.push(null)
+      const onError = (err: Error): void => void body.destroy(err)
+      from.on('data', onData).once('end', onEnd).once('error', onError)
+      return () => from.off('data', onData).off('end', onEnd).off('error', onError)
+    }
+    const decide = async (): Promise<void> => {
+      const peers = await init.holders(init.signal)
+      deciding = false
+      if (body.destroyed) return
+      if (peers.length < 2) return void single.resume()
+      switched = true
+      unfollow()
+      single.on('error', () => undefined) // destroyed on purpose: a late error is nobody's concern
+      single.destroy()
+      follow(this.body({ ...init, start: offset, peers }), (chunk) => {
+        if (!body.push(chunk)) source.pause()
+      })
+    }
+    const unfollow = follow(single, (chunk) => {
+      if (!body.push(chunk)) single.pause()
+      offset += chunk.length
+      if (!watching || offset >= init.sizeBytes) return
+      const ms = performance.now() - windowStartMs
+      const bytes = offset - windowStartAt
+      if (bytes < probeBytes && ms < probeMs) return
+      if ((bytes / Math.max(ms, 1)) * 1000 >= minRate) {
+        watching = false
         return
       }
-    }
-    // object mode: each chunk goes on as it came, never merged into a copy
-    const body = Readable.from(chunks(), { objectMode: true, highWaterMark: 1 })
+      windowStartMs += ms
+      windowStartAt = offset
+      if (++slowWindows < 2) return
+      watching = false
+      deciding = true
+      single.pause()
+      decide().catch((err: unknown) => body.destroy(err as Error))
+    })
     return { body, switched: () => switched }
   }
 
@@ -237,6 +277,8 @@ interface Worker {
   /** Floor accounting (as resume.ts): time spent fetching and bytes delivered in the current window. */
   waitedMs: number
   delivered: number
+  /** It serves a copy still arriving (held to 1/8 of the floor, as resume.ts does). */
+  inFlight?: boolean
 }
 
 const length = (s: Stripe): number => s.end - s.start + 1
@@ -383,6 +425,13 @@ class StripedBody {
       body = res.body
       if (!covers(res, from, s.end, this.init.sizeBytes))
         throw new PeerUnavailableError(`peer ${w.peer.id} did not answer Range ${from}-${s.end}`)
+      // a copy still arriving comes no faster than its own source, and a stripe ahead of it waits: not a
+      // holder to stripe over (nor a failure) while others are; the last one left is kept, with the lower
+      // floor resume.ts gives such a copy
+      if (res.headers[IN_FLIGHT_HEADER] !== undefined) {
+        if (this.workers.size > 1) throw new StillArrivingError(w.peer.id)
+        w.inFlight = true
+      }
       if (!mine()) {
         body.destroy()
         return
@@ -418,6 +467,11 @@ class StripedBody {
       s.fetcher = undefined
       s.cancel = undefined
       w.retired = true
+      if (err instanceof StillArrivingError) {
+        s.attempts--
+        this.failures.set(w.peer.id, MAX_PEER_FAILURES)
+        return
+      }
       // a slow peer is out; one that failed may get a second chance (a moment's overload is not a dead peer)
       const failures = (err as Error).name === 'PeerTooSlowError' ? MAX_PEER_FAILURES : 1
       this.failures.set(w.peer.id, (this.failures.get(w.peer.id) ?? 0) + failures)
@@ -431,7 +485,7 @@ class StripedBody {
 
   /** resume.ts's floor: over each `floorWindowMs` of fetching, at least `floorBytesPerSecond`. */
   private floor(w: Worker, waitedMs: number, bytes: number): void {
-    const floor = this.init.floorBytesPerSecond ?? 1024 * 1024
+    const floor = (this.init.floorBytesPerSecond ?? 1024 * 1024) / (w.inFlight === true ? 8 : 1)
     const windowMs = this.init.floorWindowMs ?? 5000
     w.waitedMs += waitedMs
     w.delivered += bytes
@@ -527,6 +581,13 @@ class StripedBody {
     const waiters = this.waiters
     this.waiters = []
     for (const w of waiters) w()
+  }
+}
+
+class StillArrivingError extends Error {
+  override name = 'StillArrivingError'
+  constructor(peer: string) {
+    super(`peer ${peer} serves a copy still arriving`)
   }
 }
 
