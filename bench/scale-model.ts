@@ -33,21 +33,28 @@ export interface Workload {
 
 /** Fitted constants (see fit()). */
 export interface Constants {
-  /** wire bytes per key in an exchange frame (UTF-8 line + framing + noise/yamux overhead) */
+  /** wire bytes per key in an exchange frame: a 6-byte hash (frame, yamux and noise headers are < 0.1 %) */
   wireBytesPerKey: number
-  /** idle routing traffic per connection per second (DHT upkeep, pings, yamux keepalive) */
-  idleBytesPerConnection: number
+  /** bytes one delta frame costs besides its keys: frame 5 + yamux 12 + noise 16 */
+  deltaOverheadBytes: number
+  /** libp2p connections per exchange peer (subscriptions both ways share one; simultaneous dials add some) */
+  connectionsPerPeer: number
+  /** idle routing traffic received per node per second = base + per connection (pings, heartbeats, DHT upkeep) */
   idleBytesBase: number
-  /** heap per connection and per held key (libp2p + exchange), from the heap growth per node */
-  heapPerConnection: number
+  idleBytesPerConnection: number
+  /** heap per node = base + per connection + exchange state (libp2p's per-connection buffers, peer store) */
   heapBase: number
+  heapPerConnection: number
+  /** CPU one node spends joining, per exchange peer (handshakes, identify, snapshots both ways) */
+  joinCpuSecondsPerPeer: number
   /** a DHT provide / lookup: bytes cluster-wide = a + b·log2 N; time ms = a + b·log2 N */
   provideBytes: [number, number]
   lookupBytes: [number, number]
   provideMs: [number, number]
   lookupMs: [number, number]
-  /** a lookup answered from the exchange (full view), p99 ms */
-  localLookupP99Ms: number
+  /** a lookup answered from the exchange (full view), p99 ms: hits, and misses */
+  localHitP99Ms: number
+  localMissP99Ms: number
   /** delta delivery to every subscriber, p99 s */
   deltaVisibilityP99S: number
 }
@@ -56,49 +63,58 @@ const view = (w: Workload): number => Math.min(w.nodes - 1, w.maxPeers)
 const sampled = (w: Workload): boolean => w.nodes - 1 > w.maxPeers
 const lin = ([a, b]: [number, number], n: number): number => a + b * Math.log2(n)
 
-/** Exchange state a node holds: 8-byte key hashes, subscriptions, V × V shared member entries, own list. */
+/**
+ * Exchange state a node holds (what KeyExchange.stats().stateBytes counts): 8-byte key hashes per peer,
+ * per-subscription bookkeeping, each peer's member list (V entries of ~60 B), subscribers, its own keys, and
+ * DHT provider records stored for others (k = 20 replicas of every provided key, ~350 B each).
+ */
 export function routingStateBytes(w: Workload): number {
   const v = view(w)
-  const records = sampled(w) ? 20 * w.providedKeys : 0 // k = 20 replicas of every provided key
-  return v * w.keys * 8 + v * 400 + v * v * 60 + v * 300 + w.keys * 120 + records * 350
+  const records = sampled(w) ? 20 * w.providedKeys : 0
+  return v * w.keys * 8 + v * 400 + v * v * 60 + v * 1.25 * 400 + w.keys * 120 + records * 350
 }
 
-export function model(
-  w: Workload,
-  c: Constants,
-): {
+export interface Modelled {
   stateMiB: number
   heapMiB: number
   trafficKiBs: number
   hitP99Ms: number
   missP99Ms: number
   visibilityS: number
-} {
+  joinCpuSeconds: number
+}
+
+export function model(w: Workload, c: Constants): Modelled {
   const v = view(w)
-  const connections = v * 1.3 // subscriptions + subscribers + DHT, measured ~1.3 × V
-  const deltas = w.pullRate * 2 * w.newKeysPerPull * c.wireBytesPerKey * v // add, later delete
-  const joins = w.restartRate * 2 * v * w.keys * c.wireBytesPerKey // snapshots to and from V peers
+  const connections = v * c.connectionsPerPeer
+  // received from V publishers: each pull's keys as an add, later a delete
+  const deltas = w.pullRate * 2 * (w.newKeysPerPull * c.wireBytesPerKey + c.deltaOverheadBytes) * v
+  // a restart: our V snapshots to the new node's peers and theirs to it (K keys + V members each)
+  const joins = w.restartRate * 2 * v * (w.keys * c.wireBytesPerKey + v * 60)
   const idle = c.idleBytesBase + c.idleBytesPerConnection * connections
   let dht = 0
   if (sampled(w)) {
     const provide = lin(c.provideBytes, w.nodes)
-    // new rare keys provided at once, every provided key re-provided each interval; bytes cluster-wide / N
+    // cluster-wide bytes of this node's provides = what an average node receives for them: new keys at once,
+    // provided keys every reprovide interval, about one DHT lookup per pull (content outside the sample)
     dht =
       w.pullRate * w.newKeysPerPull * provide +
       (w.providedKeys * provide) / w.reprovideSeconds +
-      w.pullRate * lin(c.lookupBytes, w.nodes) // about one DHT lookup per pull (a miss outside the sample)
+      w.pullRate * lin(c.lookupBytes, w.nodes)
   }
   const state = routingStateBytes(w)
+  const walk = lin(c.lookupMs, w.nodes)
   return {
     stateMiB: state / MiB,
     heapMiB: (c.heapBase + c.heapPerConnection * connections + state) / MiB,
     trafficKiBs: (idle + deltas + joins + dht) / KiB,
     // full view: from memory; sampled: content on ≥ 1 of V sampled peers is local, the rest a DHT walk
-    hitP99Ms: sampled(w) ? lin(c.lookupMs, w.nodes) : c.localLookupP99Ms,
-    missP99Ms: sampled(w) ? lin(c.lookupMs, w.nodes) : c.localLookupP99Ms,
+    hitP99Ms: sampled(w) ? walk : c.localHitP99Ms,
+    missP99Ms: sampled(w) ? walk : c.localMissP99Ms,
     visibilityS: sampled(w)
-      ? Math.max(c.deltaVisibilityP99S, (lin(c.provideMs, w.nodes) + lin(c.lookupMs, w.nodes)) / 1000)
+      ? Math.max(c.deltaVisibilityP99S, (lin(c.provideMs, w.nodes) + walk) / 1000)
       : c.deltaVisibilityP99S,
+    joinCpuSeconds: c.joinCpuSecondsPerPeer * v,
   }
 }
 
@@ -114,144 +130,116 @@ function fitLine(points: [number, number][]): [number, number] {
   return [(sy - b * sx) / n, b]
 }
 
-export function fit(runs: ScaleResult[]): Constants {
-  const full = runs.filter((r) => r.nodes - 1 <= r.maxPeers)
+const benchWorkload = (r: ScaleResult): Workload => ({
+  nodes: r.nodes,
+  keys: r.keysPerNode,
+  maxPeers: r.maxPeers,
+  pullRate: r.traffic.pulls / r.nodes / r.churnSeconds,
+  newKeysPerPull: 5,
+  restartRate: r.traffic.replaced / r.nodes / r.churnSeconds,
+  providedKeys: r.memory.providerRecordsPerNode / 20,
+  reprovideSeconds: 900,
+})
+
+/** Fits on the runs that settled (a run that did not is shown, not fitted). */
+export function fit(all: ScaleResult[]): Constants {
+  const runs = all.filter((r) => r.settled)
   const log = (r: ScaleResult): number => Math.log2(r.nodes)
+  const v = (r: ScaleResult): number => Math.min(r.nodes - 1, r.maxPeers)
+  const mean = (xs: number[]): number => xs.reduce((a, x) => a + x, 0) / xs.length
   const idle = fitLine(runs.map((r) => [r.memory.connectionsPerNode, r.traffic.idleBytesPerNodePerSecond]))
   const heap = fitLine(
-    runs.map((r) => {
-      const state = routingStateBytes({
-        nodes: r.nodes,
-        keys: r.keysPerNode,
-        maxPeers: r.maxPeers,
-        pullRate: 0,
-        newKeysPerPull: 0,
-        restartRate: 0,
-        providedKeys: r.memory.providerRecordsPerNode / 20,
-        reprovideSeconds: 900,
-      })
-      return [r.memory.connectionsPerNode, r.memory.heapPerNodeMiB * MiB - state]
-    }),
+    runs.map((r) => [
+      r.memory.connectionsPerNode,
+      r.memory.heapPerNodeMiB * MiB - routingStateBytes(benchWorkload(r)),
+    ]),
   )
+  const full = runs.filter((r) => r.nodes - 1 <= r.maxPeers)
   const max = (xs: number[]): number => Math.max(...xs.filter(Number.isFinite))
   return {
-    // not fitted: a digest key is a 71-byte line + newline in 64 KiB frames; noise (16 B per 64 KiB) and
-    // yamux (12 B per frame) add ~0.1 %; the fit check below compares the traffic this predicts
-    wireBytesPerKey: 73,
+    wireBytesPerKey: 6,
+    deltaOverheadBytes: 33,
+    connectionsPerPeer: mean(runs.map((r) => r.memory.connectionsPerNode / v(r))),
     idleBytesBase: Math.max(0, idle[0]),
     idleBytesPerConnection: idle[1],
     heapBase: heap[0],
     heapPerConnection: heap[1],
+    joinCpuSecondsPerPeer: mean(runs.map((r) => r.settleCpuSecondsPerNode / v(r))),
     provideBytes: fitLine(runs.map((r) => [log(r), r.dht.bytesPerProvide])),
     lookupBytes: fitLine(runs.map((r) => [log(r), r.dht.bytesPerLookup])),
-    provideMs: fitLine(runs.map((r) => [log(r), r.dht.provideMs.p50])),
+    provideMs: fitLine(runs.map((r) => [log(r), r.dht.provideMs.p99])),
     lookupMs: fitLine(runs.map((r) => [log(r), r.dht.lookupMs.p99])),
-    localLookupP99Ms: max(full.map((r) => Math.max(r.lookup.hit.p99, r.lookup.miss.p99))),
+    localHitP99Ms: max(full.map((r) => r.lookup.hit.p99)),
+    localMissP99Ms: max(full.map((r) => r.lookup.miss.p99)),
     deltaVisibilityP99S: max(full.map((r) => r.visibility.seconds.p99)),
   }
 }
 
-const f = (n: number, d = 1): string => (Number.isFinite(n) ? n.toFixed(d) : 'n/a')
+const f = (n: number | null | undefined, d = 1): string =>
+  n !== null && n !== undefined && Number.isFinite(n) ? n.toFixed(d) : 'n/a'
 
-async function main(): Promise<void> {
-  const files = (await readdir(RESULTS)).filter((n) => /^scale-\d+(-p\d+)?(-k[\d.]+)?\.json$/.test(n))
+export const production = (nodes: number, maxPeers = 256): Workload => ({
+  nodes,
+  keys: 3000,
+  maxPeers,
+  pullRate: 1 / 60,
+  newKeysPerPull: 5,
+  restartRate: 1 / 86_400,
+  // a node's own rare content: its last ~60 images' new keys (older ones spread to many nodes)
+  providedKeys: 300,
+  reprovideSeconds: 900,
+})
+
+export async function render(): Promise<string> {
+  const files = (await readdir(RESULTS)).filter((n) => /^scale-\d+(-p\d+)?\.json$/.test(n))
   const runs: ScaleResult[] = []
   for (const name of files) runs.push(JSON.parse(await readFile(`${RESULTS}${name}`, 'utf8')) as ScaleResult)
   runs.sort((a, b) => a.nodes - b.nodes || b.maxPeers - a.maxPeers)
   const c = fit(runs)
-  const benchWorkload = (r: ScaleResult): Workload => ({
-    nodes: r.nodes,
-    keys: r.keysPerNode,
-    maxPeers: r.maxPeers,
-    pullRate: r.traffic.pulls / r.nodes / (r.churnSeconds ?? 60),
-    newKeysPerPull: 5,
-    restartRate: r.traffic.replaced / r.nodes / (r.churnSeconds ?? 60),
-    providedKeys: r.memory.providerRecordsPerNode / 20,
-    reprovideSeconds: 900,
-  })
-  const production = (nodes: number, maxPeers = 256): Workload => ({
-    nodes,
-    keys: 3000,
-    maxPeers,
-    pullRate: 1 / 60,
-    newKeysPerPull: 5,
-    restartRate: 1 / 86_400,
-    // a node's own rare content: its last ~60 images' new keys (older ones spread to many nodes)
-    providedKeys: 300,
-    reprovideSeconds: 900,
-  })
   const lines: string[] = [
-    '# Scale: measured and modelled',
-    '',
-    'Measured: `npx tsx --expose-gc bench/scale.ts <N>…` (real `KadDhtRouter`s and key exchange over the libp2p',
-    'memory transport, all in one process; `KEYS_SCALE=0.1` for a tenth of the keys, `MAX_PEERS=<P>` for the sampled',
-    'regime) → bench/results/scale-<N>[-p<P>][-k<scale>].json; model: `npx tsx bench/scale-model.ts` → this file.',
-    'On the shared 2-core build machine (load average 12–28 from other jobs during this session) runs of 50 nodes',
-    'and more with 3,000 keys each did not settle: one event loop carrying every node lagged by seconds, so',
-    'yamux keep-alives and subscriptions timed out and re-sent full snapshots. Rows marked measured are the runs',
-    'that completed; see each JSON (`settled`, `eventLoopDelayP99Ms`, `note`).',
-    '',
     '## Fit check: the model with the bench workload vs what was measured',
     '',
-    '| nodes | peer set | routing state MiB/node (model / measured) | heap MiB/node (model / measured) | traffic KiB/s/node under churn (model / measured) |',
-    '|---|---|---|---|---|',
+    '| nodes | peer set | settled | routing state MiB/node (model / measured) | heap MiB/node (model / measured) | traffic KiB/s/node under churn (model / measured) | join CPU-s/node (model / measured) |',
+    '|---|---|---|---|---|---|---|',
   ]
   for (const r of runs) {
     const m = model(benchWorkload(r), c)
     lines.push(
-      `| ${r.nodes} | ${Math.min(r.nodes - 1, r.maxPeers)} | ${f(m.stateMiB, 2)} / ${f(r.memory.routingStatePerNodeMiB, 2)} | ${f(m.heapMiB)} / ${f(r.memory.heapPerNodeMiB)} | ${f(m.trafficKiBs)} / ${f(r.traffic.churnBytesPerNodePerSecond / KiB)} |`,
+      `| ${r.nodes} | ${Math.min(r.nodes - 1, r.maxPeers)} | ${r.settled ? 'yes' : `no (${f(r.settleSeconds, 0)} s)`} | ${f(m.stateMiB, 2)} / ${f(r.memory.routingStatePerNodeMiB, 2)} | ${f(m.heapMiB)} / ${f(r.memory.heapPerNodeMiB)} | ${f(m.trafficKiBs)} / ${f(r.traffic.churnBytesPerNodePerSecond / KiB)} | ${f(m.joinCpuSeconds, 2)} / ${f(r.settleCpuSecondsPerNode, 2)} |`,
     )
   }
   lines.push(
     '',
-    '## The table (issue #17): 50/100/200 measured, 1,000/5,000 modelled',
+    '## The table (issue #17)',
     '',
-    'Modelled rows: K = 3,000 keys per node, one image pull per node per minute (5 new keys, deleted later),',
-    'one restart per node per day, default peer set P = 256 (a full view up to 257 nodes, a sample above).',
+    'Measured rows: the bench workload (below). Modelled rows: K = 3,000 keys per node, one image pull per node per',
+    'minute (5 new keys, deleted later), one restart per node per day, default peer set P = 256 (a full view up to',
+    '257 nodes, a sample above).',
     '',
-    '| nodes | how | routing memory per node | routing traffic per node | lookup p99 hit / miss | time to cluster-wide visibility (p99) | dead node returned |',
+    '| nodes | how | routing memory per node | routing traffic per node | lookup p99 hit / miss | cluster-wide visibility p99 | dead node returned after its connection closed |',
     '|---|---|---|---|---|---|---|',
   )
   for (const r of runs) {
     lines.push(
-      `| ${r.nodes} | measured${r.maxPeers < r.nodes - 1 ? ` (P = ${r.maxPeers}: sampled regime)` : ' (full view)'} | ${f(r.memory.routingStatePerNodeMiB, 2)} MiB state (${f(r.memory.heapPerNodeMiB)} MiB heap incl. libp2p) | ${f(r.traffic.churnBytesPerNodePerSecond / KiB)} KiB/s (idle ${f(r.traffic.idleBytesPerNodePerSecond / KiB)}) | ${f(r.lookup.hit.p99, 2)} / ${f(r.lookup.miss.p99, 2)} ms (hits not found: ${r.lookup.hitNotFound}) | ${f(r.visibility.seconds.p99, 2)} s (${r.visibility.incomplete} probes incomplete) | ${r.deadReturned} of ${r.lookupsChecked} |`,
+      `| ${r.nodes} | measured${r.maxPeers < r.nodes - 1 ? ` (P = ${r.maxPeers}, sampled)` : ' (full view)'}${r.settled ? '' : ', **did not settle**'} | ${f(r.memory.routingStatePerNodeMiB, 2)} MiB state, ${f(r.memory.heapPerNodeMiB)} MiB heap incl. libp2p (${f(r.memory.connectionsPerNode, 0)} connections) | ${f(r.traffic.churnBytesPerNodePerSecond / KiB)} KiB/s under churn (idle ${f(r.traffic.idleBytesPerNodePerSecond / KiB)}) | ${f(r.lookup.hit.p99, 2)} / ${f(r.lookup.miss.p99, 2)} ms (n = ${r.lookup.hit.n}/${r.lookup.miss.n}; hits not found ${r.lookup.hitNotFound}) | ${f(r.visibility.seconds.p99, 2)} s (n = ${r.visibility.seconds.n}; ${r.visibility.incomplete} not within 15 s) | ${r.deadReturned} of ${r.lookupsChecked} (${r.deadReturnedWhileConnected ?? 'n/a'} before the close was seen) |`,
     )
   }
   for (const n of [200, 1000, 5000]) {
     const m = model(production(n), c)
     lines.push(
-      `| ${n} | modelled | ${f(m.stateMiB, 2)} MiB state (${f(m.heapMiB)} MiB heap) | ${f(m.trafficKiBs)} KiB/s | ${f(m.hitP99Ms, 2)} / ${f(m.missP99Ms, 2)} ms${n > 257 ? ' (DHT walk; content on one of the 256 sampled peers: local)' : ''} | ${f(m.visibilityS, 2)} s | 0 (by construction) |`,
+      `| ${n} | modelled${n > 257 ? ' (P = 256, sampled)' : ' (full view)'} | ${f(m.stateMiB, 1)} MiB state, ${f(m.heapMiB)} MiB heap incl. libp2p | ${f(m.trafficKiBs)} KiB/s | ${f(m.hitP99Ms, 2)} / ${f(m.missP99Ms, 2)} ms${n > 257 ? ' (a DHT walk; content on one of the 256 sampled peers: local; the mirror answers a miss at its 20 ms resolve timeout)' : ''} | ${f(m.visibilityS, 2)} s | 0 (a list is dropped when its connection closes) |`,
     )
   }
-  lines.push(
-    '',
-    '## Reading the table',
-    '',
-    '- Up to 257 nodes every node subscribes to every other (a full view): lookups and misses are answered',
-    '  from memory, a new image reaches every node as one delta (~100 ms debounce), and no DHT provides run.',
-    '  Memory grows with V × K × 8 bytes (key hashes) + V² × ~60 bytes (shared member entries); traffic with',
-    '  V × (keys changed): no full lists after the first.',
-    '- Above 257 nodes a node holds 256 lists (half XOR-closest, half random): content on any of them is',
-    '  local; the rest needs a DHT walk (its cost is fitted from the calibration provides/lookups of each',
-    "  run); the mirror still answers a miss after its 20 ms resolve timeout. Keys that ≥ 8 of a node's 256",
-    "  peers announce are not provided on the DHT (anyone's sample finds them), so provides and records",
-    "  scale with a node's rare keys (300 assumed), not with its 3,000 keys.",
-    '- v1 (full lists to every connected peer), for comparison: memory ≈ V × K × ~150 B (strings in a Set',
-    '  plus an index) = 110 MiB at 256 peers × 3,000 keys, and every change re-sent K × 72 B to every peer:',
-    '  one pull per node per minute = 256 × 216 KB / 60 s ≈ 900 KiB/s per node.',
-    '- Measured rows come from one process holding every node on a shared 2-core machine: latencies include',
-    "  that process's event-loop delay (eventLoopDelayP99Ms in the JSON); runs with KEYS_SCALE=0.1 hold 300",
-    '  keys per node (N² list transfers cost CPU in one process), which the model scales linearly in K.',
-    '',
-    '## Fitted constants',
-    '',
-    '```json',
-    JSON.stringify(c, null, 2),
-    '```',
-    '',
-  )
-  await writeFile(`${RESULTS}scale.md`, `${lines.join('\n')}\n`)
-  console.log(lines.join('\n'))
+  lines.push('', '## Fitted constants', '', '```json', JSON.stringify(c, null, 2), '```', '')
+  return lines.join('\n')
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) await main()
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const table = await render()
+  const md = `${RESULTS}scale.md`
+  const text = await readFile(md, 'utf8')
+  const mark = '<!-- generated by bench/scale-model.ts -->'
+  const head = text.includes(mark) ? text.slice(0, text.indexOf(mark)) : `${text}\n`
+  await writeFile(md, `${head}${mark}\n\n${table}`)
+  console.log(table)
+}

@@ -104,7 +104,19 @@ const ops = {
         bootstrap: a.bootstrap,
         // the swarm.key form, as src/trust/psk.ts loads it
         psk: new TextEncoder().encode(`/key/swarm/psk/1.0.0/\n/base16/\n${a.pskHex}`),
-        keyExchangeInit: { maxPeers: a.maxPeers, maxSubscribers: Math.ceil(a.maxPeers * 1.25) },
+        // What a real node would not meet: each process here carries up to 50 nodes on a shared 2-core
+        // machine, and its event loop lags by seconds while they settle. So a failed ping does not close a
+        // connection, deadlines meant for a stuck peer are stretched, and the DHT-provide fallback for a view
+        // that stays incomplete (a real cluster settles in seconds) waits for 10 min. Everything else, and
+        // every byte sent, is as `kagami run` does it.
+        connectionMonitor: { abortConnectionOnPingFailure: false },
+        incompleteProvideAfterMs: 600_000,
+        keyExchangeInit: {
+          maxPeers: a.maxPeers,
+          maxSubscribers: Math.ceil(a.maxPeers * 1.25),
+          sendTimeoutMs: 60_000,
+          snapshotTimeoutMs: 120_000,
+        },
       },
     )
     await router.start()

@@ -190,7 +190,14 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
     () =>
       new Worker(
         fork(WORKER, [], {
-          execArgv: [...process.execArgv, '--expose-gc'],
+          execArgv: [
+            ...process.execArgv,
+            '--expose-gc',
+            // SCALE_CPU_PROF=<dir>: a CPU profile of every worker (why a run is slow)
+            ...(process.env.SCALE_CPU_PROF !== undefined
+              ? ['--cpu-prof', `--cpu-prof-dir=${process.env.SCALE_CPU_PROF}`]
+              : []),
+          ],
           env: { ...process.env },
           stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
         }),
@@ -529,7 +536,16 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
     }
   } finally {
     await Promise.all(workers.map((w) => w.call('shutdown', undefined).catch(() => undefined)))
-    for (const w of workers) w.child.kill()
+    // a disconnected worker exits by itself (writing its CPU profile when asked); one that does not is killed
+    await Promise.all(
+      workers.map(async (w) => {
+        if (w.child.exitCode !== null) return
+        const exited = new Promise((r) => w.child.once('exit', r))
+        if (w.child.connected) w.child.disconnect()
+        await Promise.race([exited, sleep(10_000)])
+        w.child.kill()
+      }),
+    )
   }
 }
 
@@ -541,6 +557,10 @@ if (import.meta.url === `file://${process.argv[1]}`) {
       nodes,
       maxPeers,
       churnSeconds: Number(process.env.CHURN_SECONDS ?? 60),
+      settleTimeoutSeconds:
+        process.env.SETTLE_TIMEOUT_SECONDS !== undefined
+          ? Number(process.env.SETTLE_TIMEOUT_SECONDS)
+          : undefined,
       samples: Number(process.env.SAMPLES ?? 400),
     })
     const name = `scale-${nodes}${maxPeers !== undefined ? `-p${maxPeers}` : ''}.json`

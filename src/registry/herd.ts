@@ -314,15 +314,12 @@ export class Herd {
     const ref = `kagami-herd-${digestHex(digest)}`
     // Held here already but not advertised (else the local path had served it): perhaps an excluded image's
     // blob asked for under another name. Serve only what upstream gives for this request, so: not coalesced.
-    const present = await this.components.store.stat(digest, { signal: AbortSignal.timeout(1000) }).then(
+    // Asked beside upstream, not before it: a containerd busy with a rollout took up to its 1 s deadline.
+    const present = this.components.store.stat(digest, { signal: AbortSignal.timeout(1000) }).then(
       () => true,
       () => false,
     )
-    if (present) {
-      this.flightCount.inc({ result: 'present' })
-      return undefined
-    }
-    const answer = await this.components.upstream
+    const opening = this.components.upstream
       .openBlob({
         registry: req.registry,
         repository: req.repository,
@@ -336,6 +333,12 @@ export class Herd {
         reason: 'unreachable' as const,
         detail: err.message,
       }))
+    const [held, answer] = await Promise.all([present, opening])
+    if (held) {
+      if (answer.kind === 'found') answer.body.destroy()
+      this.flightCount.inc({ result: 'present' })
+      return undefined
+    }
     if (answer.kind !== 'found') {
       if (answer.kind === 'denied') {
         this.requests.inc({ role: 'elected', result: 'private' })

@@ -74,6 +74,22 @@ export interface KadDhtRouterInit {
   dhtProvides?: 'when-needed' | 'always'
   /** With 'when-needed', provides start this long after start, once the exchange knows its peers (10 s). */
   provideSettleMs?: number
+  /**
+   * With 'when-needed', provides also start once the exchange's view has stayed incomplete this long (60 s):
+   * a node that cannot reach everyone. The scale bench raises it: its hundreds of nodes on two cores take
+   * minutes to settle, where a real cluster, each node on its own CPU, takes seconds.
+   */
+  incompleteProvideAfterMs?: number
+  /**
+   * libp2p's connection monitor: a ping stream on every connection every `pingIntervalMs` (default here 60 s,
+   * libp2p's 10 s); a failed ping closes the connection. Why 60 s: a node holds ~1.4 connections per
+   * exchange peer (up to ~360), and at 10 s these pings were the largest part of its idle routing traffic and
+   * CPU (~140 B/s and ~0.4 ms/s per connection, bench/results/scale.md); a departed node's connection closes
+   * with its process, and a silent publisher is dropped by the key exchange's heartbeat check (90 s). The
+   * scale bench keeps the pings but not the closing: one event loop carrying 50 nodes lags by seconds,
+   * which a node on its own CPU does not.
+   */
+  connectionMonitor?: { pingIntervalMs?: number; abortConnectionOnPingFailure?: boolean }
   /** Limits of the key exchange (peer set, list sizes, deadlines, rates). */
   keyExchangeInit?: KeyExchangeInit
   /**
@@ -197,6 +213,10 @@ export class KadDhtRouter implements Router {
       streamMuxers: [yamux()],
       nodeInfo: {
         userAgent: `${AGENT_PREFIX}${this.init.version ?? '0.1.0'}${URL_MARK}${this.init.peerUrl}`,
+      },
+      connectionMonitor: {
+        pingInterval: this.init.connectionMonitor?.pingIntervalMs ?? 60_000,
+        abortConnectionOnPingFailure: this.init.connectionMonitor?.abortConnectionOnPingFailure ?? true,
       },
       connectionManager: {
         // Loopback and one-subnet clusters: every peer shares few source IPs; the default 5 conn/s per host
@@ -467,7 +487,7 @@ export class KadDhtRouter implements Router {
       return true
     }
     this.incompleteSince ??= now
-    return now - this.incompleteSince < 60_000
+    return now - this.incompleteSince < (this.init.incompleteProvideAfterMs ?? 60_000)
   }
 
   private incompleteSince: number | undefined
