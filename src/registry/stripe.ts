@@ -18,8 +18,8 @@
  *   Range is applied there, as before: striping does not change what a range costs or how it is checked.
  * - No stalls: a stripe whose peer fails (reset, no headers within the header deadline, no body progress
  *   within the idle deadline, below the throughput floor) goes back to the queue and another worker
- *   fetches the rest of it from where it stopped; that peer's worker retires and another holder (or, once,
- *   the same one) is recruited. A stripe that blocks the write position while its peer is much slower than
+ *   fetches the rest of it from where it stopped; that peer's worker retires and another holder (or, up to
+ *   twice, the same one) is recruited. A stripe that blocks the write position while its peer is much slower than
  *   an idle worker's is taken over by that worker (the slow peer retires after two). Every wait is bound
  *   to the body's signal (the client's) and the peer deadlines.
  * - One digest cannot tell which peer sent a bad stripe. A striped body that fails its digest marks no
@@ -98,7 +98,7 @@ const MIN_OBSERVE_MS = 500
 /** Take-overs of a peer's stripes before it retires from the body. */
 const MAX_STRIKES = 2
 /** Failures of one peer within a body before it is not asked again. */
-const MAX_PEER_FAILURES = 2
+const MAX_PEER_FAILURES = 3
 
 /** Decides which blobs are striped and builds their bodies. */
 export class Striper {

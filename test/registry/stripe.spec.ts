@@ -22,9 +22,10 @@ describe('striping: a big blob from several peers at once', () => {
   let node: MirrorNode
   const cleanups: (() => Promise<void>)[] = []
   beforeAll(async () => {
+    // deadlines a loaded test machine meets (every stripe is a request that must meet them)
     node = await startMirror({
-      bodyIdleTimeoutMs: 500,
-      peerHeadersTimeoutMs: 400,
+      bodyIdleTimeoutMs: 1000,
+      peerHeadersTimeoutMs: 1000,
       // every body switches to stripes after its first two 512 KiB windows, however fast its one peer is
       stripe: {
         thresholdBytes: 1024 * 1024,
