@@ -39,6 +39,9 @@ describe('e2e: a big layer striped over three peers', () => {
     cluster = await startCluster({
       names: ['a', 'b', 'c', 'd'],
       registries: [registry.url],
+      // herd off: otherwise D may be the node elected to fetch the layer for A, B or C's pull, and would
+      // hold it before its own pull
+      env: { KAGAMI_HERD: 'false' },
       // layers of 4 MiB and more are striped (the default 64 MiB would need big layers), in 4 MiB stripes,
       // however fast one peer is on loopback (by default a peer sending ≥ 256 MiB/s keeps the blob)
       // (and a lookup budget that a loaded test machine cannot miss: a miss would take the herd's path,
