@@ -259,7 +259,7 @@ export async function render(): Promise<string> {
   for (const [n, p, reprovide, note] of rows) {
     const m = model(production(n, p, reprovide), c)
     lines.push(
-      `| ${n} | modelled${n > p + 1 ? ` (P = ${p}, sampled${note})` : ' (full view)'} | ${f(m.stateMiB, 1)} MiB state, ${f(m.heapMiB)} MiB heap incl. libp2p | ${f(m.trafficKiBs)} KiB/s | ${f(m.hitP99Ms, 2)} / ${f(m.missP99Ms, 2)} ms${n > 257 ? ' (a DHT walk; content on one of the ${p} sampled peers: local; the mirror answers a miss at its 20 ms resolve timeout)' : ''} | ${f(m.visibilityS, 2)} s | 0 (a list is dropped when its connection closes) |`,
+      `| ${n} | modelled${n > p + 1 ? ` (P = ${p}, sampled${note})` : ' (full view)'} | ${f(m.stateMiB, 1)} MiB state, ${f(m.heapMiB)} MiB heap incl. libp2p | ${f(m.trafficKiBs)} KiB/s | ${f(m.hitP99Ms, 2)} / ${f(m.missP99Ms, 2)} ms${n > p + 1 ? ` (a DHT walk; content on one of the ${p} sampled peers: local; the mirror answers a miss at its 20 ms resolve timeout)` : ''} | ${f(m.visibilityS, 2)} s | 0 (a list is dropped when its connection closes) |`,
     )
   }
   lines.push('', '## Fitted constants', '', '```json', JSON.stringify(c, null, 2), '```', '')
