@@ -32,7 +32,7 @@ describe('PSK cipher', () => {
     }
   })
 
-  it('a 1 MiB update, then thousands of small ones on other ciphers: no crash, every byte round-trips', () => {
+  it('a 1 MiB update, then a thousand small ones on other ciphers: no crash, every byte round-trips', () => {
     replacePnetCipher()
     const key = randomBytes(32)
     const nonces = Array.from({ length: 4 }, () => randomBytes(24))
@@ -40,7 +40,7 @@ describe('PSK cipher', () => {
     const receivers = nonces.map((n) => XSalsa20(n, key))
     const big = randomBytes(1024 * 1024)
     expect(Buffer.from(receivers[0]!.update(senders[0]!.update(big)))).toEqual(big)
-    for (let i = 0; i < 5_000; i++) {
+    for (let i = 0; i < 1_000; i++) {
       const j = i % nonces.length
       const data = randomBytes(1 + (i % 3000))
       expect(Buffer.from(receivers[j]!.update(senders[j]!.update(data)))).toEqual(data)
