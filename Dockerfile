@@ -1,11 +1,13 @@
 # syntax=docker/dockerfile:1
-# kagami: build the TypeScript, keep only production dependencies, run on a slim Node 24 (LTS) image.
+# kagami: build the TypeScript and the minified bundle the daemon runs (scripts/bundle.mjs), keep only
+# production dependencies, run on a slim Node 24 (LTS) image.
 
 FROM node:24-bookworm-slim AS build
 WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
+COPY scripts/bundle.mjs ./scripts/
 COPY src ./src
 RUN npm run build && npm prune --omit=dev
 

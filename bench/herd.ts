@@ -6,6 +6,7 @@
  * The WAN variant puts the registry behind a 100 Mbit/s, 20 ms RTT link (bench/proxy.ts): the herd should
  * finish in about one image-transfer time over that link, not N.
  */
+import { cpus } from 'node:os'
 import { join } from 'node:path'
 import {
   buildImage,
@@ -15,7 +16,7 @@ import {
   startRegistry,
   tempDir,
 } from '../test/harness/index.js'
-import { log, MiB } from './lib.js'
+import { log, MiB, treeCpuSeconds } from './lib.js'
 import { startProxy, type ThrottleProxy } from './proxy.js'
 
 export interface HerdRun {
@@ -28,6 +29,16 @@ export interface HerdRun {
   slowestSeconds: number
   soloSeconds: number
   slowestVsSolo: number
+  /**
+   * CPU seconds all processes of the run used (containerd, kagami, registry, proxy, ctr) for the solo pull and
+   * for the herd: the herd cannot finish faster than herdCpuSeconds ÷ cores on this machine, whatever the
+   * design, so a slowest-vs-solo ratio near (herdCpuSeconds ÷ cores) ÷ soloSeconds is the machine's limit.
+   */
+  soloCpuSeconds?: number
+  /** A --herd-budget other than the default, to show what coordination under load costs. */
+  budget?: string
+  herdCpuSeconds?: number
+  cores?: number
 }
 
 export interface HerdBenchResult extends HerdRun {
@@ -52,11 +63,14 @@ async function herdRun(
   images: { solo: string; herd: string },
   imageBytes: number,
 ): Promise<HerdRun> {
+  const cpu0 = await treeCpuSeconds()
   const soloSeconds = await timedPull(nodes[0] as ClusterNode, `${proxy.host}/${images.solo}`)
+  const cpu1 = await treeCpuSeconds()
   proxy.reset()
   const t0 = performance.now()
   const times = await Promise.all(nodes.map((n) => timedPull(n, `${proxy.host}/${images.herd}`)))
   const seconds = (performance.now() - t0) / 1000
+  const cpu2 = await treeCpuSeconds()
   const upstreamBytes = proxy.bytesToClients()
   const slowestSeconds = Math.max(...times)
   // why bytes went upstream more than once: the herd's own counters, summed over the nodes
@@ -81,11 +95,14 @@ async function herdRun(
     slowestSeconds,
     soloSeconds,
     slowestVsSolo: slowestSeconds / soloSeconds,
+    soloCpuSeconds: cpu1 - cpu0,
+    herdCpuSeconds: cpu2 - cpu1,
+    cores: cpus().length,
   }
 }
 
 export async function benchHerdOnce(
-  init: { nodes?: number; layerBytes?: number; layers?: number; wan?: boolean } = {},
+  init: { nodes?: number; layerBytes?: number; layers?: number; wan?: boolean; budget?: string } = {},
 ): Promise<HerdBenchResult> {
   const n = init.nodes ?? 5
   const cleanup: (() => Promise<void>)[] = []
@@ -118,13 +135,18 @@ export async function benchHerdOnce(
     const cluster = await startCluster({
       names: Array.from({ length: n }, (_, i) => `herd-${i}`),
       registries: [lan.url, wan.url],
-      logLevel: 'warn',
+      logLevel: process.env.KAGAMI_BENCH_LOG_LEVEL ?? 'warn',
       // KAGAMI_HERD_BUDGET and KAGAMI_HERD from the environment reach the daemons (the harness passes it on)
-      env: { KAGAMI_FROM_DIST: '1' },
+      env: {
+        KAGAMI_FROM_DIST: '1',
+        ...(init.budget !== undefined ? { KAGAMI_HERD_BUDGET: init.budget } : {}),
+      },
       minPeers: n - 1,
     })
     cleanup.push(() => cluster.destroy())
-    log(`herd: ${n} nodes pull ${(imageBytes / MiB).toFixed(0)} MiB at once (loopback upstream)`)
+    log(
+      `herd: ${n} nodes pull ${(imageBytes / MiB).toFixed(0)} MiB at once (loopback upstream${init.budget !== undefined ? `, --herd-budget ${init.budget}` : ''})`,
+    )
     const run = await herdRun(
       cluster.nodes,
       lan,
@@ -132,9 +154,9 @@ export async function benchHerdOnce(
       imageBytes,
     )
     log(
-      `herd: upstream ${(run.upstreamBytes / MiB).toFixed(1)} MiB = ${run.upstreamRatio.toFixed(2)}× the image; slowest ${run.slowestSeconds.toFixed(1)} s vs solo ${run.soloSeconds.toFixed(1)} s = ${run.slowestVsSolo.toFixed(2)}×`,
+      `herd: upstream ${(run.upstreamBytes / MiB).toFixed(1)} MiB = ${run.upstreamRatio.toFixed(2)}× the image; slowest ${run.slowestSeconds.toFixed(1)} s vs solo ${run.soloSeconds.toFixed(1)} s = ${run.slowestVsSolo.toFixed(2)}×; CPU ${run.herdCpuSeconds?.toFixed(1)} core-s (solo ${run.soloCpuSeconds?.toFixed(1)})`,
     )
-    const result: HerdBenchResult = { ...run }
+    const result: HerdBenchResult = { ...run, ...(init.budget !== undefined ? { budget: init.budget } : {}) }
     if (init.wan !== false) {
       log(`herd: ${n} nodes, upstream behind ${(WAN_RATE / 1e6) * 8} Mbit/s, ${2 * WAN_DELAY_MS} ms RTT`)
       const w = await herdRun(
@@ -160,7 +182,11 @@ export async function benchHerdOnce(
   }
 }
 
-/** N = 5 with the WAN variant, then N = 8 (HERD_NODES=5,8 by default). */
+/**
+ * N = 5 with the WAN variant, then N = 8 (HERD_NODES=5,8 by default), then the largest N again with a 300 ms
+ * --herd-budget floor (HERD_BUDGET_VARIANT; '' skips it): what the shorter wait costs when 8 nodes on 2 cores
+ * wake at once and answer each other slowly.
+ */
 export async function benchHerd(
   init: { nodes?: number[]; layerBytes?: number } = {},
 ): Promise<HerdBenchResult> {
@@ -174,6 +200,11 @@ export async function benchHerd(
   result.more = []
   for (const n of rest)
     result.more.push(await benchHerdOnce({ nodes: n, layerBytes: init.layerBytes, wan: false }))
+  const budget = process.env.HERD_BUDGET_VARIANT ?? '300ms'
+  if (budget !== '')
+    result.more.push(
+      await benchHerdOnce({ nodes: Math.max(...counts), layerBytes: init.layerBytes, wan: false, budget }),
+    )
   return result
 }
 

@@ -1,3 +1,4 @@
+import { readdir, readFile } from 'node:fs/promises'
 import { run } from '../test/harness/index.js'
 
 export interface Stats {
@@ -45,4 +46,34 @@ export const MiB = 1024 ** 2
 
 export function log(line: string): void {
   process.stderr.write(`${line}\n`)
+}
+
+/**
+ * CPU seconds used so far by this process and every process it started (containerd, kagami, registry, ctr):
+ * live descendants from /proc, plus what the ones already reaped left in their parents' cutime/cstime. A scenario
+ * reads it before and after to tell whether it was bound by the machine's cores rather than by the design.
+ */
+export async function treeCpuSeconds(root = process.pid): Promise<number> {
+  const tick = 100 // USER_HZ on Linux
+  const stats = new Map<number, { ppid: number; own: number; reaped: number }>()
+  for (const name of await readdir('/proc')) {
+    if (!/^\d+$/.test(name)) continue
+    const text = await readFile(`/proc/${name}/stat`, 'utf8').catch(() => undefined)
+    if (text === undefined) continue
+    // fields after the command name, which may contain spaces: state ppid … utime(14) stime cutime cstime
+    const f = text.slice(text.lastIndexOf(')') + 2).split(' ')
+    const n = (i: number): number => Number(f[i - 3])
+    stats.set(Number(name), { ppid: n(4), own: n(14) + n(15), reaped: n(16) + n(17) })
+  }
+  const children = new Map<number, number[]>()
+  for (const [pid, s] of stats) children.set(s.ppid, [...(children.get(s.ppid) ?? []), pid])
+  let ticks = 0
+  const visit = (pid: number): void => {
+    const s = stats.get(pid)
+    if (s === undefined) return
+    ticks += s.own + s.reaped
+    for (const c of children.get(pid) ?? []) visit(c)
+  }
+  visit(root)
+  return ticks / tick
 }

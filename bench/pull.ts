@@ -14,14 +14,20 @@ import {
   type ClusterNode,
   startCluster,
 } from '../test/harness/index.js'
-import { log, median, MiB } from './lib.js'
+import { log, median, MiB, stats, type Stats } from './lib.js'
+import { ratioStats, type RatioStats } from './mirror.js'
 import { startProxy } from './proxy.js'
 
 export interface PullBenchResult {
   imageBytes: number
   runs: number
+  /** Medians. */
   seconds: { registry: number; peer: number; wanRegistry: number; wanPeer: number }
   ratios: { peerVsRegistry: number; wanSpeedup: number }
+  /** Each loopback run's pull time (s), registry and peer pulls interleaved. */
+  samples?: { registry: number[]; peer: number[] }
+  /** min/median/max of each side, and of the ratio taken run by run (peer / registry of the same run). */
+  spread?: { registry: Stats; peer: Stats; peerVsRegistry: RatioStats }
 }
 
 async function timedPull(c: ContainerdHandle, ref: string, hostsDir: string): Promise<number> {
@@ -36,7 +42,8 @@ export async function benchPull(
   init: { layerBytes?: number; runs?: number; wanRateBytesPerSecond?: number; wanDelayMs?: number } = {},
 ): Promise<PullBenchResult> {
   const layerBytes = init.layerBytes ?? 40 * MiB
-  const runs = init.runs ?? 3
+  // pull times on this shared machine vary by ±30 % run to run: enough runs for a min/median/max
+  const runs = init.runs ?? 5
   const cleanup: (() => Promise<void>)[] = []
   try {
     const tmp = await tempDir('bench-pull')
@@ -124,6 +131,12 @@ export async function benchPull(
       runs,
       seconds: s,
       ratios: { peerVsRegistry: s.peer / s.registry, wanSpeedup: s.wanRegistry / s.wanPeer },
+      samples: { registry: t.registry, peer: t.peer },
+      spread: {
+        registry: stats(t.registry),
+        peer: stats(t.peer),
+        peerVsRegistry: ratioStats(t.peer, t.registry),
+      },
     }
   } finally {
     for (const fn of cleanup.reverse()) await fn().catch(() => undefined)
@@ -135,7 +148,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
     JSON.stringify(
       await benchPull({
         layerBytes: Number(process.env.LAYER_BYTES ?? 40 * MiB),
-        runs: Number(process.env.RUNS ?? 3),
+        runs: Number(process.env.RUNS ?? 5),
       }),
       null,
       2,

@@ -16,6 +16,7 @@ import { benchPull, type PullBenchResult } from './pull.js'
 import { benchRouting, type RoutingBenchResult } from './routing.js'
 import { benchScale, type ScaleResult } from './scale.js'
 import { benchStoreRead, type StoreReadBenchResult } from './store-read.js'
+import { benchStriping, type StripeBenchResult } from './stripe.js'
 import { benchTags, type TagsBenchResult } from './tags.js'
 
 const RESULTS = fileURLToPath(new URL('./results/', import.meta.url))
@@ -36,6 +37,7 @@ interface Results {
   tags?: TagsBenchResult
   auth?: AuthBenchResult
   scale?: ScaleResult[]
+  stripe?: StripeBenchResult & { direct?: StripeBenchResult }
 }
 
 const SCENARIOS = {
@@ -47,6 +49,7 @@ const SCENARIOS = {
   store: () => benchStoreRead(),
   tags: () => benchTags(),
   auth: () => benchAuth(),
+  stripe: () => benchStriping(),
   // 50, 100 and 200 real routers in worker processes; ~12 min on this machine, each size bounded (a settle
   // that takes over 4 min is reported as not settled); the model over these points: bench/scale-model.ts
   scale: async () => [
@@ -111,11 +114,38 @@ function rows(r: Results): Row[] {
       met: m.missTtfbMs.p99 <= 25,
     })
   }
+  if (r.stripe) {
+    const s = r.stripe
+    out.push({
+      goal: `striped over ${s.holders} peers, each behind a ${s.linkMbitPerSecond} Mbit/s link: ≥ 2.5× a single peer`,
+      measured: `${f(s.mibPerSecond.striped, 1)} vs ${f(s.mibPerSecond.single, 1)} MiB/s = ${f(s.speedup.median)}× (min ${f(s.speedup.min)}, max ${f(s.speedup.max)}, ${s.runs} runs, ${f(s.blobBytes / 2 ** 20, 0)} MiB${s.stripedRuns === undefined ? '' : `, striped in ${s.stripedRuns} of ${s.runs}`})`,
+      met: s.speedup.median >= 2.5,
+      bar: {
+        label: 'striped (MiB/s)',
+        value: s.mibPerSecond.striped,
+        baseline: s.mibPerSecond.single,
+        baselineLabel: 'one peer (MiB/s)',
+      },
+    })
+    const d = s.direct
+    if (d !== undefined)
+      out.push({
+        goal: `striping on, ${d.holders} peers with no link limit (loopback): ≥ 0.9× one peer (a fast peer is not striped)`,
+        measured: `${f(d.mibPerSecond.striped, 0)} vs ${f(d.mibPerSecond.single, 0)} MiB/s = ${f(d.speedup.median)}× (min ${f(d.speedup.min)}, max ${f(d.speedup.max)}, ${d.runs} runs, ${f(d.blobBytes / 2 ** 20, 0)} MiB${d.stripedRuns === undefined ? '' : `, striped in ${d.stripedRuns} of ${d.runs}`})`,
+        met: d.speedup.median >= 0.9,
+      })
+  }
   if (r.pull) {
     const p = r.pull
+    const sp = p.spread
+    const mmm = (x: { min: number; p50: number; max: number }): string =>
+      `min ${f(x.min)}, median ${f(x.p50)}, max ${f(x.max)} s`
     out.push({
       goal: 'ctr pull via a peer ≤ 1.1× from the registry (loopback)',
-      measured: `${f(p.seconds.peer)} s vs ${f(p.seconds.registry)} s = ${f(p.ratios.peerVsRegistry)}× (${f(p.imageBytes / 2 ** 20, 0)} MiB, 5 layers)`,
+      measured:
+        sp === undefined
+          ? `${f(p.seconds.peer)} s vs ${f(p.seconds.registry)} s = ${f(p.ratios.peerVsRegistry)}× (${f(p.imageBytes / 2 ** 20, 0)} MiB, 5 layers)`
+          : `median ${f(p.seconds.peer)} s vs ${f(p.seconds.registry)} s = ${f(p.ratios.peerVsRegistry)}×; run by run min ${f(sp.peerVsRegistry.min)}, median ${f(sp.peerVsRegistry.median)}, max ${f(sp.peerVsRegistry.max)}× (${p.runs} runs each; via peer ${mmm(sp.peer)}; registry ${mmm(sp.registry)}; ${f(p.imageBytes / 2 ** 20, 0)} MiB, 5 layers)`,
       met: p.ratios.peerVsRegistry <= 1.1,
       bar: {
         label: 'via peer (s)',
@@ -140,14 +170,18 @@ function rows(r: Results): Row[] {
     const h = r.herd
     for (const run of [h, ...(h.more ?? [])]) {
       out.push({
-        goal: `herd: ${run.nodes} nodes pull one new image at once, upstream ≤ 1.2× the image`,
+        goal: `herd: ${run.nodes} nodes pull one new image at once${run.budget !== undefined ? ` (--herd-budget ${run.budget})` : ''}, upstream ≤ 1.2× the image`,
         measured: `upstream served ${f(run.upstreamRatio)}× the image (${f(run.upstreamBytes / 2 ** 20, 0)} MiB of ${f(run.imageBytes / 2 ** 20, 0)} MiB) in ${f(run.seconds, 1)} s`,
         met: run.upstreamRatio <= 1.2,
       })
       if (run.slowestVsSolo !== undefined)
         out.push({
-          goal: `herd: ${run.nodes} nodes, slowest pull ≤ 1.3× a solo pull (same run)`,
-          measured: `slowest ${f(run.slowestSeconds, 1)} s vs solo ${f(run.soloSeconds, 1)} s = ${f(run.slowestVsSolo)}×`,
+          goal: `herd: ${run.nodes} nodes${run.budget !== undefined ? ` (--herd-budget ${run.budget})` : ''}, slowest pull ≤ 1.3× a solo pull (same run)`,
+          measured:
+            `slowest ${f(run.slowestSeconds, 1)} s vs solo ${f(run.soloSeconds, 1)} s = ${f(run.slowestVsSolo)}×` +
+            (run.herdCpuSeconds !== undefined && run.cores !== undefined
+              ? `; CPU: the herd used ${f(run.herdCpuSeconds, 1)} core-s (solo ${f(run.soloCpuSeconds ?? NaN, 1)}), so on ${run.cores} cores it cannot end before ${f(run.herdCpuSeconds / run.cores, 1)} s = ${f(run.herdCpuSeconds / run.cores / run.soloSeconds)}× solo`
+              : ''),
           met: run.slowestVsSolo <= 1.3,
         })
     }

@@ -3,19 +3,28 @@
 // semi-spaces) kept ~30 MiB more RSS on an idle node (bench/memory.ts; ~50 MiB on Node 24). It used to cost
 // blob throughput (a new buffer per chunk meant a scavenge every chunk: 25 % of the peer endpoint's CPU was
 // GC); blob chunks now come from reused pool buffers (src/buffer-pool.ts), so the GC share is ~2 % with it.
-// In the container image (no src/), runs the compiled CLI. In a checkout, runs the TypeScript source
+// In the container image (no src/), runs the build: the minified bundle (dist/kagami.mjs, scripts/bundle.mjs;
+// it idles in less memory), else the compiled files (dist/main.js). In a checkout, runs the TypeScript source
 // through tsx, so it is never stale; KAGAMI_FROM_DIST=1 runs the build (`npm run build`) instead.
 import { spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 
 const MIN_NODE_MAJOR = 24
-const dist = new URL('../dist/main.js', import.meta.url)
+const bundle = new URL('../dist/kagami.mjs', import.meta.url)
+const dist = existsSync(bundle) ? bundle : new URL('../dist/main.js', import.meta.url)
 const source = new URL('../src/main.ts', import.meta.url)
 // `npm ci` installs Node 24 as a dev dependency (the `node` package): a checkout run from a shell whose
 // `node` is older (Debian 12 ships 18, many machines still have 20) re-runs itself on that one. The image
 // and `npm run …`/`npx` (node_modules/.bin first on PATH) already start on Node 24.
 const pinned = fileURLToPath(new URL('../node_modules/.bin/node', import.meta.url))
+// glibc's malloc keeps what it freed when it was not mmap'd, and its threshold for mmap grows to 32 MiB
+// as big blocks come and go: the ~15 MiB V8 needs while it compiles the bundle stayed resident in an idle
+// daemon. A fixed 32 KiB threshold (V8's compile zones are made of 32 KiB segments) gives that back at
+// once: ~16 MiB less idle RSS (bench/memory.ts). It must be in the environment before node starts, so
+// `kagami run` re-executes itself once (same process id) when it is not.
+const MALLOC_ENV = { MALLOC_MMAP_THRESHOLD_: '32768' }
+const daemon = process.platform === 'linux' && process.argv.slice(2).includes('run')
 
 if (Number(process.versions.node.split('.')[0]) < MIN_NODE_MAJOR) {
   if (!existsSync(pinned)) {
@@ -29,10 +38,21 @@ if (Number(process.versions.node.split('.')[0]) < MIN_NODE_MAJOR) {
     [...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2)],
     {
       stdio: 'inherit',
+      env: daemon ? { ...MALLOC_ENV, ...process.env } : process.env,
     },
   )
   for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(signal, () => child.kill(signal))
   child.on('exit', (code, signal) => process.exit(code ?? (signal === null ? 1 : 128)))
+} else if (
+  daemon &&
+  process.env.MALLOC_MMAP_THRESHOLD_ === undefined &&
+  typeof process.execve === 'function'
+) {
+  process.execve(
+    process.execPath,
+    [process.execPath, ...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2)],
+    { ...process.env, ...MALLOC_ENV },
+  )
 } else if (existsSync(dist) && (!existsSync(source) || process.env.KAGAMI_FROM_DIST === '1')) {
   await import(dist.href)
 } else {

@@ -24,6 +24,20 @@ export const duration = z
     return Math.round(Number(n) * (UNIT_MS[unit] as number))
   })
 
+const UNIT_BYTES: Record<string, number> = { B: 1, KiB: 1024, MiB: 1024 ** 2, GiB: 1024 ** 3 }
+
+/** `"64MiB"`, `"1GiB"`, `"512KiB"`, or a number of bytes. */
+export const byteSize = z
+  .union([
+    z.number().int().nonnegative(),
+    z.string().regex(/^\d+(\.\d+)?(B|KiB|MiB|GiB)?$/, 'a size like "64MiB", "1GiB" or a number of bytes'),
+  ])
+  .transform((v) => {
+    if (typeof v === 'number') return v
+    const [, n, unit] = /^(\d+(?:\.\d+)?)(B|KiB|MiB|GiB)?$/.exec(v) as unknown as [string, string, string?]
+    return Math.round(Number(n) * (UNIT_BYTES[unit ?? 'B'] as number))
+  })
+
 /** `host:port`, where host is an IPv4 address, a name, or a bracketed IPv6 address; port 0–65535. */
 export const hostPort = z
   .string()
@@ -127,6 +141,16 @@ export const runSchema = z
     bodyIdleTimeout: duration
       .prefault('5s')
       .describe('abort a peer body that makes no progress for this long'),
+    stripeThreshold: byteSize
+      .prefault('64MiB')
+      .describe(
+        'blobs at least this big, held by two or more peers, are fetched as parallel ranges from several of them (striping); 0 turns it off',
+      ),
+    stripeBelowRate: byteSize
+      .prefault('256MiB')
+      .describe(
+        'a big blob is striped only when its one peer sends the first bytes slower than this per second (striping is for slow links; a fast stream on a busy CPU loses more than it gains)',
+      ),
     herd: z
       .boolean()
       .default(true)
@@ -134,9 +158,14 @@ export const runSchema = z
         'one upstream fetch per blob cluster-wide: a miss asks the node elected for that blob, which fetches it once and serves every node while it arrives',
       ),
     herdBudget: duration
-      .prefault('300ms')
+      .prefault('1s')
       .describe(
-        'the longest a blob miss waits for the elected node before the 404 that sends containerd upstream',
+        'how long a blob miss waits for the elected node before the 404 that sends containerd upstream, on a quiet node',
+      ),
+    herdBudgetMax: duration
+      .prefault('3s')
+      .describe(
+        'the most that wait rises to while elected nodes answer slowly or this node is busy (the longest a frozen elected node can hold a pull up)',
       ),
     upstreamTagTimeout: duration
       .prefault('1.5s')

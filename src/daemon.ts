@@ -192,7 +192,9 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
         served: () => inflight?.served(),
       },
       herd: {
-        fetch: async () => undefined, // the peer endpoint never asks anyone
+        // the peer endpoint never asks anyone
+        join: async () => undefined,
+        fetch: async () => undefined,
         serve: async (req, client, who, sizeHint) => {
           if (herd === undefined) throw new NotFoundError('not ready to fetch for peers')
           return await herd.serve(req, client, who, sizeHint)
@@ -264,6 +266,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
         resolveTimeoutMs: config.resolveTimeout,
         peerHeadersTimeoutMs: config.peerHeadersTimeout,
         bodyIdleTimeoutMs: config.bodyIdleTimeout,
+        stripe: { thresholdBytes: config.stripeThreshold, minSingleBytesPerSecond: config.stripeBelowRate },
       },
     )
     const flights = new Herd(
@@ -278,7 +281,11 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
         logger,
         metrics,
       },
-      { budgetMs: config.herdBudget, bodyIdleTimeoutMs: Math.max(config.bodyIdleTimeout, 10_000) },
+      {
+        budgetMs: config.herdBudget,
+        budgetMaxMs: config.herdBudgetMax,
+        bodyIdleTimeoutMs: Math.max(config.bodyIdleTimeout, 10_000),
+      },
     )
     // with herd off this node neither asks an elected node nor fetches for others (they then fall back)
     if (config.herd) herd = flights

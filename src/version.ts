@@ -1,9 +1,9 @@
 import { readFileSync } from 'node:fs'
+import { ROOT_URL } from './paths.js'
 
 /**
- * kagami's version, from package.json: `src/` (tsx) and `dist/` (the image) both sit one level below it, and
- * the image copies package.json next to them. Read once, at import.
+ * kagami's version, from package.json (the image copies it next to `dist/`). Read once, at import.
  */
 export const VERSION: string = (
-  JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
+  JSON.parse(readFileSync(new URL('package.json', ROOT_URL), 'utf8')) as { version: string }
 ).version

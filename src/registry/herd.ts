@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import { PassThrough, Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import type { Logger } from 'pino'
-import { Counter, type Registry } from 'prom-client'
+import { Counter, Gauge, type Registry } from 'prom-client'
 import { type Digest, type DistributionRequest, digestHex } from '../oci/index.js'
 import type { Peer, Router } from '../routing/router.js'
 import { NotFoundError } from '../store/errors.js'
@@ -10,6 +10,7 @@ import type { Store } from '../store/store.js'
 import type { BlobAnswer, BlobQuery } from '../upstream/client.js'
 import { contentHeaders, parseRangeHeader, partialHeaders } from './headers.js'
 import type { ClientRequest } from './local.js'
+import { HerdBudget } from './herd-budget.js'
 import { BLOB_BUFFER_BYTES, type Served } from './served.js'
 import { VerifyDigest } from './verify.js'
 
@@ -42,8 +43,10 @@ export interface HerdComponents {
 }
 
 export interface HerdInit {
-  /** The longest a request waits on coordination before the fast 404 (default 300 ms). */
+  /** How long a request waits on coordination before the fast 404 on a quiet node (default 1 s). */
   budgetMs?: number
+  /** The most that wait rises to while elected nodes answer slowly (default 3 s; herd-budget.ts). */
+  budgetMaxMs?: number
   /** Budget for upstream's response headers, token fetch included (default 5 s): requesters do not wait on it. */
   upstreamHeadersTimeoutMs?: number
   /** A flight whose upstream body makes no progress this long fails (default 10 s). */
@@ -95,29 +98,46 @@ export function elect(digest: string, ids: readonly string[]): string | undefine
  * writes it into its containerd through Content/Write — so it is advertised in flight at once, and ordinary
  * content once committed — and every requester streams it from there as it arrives, verified at the end.
  *
- * Bounded: a requester waits at most `budgetMs` for the elected node's response headers; a dead, frozen or
+ * Bounded: a requester waits at most the budget (herd-budget.ts: 1 s on a quiet node, never over 3 s) for
+ * the elected node's response headers; a dead, frozen or
  * slow elected node, a private repository or an unreachable upstream all end in the usual fast 404, and
  * containerd fetches from upstream itself.
  */
 export class Herd {
   private readonly log: Logger
   private readonly flights = new Map<Digest, Promise<Flight | undefined>>()
+  /** Flights whose download is open and not yet committed. */
+  private readonly arriving = new Set<Digest>()
   private readonly stopController = new AbortController()
   /** Blobs and repositories upstream refused without credentials: not coalesced for a while (bounded). */
   private readonly denied = new Map<string, number>()
   private readonly requests: Counter<'role' | 'result'>
   private readonly flightCount: Counter<'result'>
+  private readonly budget: HerdBudget
 
   constructor(
     private readonly components: HerdComponents,
     private readonly init: HerdInit = {},
   ) {
     this.log = components.logger.child({ component: 'herd' })
+    this.budget = new HerdBudget({
+      floorMs: this.budgetMs,
+      capMs: Math.max(this.budgetMs, init.budgetMaxMs ?? 3000),
+    })
     this.requests = new Counter({
       name: 'kagami_herd_requests_total',
       help: 'Blob misses coordinated by the herd, by role (requester: asked the elected node | elected: fetched upstream for itself or a peer) and result (coalesced|served|private|unavailable|failed)',
       labelNames: ['role', 'result'],
       registers: [components.metrics],
+    })
+    const budget = this.budget
+    new Gauge({
+      name: 'kagami_herd_budget_seconds',
+      help: 'How long a blob miss waits for the elected node now (herd-budget.ts: rises while answers are slow)',
+      registers: [components.metrics],
+      collect() {
+        this.set(budget.ms / 1000)
+      },
     })
     this.flightCount = new Counter({
       name: 'kagami_herd_flights_total',
@@ -128,7 +148,7 @@ export class Herd {
   }
 
   private get budgetMs(): number {
-    return this.init.budgetMs ?? 300
+    return this.init.budgetMs ?? 1000
   }
 
   /**
@@ -148,9 +168,31 @@ export class Herd {
     const winner = elect(req.reference.digest, [self, ...live.map((p) => p.id)])
     if (winner === self) return await this.serve(req, client, 'self')
     const peer = live.find((p) => p.id === winner) as Peer
-    const served = await this.components.fetchFrom(peer, req, client, this.budgetMs)
+    const budgetMs = this.budget.ms
+    const started = performance.now()
+    const served = await this.components.fetchFrom(peer, req, client, budgetMs)
+    const tookMs = performance.now() - started
+    // an answer, or a wait that used the whole budget (a refusal or a 404 says nothing about load)
+    if (served !== undefined || tookMs >= budgetMs) this.budget.observe(tookMs)
     this.requests.inc({ role: 'requester', result: served === undefined ? 'unavailable' : 'coalesced' })
     return served
+  }
+
+  /**
+   * Our own containerd asks for a blob this node is already fetching for the herd (peers elected it and asked
+   * first): it follows the flight here rather than going round through a peer that follows it.
+   */
+  async join(
+    req: BlobRequest,
+    client: ClientRequest & { authorization?: string },
+  ): Promise<Served | undefined> {
+    if (client.authorization !== undefined || !('digest' in req.reference)) return undefined
+    // only a download still arriving: a committed one is ordinary content (or was deleted since)
+    if (!this.arriving.has(req.reference.digest)) return undefined
+    return await this.serve(req, client, 'self').catch((err: Error) => {
+      if (err.name === 'NotFoundError') return undefined
+      throw err
+    })
   }
 
   /**
@@ -272,15 +314,12 @@ export class Herd {
     const ref = `kagami-herd-${digestHex(digest)}`
     // Held here already but not advertised (else the local path had served it): perhaps an excluded image's
     // blob asked for under another name. Serve only what upstream gives for this request, so: not coalesced.
-    const present = await this.components.store.stat(digest, { signal: AbortSignal.timeout(1000) }).then(
+    // Asked beside upstream, not before it: a containerd busy with a rollout took up to its 1 s deadline.
+    const present = this.components.store.stat(digest, { signal: AbortSignal.timeout(1000) }).then(
       () => true,
       () => false,
     )
-    if (present) {
-      this.flightCount.inc({ result: 'present' })
-      return undefined
-    }
-    const answer = await this.components.upstream
+    const opening = this.components.upstream
       .openBlob({
         registry: req.registry,
         repository: req.repository,
@@ -294,6 +333,12 @@ export class Herd {
         reason: 'unreachable' as const,
         detail: err.message,
       }))
+    const [held, answer] = await Promise.all([present, opening])
+    if (held) {
+      if (answer.kind === 'found') answer.body.destroy()
+      this.flightCount.inc({ result: 'present' })
+      return undefined
+    }
     if (answer.kind !== 'found') {
       if (answer.kind === 'denied') {
         this.requests.inc({ role: 'elected', result: 'private' })
@@ -311,6 +356,7 @@ export class Herd {
     const open = new Promise<void>((resolve) => {
       opened = () => {
         isOpen = true
+        this.arriving.add(digest)
         resolve()
       }
     })
@@ -324,11 +370,13 @@ export class Herd {
     flight.done = this.components.store
       .write(ref, { expected: digest, sizeBytes: answer.sizeBytes }, answer.body, { signal, onOpen: opened })
       .then(() => {
+        this.arriving.delete(digest)
         flight.committed = true
         this.log.debug({ digest, bytes: answer.sizeBytes }, 'herd flight committed')
         this.keep(flight)
       })
       .catch((err: Error) => {
+        this.arriving.delete(digest)
         answer.body.destroy()
         this.flights.delete(digest)
         if (!signal.aborted) this.log.warn({ digest, err: err.message }, 'herd flight failed')
@@ -360,6 +408,7 @@ export class Herd {
   }
 
   stop(): void {
+    this.budget.stop()
     this.stopController.abort()
   }
 }

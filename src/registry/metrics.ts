@@ -65,6 +65,9 @@ export class RegistryMetrics {
   readonly inflight: Gauge<'server'>
   readonly peerFailures: Counter<'reason'>
   readonly lastPeerServe: Gauge<'server'>
+  /** Striping (stripe.ts): stripes fetched, and re-fetched from another peer after a failure or take-over. */
+  readonly stripes: Counter<'result'>
+  readonly stripedBlobs: Counter<'result'>
   readonly activity: Activity
   private readonly registries = new Set<string>()
 
@@ -122,6 +125,18 @@ export class RegistryMetrics {
       labelNames: ['server'],
       registers,
     })
+    this.stripes = new Counter({
+      name: 'kagami_stripes_total',
+      help: 'Stripes of striped blobs by result: fetched (first try) or refetched (from another peer after a failed, frozen, trickling or much slower one)',
+      labelNames: ['result'],
+      registers,
+    })
+    this.stripedBlobs = new Counter({
+      name: 'kagami_striped_blobs_total',
+      help: 'Blobs fetched striped over several peers: started, and failed (digest mismatch: then fetched from one peer at a time)',
+      labelNames: ['result'],
+      registers,
+    })
     this.zeroInit()
   }
 
@@ -144,6 +159,8 @@ export class RegistryMetrics {
     }
     for (const reason of PEER_FAILURE_REASONS) this.peerFailures.inc({ reason }, 0)
     for (const result of ['hit', 'miss']) this.resolveSeconds.zero({ result })
+    for (const result of ['fetched', 'refetched']) this.stripes.inc({ result }, 0)
+    for (const result of ['started', 'failed']) this.stripedBlobs.inc({ result }, 0)
     this.seeRegistry('none')
   }
 

@@ -6,7 +6,7 @@ import type { Router } from '../routing/router.js'
 import type { Store } from '../store/store.js'
 import type { Advertises } from './local.js'
 import type { RegistryMetrics } from './metrics.js'
-import { HOP_HEADER, PeerFetcher, type RequestSigner } from './peers.js'
+import { HOP_HEADER, PeerFetcher, type PeerFetcherInit, type RequestSigner } from './peers.js'
 import type { ResolverComponents } from './resolve.js'
 import { createRegistryServer } from './server.js'
 import type { TagResolver } from './tags.js'
@@ -38,6 +38,8 @@ export interface MirrorInit {
   hedgeDelayMs?: number
   floorBytesPerSecond?: number
   floorWindowMs?: number
+  /** Striping of big blobs over several holders (stripe.ts), for the fetcher made here. */
+  stripe?: PeerFetcherInit['stripe']
 }
 
 /** The mirror containerd asks (bind it to 127.0.0.1): local content, then peers, then a fast 404. */

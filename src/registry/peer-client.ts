@@ -90,8 +90,14 @@ export function peerRequest(peer: Peer, init: PeerRequestInit): Promise<PeerResp
       return
     }
     signal?.addEventListener('abort', onAbort, { once: true })
+    // Timers run before the I/O callbacks of the same loop turn: after this process was kept off the CPU,
+    // headers that arrived in time would lose to the deadline. One turn later they have been read.
     const timer = setTimeout(
-      () => fail(new DeadlineExceededError(`peer ${peer.id} sent no headers in ${init.headersTimeoutMs} ms`)),
+      () =>
+        setImmediate(() => {
+          if (!settled)
+            fail(new DeadlineExceededError(`peer ${peer.id} sent no headers in ${init.headersTimeoutMs} ms`))
+        }),
       init.headersTimeoutMs,
     )
 

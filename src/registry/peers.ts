@@ -27,6 +27,7 @@ import { PeerLookup } from './lookup.js'
 import { HedgeDelay, race } from './race.js'
 import { resumableBody, startsAt } from './resume.js'
 import { BLOB_BUFFER_BYTES, type Served } from './served.js'
+import { type StripeInit, Striper } from './stripe.js'
 import { verifyBytes, VerifyDigest } from './verify.js'
 
 type ContentRequest = Extract<DistributionRequest, { kind: 'manifest' | 'blob' }>
@@ -67,10 +68,20 @@ export interface PeerFetcherInit {
   /** Throughput floor for a peer body (default 1 MiB/s over 5 s of waiting, see resume.ts). */
   floorBytesPerSecond?: number
   floorWindowMs?: number
+  /** Striping of big blobs over several holders (stripe.ts); off when absent or its threshold is 0. */
+  stripe?: StripeInit
 }
+
+/** Socket reads of one stripe: no pool buffers (a stripe is held until written, see stripe.ts). */
+const STRIPE_READ_BYTES = 256 * 1024
 
 /** Budget for asking containerd which size a pull expects; without an answer the peer's length is checked by the digest alone. */
 const EXPECTED_SIZE_TIMEOUT_MS = 250
+/**
+ * The same for a herd request, which is worth a longer wait: with the size the elected node answers in ~20 ms;
+ * without it, only once upstream answered and its download opened (8-node bench: 1.8 s, past the budget).
+ */
+const HERD_EXPECTED_SIZE_TIMEOUT_MS = 1000
 /** How long a peer that trickled a blob is skipped for that blob. */
 const SLOW_PEER_TTL_MS = 60_000
 /** Peers one resume asks before the body fails (containerd then retries the whole request). */
@@ -110,6 +121,7 @@ export class PeerFetcher {
   private readonly log: Logger
   private readonly pool: BufferPool
   private readonly suspects: SuspectPeers
+  private readonly striper: Striper | undefined
 
   constructor(
     private readonly components: PeerFetcherComponents,
@@ -123,6 +135,10 @@ export class PeerFetcher {
       maxMs: init.peerHeadersTimeoutMs,
     })
     this.suspects = new SuspectPeers({ ttlMs: init.suspectTtlMs ?? 30 * 60_000, maxEntries: 10_000 })
+    this.striper =
+      init.stripe !== undefined && init.stripe.thresholdBytes > 0
+        ? new Striper({ logger: components.logger, metrics: components.metrics }, init.stripe)
+        : undefined
   }
 
   /**
@@ -183,7 +199,7 @@ export class PeerFetcher {
     const digest = req.reference.digest
     if (this.suspects.has(digest, peer.id)) return undefined
     // the size our pull expects lets the elected node answer before upstream does (herd.ts)
-    const expected = await this.expectedSize(digest, client.signal)
+    const expected = await this.expectedSize(digest, client.signal, HERD_EXPECTED_SIZE_TIMEOUT_MS)
     const first = { headers: { [HERD_HEADER]: String(expected ?? 0) }, headersTimeoutMs }
     const lookup = new PeerLookup(this.components.router, keyFor(req), {
       signal: client.signal,
@@ -223,8 +239,12 @@ export class PeerFetcher {
   }
 
   /** The size containerd expects for a blob it is pulling now (its ingest), if it says so in time. */
-  private async expectedSize(digest: Digest, signal: AbortSignal): Promise<number | undefined> {
-    const deadline = anySignal([AbortSignal.timeout(EXPECTED_SIZE_TIMEOUT_MS), signal])
+  private async expectedSize(
+    digest: Digest,
+    signal: AbortSignal,
+    timeoutMs = EXPECTED_SIZE_TIMEOUT_MS,
+  ): Promise<number | undefined> {
+    const deadline = anySignal([AbortSignal.timeout(timeoutMs), signal])
     try {
       const ingests = await this.components.store.ingests({ signal: deadline })
       const total = ingests.find((i) => i.expected === digest && i.totalBytes > 0)?.totalBytes
@@ -365,6 +385,7 @@ export class PeerFetcher {
       firstAttempt !== undefined ? firstAttempt.expected : await this.expectedSize(digest, client.signal)
     // with the size known, a range past the end is answered before asking anyone (416, as locally)
     if (expected !== undefined) parseRangeHeader(rangeHeader, expected)
+    const failedInRace = new Set<string>()
     const win = await race(
       lookup,
       first,
@@ -391,7 +412,14 @@ export class PeerFetcher {
         }
         return { res, sizeBytes }
       },
-      { hedgeDelayMs: this.hedge.ms, signal: client.signal, onFailure: this.onFailure },
+      {
+        hedgeDelayMs: this.hedge.ms,
+        signal: client.signal,
+        onFailure: (peer, err) => {
+          failedInRace.add(peer.id)
+          this.onFailure(peer, err)
+        },
+      },
     )
     const { res, sizeBytes } = win.value
     const d = { digest, mediaType: 'application/octet-stream', sizeBytes }
@@ -457,12 +485,21 @@ export class PeerFetcher {
         )
       },
     })
+    // striping (stripe.ts): a big blob whose peer is slow goes on as parallel ranges from several holders,
+    // through the same digest check; not from the herd's elected node (its copy is still arriving)
+    const striping =
+      firstAttempt === undefined && this.striper?.wants(sizeBytes, digest) === true
+        ? this.striping(body, { digest, path, sizeBytes, lookup, failedInRace, contributors, client })
+        : undefined
     const out = new PassThrough({ highWaterMark: BLOB_BUFFER_BYTES })
-    pipeline(body, new VerifyDigest(digest, { start, end }), out)
+    pipeline(striping?.body ?? body, new VerifyDigest(digest, { start, end }), out)
       .catch((err: Error) => {
-        this.slow(contributors.at(-1) as Peer, digest, err)
+        const striped = striping?.switched() === true
+        if (!striped) this.slow(contributors.at(-1) as Peer, digest, err)
         if (err.name !== 'DigestMismatchError') return
-        for (const peer of contributors) this.corrupt(peer, digest, err)
+        // one digest cannot name the peer of a bad stripe: striped, nobody is blamed (stripe.ts)
+        if (striped) this.striper?.failed(digest)
+        else for (const peer of contributors) this.corrupt(peer, digest, err)
         void this.discardDownload(digest)
       })
       .finally(() => {
@@ -470,6 +507,52 @@ export class PeerFetcher {
         lookup.close()
       })
     return { source: 'peer', status, headers, body: out, digest, peer: win.peer.id }
+  }
+
+  /** The striping hook (stripe.ts): each stripe a signed, deadline-bound Range request, as a resume is. */
+  private striping(
+    single: Readable,
+    b: {
+      digest: Digest
+      path: string
+      sizeBytes: number
+      lookup: PeerLookup
+      failedInRace: ReadonlySet<string>
+      contributors: Peer[]
+      client: ClientRequest
+    },
+  ): { body: Readable; switched(): boolean } {
+    const striper = this.striper as Striper
+    return striper.adaptive(single, {
+      digest: b.digest,
+      sizeBytes: b.sizeBytes,
+      // the peer serving now, and the other holders
+      holders: async (signal) => {
+        const peers = await striper.holders(b.lookup, b.contributors.at(-1) as Peer, b.failedInRace, signal)
+        for (const p of peers) b.lookup.tried(p)
+        return peers
+      },
+      open: (peer, start, end, signal) =>
+        this.request(peer, b.path, {
+          method: 'GET',
+          headers: { range: `bytes=${start}-${end}` },
+          signal,
+          readBufferBytes: STRIPE_READ_BYTES,
+        }),
+      another: async () => {
+        const peer = await b.lookup.resumeFrom(this.init.peerHeadersTimeoutMs)
+        if (peer === undefined || this.suspects.has(b.digest, peer.id)) return undefined
+        b.lookup.tried(peer)
+        return peer
+      },
+      onPeerFailure: (peer, err) => {
+        this.slow(peer, b.digest, err)
+        this.onFailure(peer, err)
+      },
+      signal: b.client.signal,
+      floorBytesPerSecond: this.init.floorBytesPerSecond,
+      floorWindowMs: this.init.floorWindowMs,
+    })
   }
 
   /** Drops containerd's download of `digest`, which received bytes that can never commit. */

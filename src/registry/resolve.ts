@@ -29,6 +29,8 @@ export interface ResolverComponents {
    * serves a requester that elected this node (`herd` request), fetching upstream once for all of them.
    */
   herd?: {
+    /** This node's own flight for the blob, when it is already fetching it for peers. */
+    join(req: BlobRequest, client: ResolveRequest): Promise<Served | undefined>
     fetch(req: BlobRequest, client: ResolveRequest): Promise<Served | undefined>
     serve(req: BlobRequest, client: ClientRequest, who: 'peer', sizeHint?: number): Promise<Served>
   }
@@ -80,10 +82,17 @@ export async function resolveContent(
       return await herd.serve(req, client, 'peer', hint > 0 ? hint : undefined)
     if (!ASK_PEERS.has((err as Error).name) || peers === undefined || !route.peers) throw err
   }
-  if (req.kind === 'blob' && 'digest' in req.reference) components.expect?.(req.reference.digest)
+  const blob = req.kind === 'blob' ? req : undefined
   const served =
+    (blob !== undefined ? await herd?.join(blob, client) : undefined) ??
     (await peers.fetch(route.req, client)) ??
-    (req.kind === 'blob' ? await herd?.fetch(req, client) : undefined)
+    (blob !== undefined ? await herd?.fetch(blob, client) : undefined)
+  // Our containerd's download is advertised in flight only now that its source is fixed (a peer, the elected
+  // node, or upstream after the 404 below). Marked earlier, every node of a herd advertised an empty download
+  // before it had a source, and two nodes could pick each other's and wait on each other (bench: stalls
+  // of 5 s, then upstream). Marked after, a node only ever follows a download that already has a source.
+  if (blob !== undefined && 'digest' in blob.reference && client.method === 'GET')
+    components.expect?.(blob.reference.digest)
   if (served !== undefined) return served
   const ref = 'tag' in req.reference ? req.reference.tag : req.reference.digest
   throw new NotFoundError(`${req.kind} ${ref} not found on this node or its peers`)

@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream'
 import type { PeerResponse } from './peer-client.js'
-import { BLOB_BUFFER_BYTES } from './served.js'
+import { BLOB_BUFFER_BYTES, IN_FLIGHT_HEADER } from './served.js'
 
 export interface ResumeInit {
   first: PeerResponse
@@ -18,6 +18,12 @@ export interface ResumeInit {
    * pull forever. Time the client spends not reading does not count. Default 1 MiB/s over 5 s.
    */
   floorBytesPerSecond?: number
+  /**
+   * The floor for a response served from a download still arriving (IN_FLIGHT_HEADER), default 1/8 of the
+   * floor: it comes no faster than that download's source. At the full floor, a herd behind an upstream
+   * slower than 1 MiB/s per blob cut its elected node off and sent every node upstream (N× the image).
+   */
+  inFlightFloorBytesPerSecond?: number
   floorWindowMs?: number
 }
 
@@ -36,9 +42,13 @@ export function resumableBody(init: ResumeInit): Readable {
     let current = init.first
     let offset = init.start
     let resumes = 0
-    const floor = init.floorBytesPerSecond ?? 1024 * 1024
+    const fullFloor = init.floorBytesPerSecond ?? 1024 * 1024
     const windowMs = init.floorWindowMs ?? 5000
     for (;;) {
+      const floor =
+        current.headers[IN_FLIGHT_HEADER] === undefined
+          ? fullFloor
+          : (init.inFlightFloorBytesPerSecond ?? fullFloor / 8)
       // time spent waiting for this source, and what it delivered meanwhile (reset every window)
       let waitedMs = 0
       let delivered = 0

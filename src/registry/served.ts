@@ -14,6 +14,12 @@ export interface Served {
 }
 
 /**
+ * Marks a response served from a download still arriving: it can come no faster than that download's own
+ * source (upstream, for the herd's elected node), so the fetching side holds it to a lower floor (resume.ts).
+ */
+export const IN_FLIGHT_HEADER = 'x-kagami-in-flight'
+
+/**
  * What each stream stage on the blob path holds before it pushes back (peer body, resume, verify, the
  * mirror's output), and the pool buffer size: 1 MiB. Node's 16–64 KiB defaults made the relay ~3× slower
  * (bench/mirror.ts); 4 MiB per stage made 16 parallel relays hold several hundred MiB (bench/memory.ts).

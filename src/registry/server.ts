@@ -15,6 +15,7 @@ import type { Advertises } from './local.js'
 import type { RegistryMetrics, Source } from './metrics.js'
 import type { PeerFetcher } from './peers.js'
 import { HERD_HEADER } from './herd.js'
+import { IN_FLIGHT_HEADER } from './served.js'
 import { resolveContent, type ResolverComponents } from './resolve.js'
 import { sendBlob } from './send-blob.js'
 import type { TagResolver } from './tags.js'
@@ -77,7 +78,11 @@ async function send(reply: FastifyReply, served: Served): Promise<FastifyReply> 
     await sendBlob(reply, served.status, { ...served.headers, ...API_VERSION }, served.body)
     return reply
   }
-  reply.code(served.status).headers({ ...served.headers, ...API_VERSION })
+  reply.code(served.status).headers({
+    ...served.headers,
+    ...API_VERSION,
+    ...(served.inFlight === true ? { [IN_FLIGHT_HEADER]: '1' } : {}),
+  })
   // A blob still arriving may have no byte yet, and sendBlob (like fastify) writes the headers with the first
   // one: a peer's header deadline would fire. Piped by fastify instead, headers flushed at once.
   if (served.inFlight === true) reply.raw.once('pipe', () => reply.raw.flushHeaders())
@@ -177,6 +182,7 @@ export function createRegistryServer(
       peer: k.peer,
       bytes: k.bytes,
       durationMs: Math.round(durationMs * 10) / 10,
+      ...(t.firstByteMs !== undefined ? { ttfbMs: Math.round((t.firstByteMs - t.startMs) * 10) / 10 } : {}),
       ...(complete ? {} : { aborted: true }),
     }
     // A miss is normal traffic (containerd falls through) and a local hit is the routine case: debug. Content

@@ -3,6 +3,7 @@ import { fileURLToPath } from 'node:url'
 import * as grpc from '@grpc/grpc-js'
 import * as protoLoader from '@grpc/proto-loader'
 import protobuf from 'protobufjs'
+import { ROOT_URL } from '../paths.js'
 
 /** Decoded shapes of the minimal protos in `proto/` (int64 as number, defaults filled in). */
 export interface PbDescriptor {
@@ -75,7 +76,7 @@ interface EventsClient extends grpc.Client {
   Subscribe: ServerStream<{ filters: string[] }>
 }
 
-const PROTO_DIR = fileURLToPath(new URL('../../proto/', import.meta.url))
+const PROTO_DIR = fileURLToPath(new URL('proto/', ROOT_URL))
 const LOADER_OPTIONS: protoLoader.Options = {
   longs: Number,
   enums: String,

@@ -1,5 +1,5 @@
 import { type FileHandle, open } from 'node:fs/promises'
-import { Readable } from 'node:stream'
+import { addAbortSignal, Readable } from 'node:stream'
 import type { BufferPool } from '../buffer-pool.js'
 
 /**
@@ -16,6 +16,10 @@ export async function readFileRange(
 ): Promise<Readable> {
   signal?.throwIfAborted()
   const file = await open(path, 'r')
+  if (signal?.aborted === true) {
+    await file.close()
+    signal.throwIfAborted()
+  }
   return new FileRangeStream(file, range, pool, signal)
 }
 
@@ -30,8 +34,10 @@ class FileRangeStream extends Readable {
     signal?: AbortSignal,
   ) {
     // Two chunks of read-ahead: the next read runs while the socket writes the last one.
-    super({ highWaterMark: 2 * pool.bufferBytes, signal })
+    super({ highWaterMark: 2 * pool.bufferBytes })
     this.position = range.start
+    // not through super(): a signal that fires there would destroy the stream before `file` is set
+    if (signal !== undefined) addAbortSignal(signal, this)
   }
 
   override _read(): void {

@@ -8,6 +8,7 @@ import {
   kagamiCli,
   kagamiExit,
   startContainerd,
+  startKagami,
   tempDir,
 } from '../harness/index.js'
 
@@ -106,6 +107,20 @@ describe('kagami CLI', () => {
     await kagamiCli(['cleanup', '--config-path', dir])
     expect(await readFile(join(dir, 'registry.example', 'hosts.toml'), 'utf8')).toBe(original)
     expect((await readdir(dir)).sort()).toEqual(['registry.example'])
+  })
+
+  it('run re-executes itself once, same process, with the malloc setting that keeps an idle daemon small', async () => {
+    const env = { ...process.env }
+    delete env.MALLOC_MMAP_THRESHOLD_
+    const k = await startKagami({ name: 'cli-exec', containerd, env })
+    try {
+      const pid = k.process.child.pid as number
+      expect((await k.status()).peerId).not.toBe('') // it serves: the re-executed process is the daemon
+      const environ = (await readFile(`/proc/${pid}/environ`, 'utf8')).split('\0')
+      expect(environ).toContain('MALLOC_MMAP_THRESHOLD_=32768')
+    } finally {
+      await k.destroy()
+    }
   })
 
   it('status against a mirror that is not running names the address', async () => {

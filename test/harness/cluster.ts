@@ -31,6 +31,8 @@ export interface StartClusterInit {
   registries: string[]
   logLevel?: string
   env?: NodeJS.ProcessEnv
+  /** Extra environment of one node (on top of `env`), e.g. to compare two settings side by side in a bench. */
+  envFor?: (name: string) => NodeJS.ProcessEnv
   /** Wait until each node sees this many peers (default: all others). */
   minPeers?: number
   /** Private-network key file shared by the nodes, as the chart's Secret is (default: a new key; '' = open). */
@@ -70,7 +72,7 @@ export async function startCluster(init: StartClusterInit): Promise<Cluster> {
         bootstrap,
         p2pPort: ports[i],
         logLevel: init.logLevel,
-        env: init.env,
+        env: { ...init.env, ...init.envFor?.(name) },
         extraArgs: [
           ...(pskFile !== '' ? ['--psk-file', pskFile] : []),
           ...init.registries.flatMap((r) => ['--registries', r]),

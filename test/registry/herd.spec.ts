@@ -4,6 +4,8 @@ import { Registry } from 'prom-client'
 import { describe, expect, it } from 'vitest'
 import type { Digest, DistributionRequest } from '../../src/oci/index.js'
 import { elect, Herd } from '../../src/registry/herd.js'
+import type { PeerFetcher } from '../../src/registry/peers.js'
+import { resolveContent } from '../../src/registry/resolve.js'
 import { MemoryStore } from '../../src/store/memory.js'
 import type { BlobAnswer, BlobQuery } from '../../src/upstream/client.js'
 import { sha } from './fixtures.js'
@@ -125,5 +127,54 @@ describe('herd', () => {
       await herd.fetch(request(digest), { ...client(), authorization: 'Basic dXNlcjpwYXNz' }),
     ).toBeUndefined()
     herd.stop()
+  })
+
+  it('our own containerd joins a flight that is still arriving, and never a finished one', async () => {
+    const bytes = blob(2 * 1024 * 1024 + 3)
+    const digest = sha(bytes) as Digest
+    const store = new MemoryStore()
+    const upstream = fakeUpstream('found', bytes)
+    const herd = herdOn(store, upstream)
+    expect(await herd.join(request(digest), client())).toBeUndefined() // no flight here: ask peers
+    const forPeer = await herd.serve(request(digest), client(), 'peer', bytes.length)
+    const joined = await herd.join(request(digest), client())
+    expect(joined).toBeDefined()
+    const [a, b] = await Promise.all([collect(forPeer.body), collect(joined?.body)])
+    expect(sha(a)).toBe(digest)
+    expect(sha(b)).toBe(digest)
+    expect(upstream.opened()).toBe(1)
+    await new Promise((r) => setTimeout(r, 50))
+    // committed: the local path serves it (or, once deleted, nobody here does)
+    expect(await herd.join(request(digest), client())).toBeUndefined()
+    herd.stop()
+  })
+
+  // Marked before, every node of a herd advertised an empty download with no source yet, and two nodes could
+  // follow each other's (bench: 5 s stalls, then upstream). A node only advertises a download that has one.
+  it('a miss marks our download in flight only once its source is fixed (peer, elected node or upstream)', async () => {
+    const digest = sha(Buffer.from('layer')) as Digest
+    const events: string[] = []
+    const components = {
+      store: new MemoryStore(),
+      advertises: () => false,
+      expect: () => void events.push('expect'),
+      peers: {
+        fetch: async () => {
+          events.push('peers')
+          return undefined
+        },
+      } as unknown as PeerFetcher,
+      herd: {
+        join: async () => void events.push('join'),
+        fetch: async () => void events.push('elected'),
+        serve: async () => {
+          throw new Error('not the peer endpoint')
+        },
+      },
+    }
+    await expect(resolveContent(components, request(digest), client())).rejects.toMatchObject({
+      name: 'NotFoundError',
+    })
+    expect(events).toEqual(['join', 'peers', 'elected', 'expect'])
   })
 })

@@ -1,5 +1,7 @@
 import { connect, type Socket } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
+import { IN_FLIGHT_HEADER } from '../../src/registry/served.js'
+import { MemoryStore } from '../../src/store/memory.js'
 import { misbehavingPeer, type MirrorNode, seedImage, sha, startMirror, startPeer } from './fixtures.js'
 
 const closers: (() => Promise<unknown>)[] = []
@@ -73,6 +75,46 @@ describe('hostile peers and clients: every wait and resource is bounded', () => 
     expect(whole.complete).toBe(true)
     expect(sha(whole.bytes)).toBe(image.layerDigest)
     expect(await metric(node, 'kagami_peer_failures_total', 'reason="PeerTooSlowError"')).toBeGreaterThan(0)
+  }, 30_000)
+
+  // A download still arriving comes no faster than its own source: a herd behind an upstream slower than the
+  // floor per blob used to cut its elected node off and send every node upstream.
+  it('a response served in flight is held to a lower floor; the same pace without the mark is cut off', async () => {
+    const image = seedImage(new MemoryStore(), 'docker.io/library/app:v1', 4 * 1024 * 1024)
+    // ~1.5 MiB/s: under a 4 MiB/s floor, 3× its eighth (margin for a loaded machine's timers)
+    const paced = (inFlight: boolean) =>
+      misbehavingPeer((_req, res) => {
+        res.writeHead(200, {
+          'content-length': String(image.layer.length),
+          ...(inFlight ? { [IN_FLIGHT_HEADER]: '1' } : {}),
+        })
+        let i = 0
+        const t = setInterval(() => {
+          res.write(image.layer.subarray(i, (i += 192 * 1024)))
+          if (i >= image.layer.length) {
+            clearInterval(t)
+            res.end()
+          }
+        }, 125)
+        res.on('close', () => clearInterval(t))
+      })
+    const results: boolean[] = []
+    for (const inFlight of [true, false]) {
+      const peer = await paced(inFlight)
+      closers.push(peer.close)
+      const node = await startMirror({
+        floorBytesPerSecond: 4 * 1024 * 1024,
+        floorWindowMs: 1000,
+        peerHeadersTimeoutMs: 3000,
+        bodyIdleTimeoutMs: 10_000,
+      })
+      closers.push(node.close)
+      await node.provide('paced', peer.url, image)
+      const got = await download(`${node.url}/v2/library/app/blobs/${image.layerDigest}?ns=docker.io`)
+      if (got.complete) expect(sha(got.bytes)).toBe(image.layerDigest)
+      results.push(got.complete)
+    }
+    expect(results).toEqual([true, false])
   }, 30_000)
 
   it('a peer claiming another length than the pull expects is refused and skipped', async () => {

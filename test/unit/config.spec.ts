@@ -23,6 +23,15 @@ describe('config schema', () => {
     expect(Object.isFrozen(c)).toBe(true)
   })
 
+  it('parses sizes to bytes (the striping threshold)', () => {
+    expect(parseConfig(runSchema).stripeThreshold).toBe(64 * 1024 * 1024)
+    expect(parseConfig(runSchema, { stripeThreshold: '1GiB' }).stripeThreshold).toBe(1024 ** 3)
+    expect(parseConfig(runSchema, { stripeThreshold: '512KiB' }).stripeThreshold).toBe(512 * 1024)
+    expect(parseConfig(runSchema, { stripeThreshold: '0' }).stripeThreshold).toBe(0)
+    expect(parseConfig(runSchema, { stripeThreshold: 1000 }).stripeThreshold).toBe(1000)
+    expect(() => parseConfig(runSchema, { stripeThreshold: '64MB' })).toThrow(/--stripe-threshold/)
+  })
+
   it('layers defaults < file < env < flags', () => {
     const file = { resolveTimeout: '30ms', logLevel: 'debug', stateDir: '/file' }
     const env = fromEnv(runSchema, {

@@ -1,0 +1,57 @@
+// Bundles the CLI and the daemon into dist/kagami.mjs (+ lazily loaded dist/kagami-*.mjs chunks), minified:
+// what the container image and the bench run (bin/kagami.js prefers it over dist/main.js).
+//
+// Why: an idle daemon's V8 heap held ~15 MiB of module source text and the metadata of ~1,000 files from
+// node_modules (bench/memory.ts, issue #14). One minified bundle keeps a fraction of that, and code split
+// into chunks (the daemon, the status page) is only read when first imported.
+import { rm } from 'node:fs/promises'
+import { build } from 'esbuild'
+
+/**
+ * A few builtins through require(), not an ESM import: the namespace of an imported builtin reads every
+ * export, and their lazy getters load modules the daemon never uses. node:http's WebSocket/MessageEvent
+ * load Node's whole fetch implementation (undici, ~0.75 MiB of source, and web streams); node:util, node:fs
+ * and node:process pull in 30–40 more internal modules each (counted with process.moduleLoadList).
+ */
+const builtinsViaRequire = {
+  name: 'builtins-via-require',
+  setup(b) {
+    b.onResolve({ filter: /^(node:)?(http|util|fs|process)$/ }, (args) =>
+      args.namespace === 'builtins-via-require'
+        ? { path: args.path, external: true }
+        : { path: args.path, namespace: 'builtins-via-require' },
+    )
+    b.onLoad({ filter: /.*/, namespace: 'builtins-via-require' }, (args) => ({
+      contents: `module.exports = require(${JSON.stringify(args.path)})`,
+      loader: 'js',
+    }))
+  },
+}
+
+// chunks are named by content hash: drop the previous build's
+for (const name of await import('node:fs/promises').then((fs) => fs.readdir('dist').catch(() => [])))
+  if (/^kagami.*\.(mjs|txt)$/.test(name)) await rm(`dist/${name}`)
+
+await build({
+  entryPoints: { kagami: 'src/main.ts' },
+  outdir: 'dist',
+  bundle: true,
+  splitting: true,
+  format: 'esm',
+  platform: 'node',
+  target: 'node24',
+  minify: true,
+  // stack traces keep our function names: logs name where an error came from
+  keepNames: true,
+  outExtension: { '.js': '.mjs' },
+  chunkNames: 'kagami-[name]-[hash]',
+  // a few CommonJS dependencies require() node builtins: give the ESM bundle a require
+  banner: {
+    js: "import{createRequire as __kagamiRequire}from'node:module';const require=__kagamiRequire(import.meta.url);",
+  },
+  // one non-ASCII character (a licence comment) made V8 hold the whole file as UTF-16, twice its size
+  legalComments: 'external',
+  charset: 'ascii',
+  logLevel: 'warning',
+  plugins: [builtinsViaRequire],
+})
