@@ -45,6 +45,11 @@ export interface Constants {
   /** heap per node = base + per connection + exchange state (libp2p's per-connection buffers, peer store) */
   heapBase: number
   heapPerConnection: number
+  /**
+   * bytes a node's join costs per exchange peer, received cluster-wide (connection setup: PSK, noise, identify,
+   * DHT table; both snapshots): fitted from the churn traffic the other terms do not explain
+   */
+  joinBytesPerPeer: number
   /** CPU one node spends joining, per exchange peer (handshakes, identify, snapshots both ways) */
   joinCpuSecondsPerPeer: number
   /** a DHT provide / lookup: bytes cluster-wide = a + b·log2 N; time ms = a + b·log2 N */
@@ -89,8 +94,8 @@ export function model(w: Workload, c: Constants): Modelled {
   const connections = v * c.connectionsPerPeer
   // received from V publishers: each pull's keys as an add, later a delete
   const deltas = w.pullRate * 2 * (w.newKeysPerPull * c.wireBytesPerKey + c.deltaOverheadBytes) * v
-  // a restart: our V snapshots to the new node's peers and theirs to it (K keys + V members each)
-  const joins = w.restartRate * 2 * v * (w.keys * c.wireBytesPerKey + v * 60)
+  // a restart: V connections set up and V snapshots each way (fitted per peer, cluster-wide)
+  const joins = w.restartRate * v * c.joinBytesPerPeer
   const idle = c.idleBytesBase + c.idleBytesPerConnection * connections
   let dht = 0
   if (sampled(w)) {
@@ -116,6 +121,13 @@ export function model(w: Workload, c: Constants): Modelled {
       : c.deltaVisibilityP99S,
     joinCpuSeconds: c.joinCpuSecondsPerPeer * v,
   }
+}
+
+/** Least squares y = b·x (through the origin: a walk's hops and bytes grow with log2 N, idle bytes with connections). */
+function fitProportional(points: [number, number][]): [number, number] {
+  const sxx = points.reduce((s, [x]) => s + x * x, 0)
+  const sxy = points.reduce((s, [x, y]) => s + x * y, 0)
+  return [0, sxy / (sxx || 1)]
 }
 
 /** Least squares y = a + b·x. */
@@ -147,7 +159,9 @@ export function fit(all: ScaleResult[]): Constants {
   const log = (r: ScaleResult): number => Math.log2(r.nodes)
   const v = (r: ScaleResult): number => Math.min(r.nodes - 1, r.maxPeers)
   const mean = (xs: number[]): number => xs.reduce((a, x) => a + x, 0) / xs.length
-  const idle = fitLine(runs.map((r) => [r.memory.connectionsPerNode, r.traffic.idleBytesPerNodePerSecond]))
+  const idle = fitProportional(
+    runs.map((r) => [r.memory.connectionsPerNode, r.traffic.idleBytesPerNodePerSecond]),
+  )
   const heap = fitLine(
     runs.map((r) => [
       r.memory.connectionsPerNode,
@@ -155,20 +169,31 @@ export function fit(all: ScaleResult[]): Constants {
     ]),
   )
   const full = runs.filter((r) => r.nodes - 1 <= r.maxPeers)
+  const connectionsPerPeer = mean(runs.map((r) => r.memory.connectionsPerNode / v(r)))
+  // churn traffic minus idle and deltas, per join per peer
+  const joinBytesPerPeer = mean(
+    runs.map((r) => {
+      const w = benchWorkload(r)
+      const deltas = w.pullRate * 2 * (w.newKeysPerPull * 6 + 33) * v(r)
+      const rest = r.traffic.churnBytesPerNodePerSecond - r.traffic.idleBytesPerNodePerSecond - deltas
+      return Math.max(0, rest) / (w.restartRate * v(r))
+    }),
+  )
   const max = (xs: number[]): number => Math.max(...xs.filter(Number.isFinite))
   return {
     wireBytesPerKey: 6,
     deltaOverheadBytes: 33,
-    connectionsPerPeer: mean(runs.map((r) => r.memory.connectionsPerNode / v(r))),
+    connectionsPerPeer,
+    joinBytesPerPeer,
     idleBytesBase: Math.max(0, idle[0]),
     idleBytesPerConnection: idle[1],
     heapBase: heap[0],
     heapPerConnection: heap[1],
     joinCpuSecondsPerPeer: mean(runs.map((r) => r.settleCpuSecondsPerNode / v(r))),
-    provideBytes: fitLine(runs.map((r) => [log(r), r.dht.bytesPerProvide])),
-    lookupBytes: fitLine(runs.map((r) => [log(r), r.dht.bytesPerLookup])),
-    provideMs: fitLine(runs.map((r) => [log(r), r.dht.provideMs.p99])),
-    lookupMs: fitLine(runs.map((r) => [log(r), r.dht.lookupMs.p99])),
+    provideBytes: fitProportional(runs.map((r) => [log(r), r.dht.bytesPerProvide])),
+    lookupBytes: fitProportional(runs.map((r) => [log(r), r.dht.bytesPerLookup])),
+    provideMs: fitProportional(runs.map((r) => [log(r), r.dht.provideMs.p99])),
+    lookupMs: fitProportional(runs.map((r) => [log(r), r.dht.lookupMs.p99])),
     localHitP99Ms: max(full.map((r) => r.lookup.hit.p99)),
     localMissP99Ms: max(full.map((r) => r.lookup.miss.p99)),
     deltaVisibilityP99S: max(full.map((r) => r.visibility.seconds.p99)),
@@ -178,7 +203,7 @@ export function fit(all: ScaleResult[]): Constants {
 const f = (n: number | null | undefined, d = 1): string =>
   n !== null && n !== undefined && Number.isFinite(n) ? n.toFixed(d) : 'n/a'
 
-export const production = (nodes: number, maxPeers = 256): Workload => ({
+export const production = (nodes: number, maxPeers = 256, reprovideSeconds = 900): Workload => ({
   nodes,
   keys: 3000,
   maxPeers,
@@ -187,7 +212,7 @@ export const production = (nodes: number, maxPeers = 256): Workload => ({
   restartRate: 1 / 86_400,
   // a node's own rare content: its last ~60 images' new keys (older ones spread to many nodes)
   providedKeys: 300,
-  reprovideSeconds: 900,
+  reprovideSeconds,
 })
 
 export async function render(): Promise<string> {
@@ -224,10 +249,17 @@ export async function render(): Promise<string> {
       `| ${r.nodes} | measured${r.maxPeers < r.nodes - 1 ? ` (P = ${r.maxPeers}, sampled)` : ' (full view)'}${r.settled ? '' : ', **did not settle**'} | ${f(r.memory.routingStatePerNodeMiB, 2)} MiB state, ${f(r.memory.heapPerNodeMiB)} MiB heap incl. libp2p (${f(r.memory.connectionsPerNode, 0)} connections) | ${f(r.traffic.churnBytesPerNodePerSecond / KiB)} KiB/s under churn (idle ${f(r.traffic.idleBytesPerNodePerSecond / KiB)}) | ${f(r.lookup.hit.p99, 2)} / ${f(r.lookup.miss.p99, 2)} ms (n = ${r.lookup.hit.n}/${r.lookup.miss.n}; hits not found ${r.lookup.hitNotFound}) | ${f(r.visibility.seconds.p99, 2)} s (n = ${r.visibility.seconds.n}; ${r.visibility.incomplete} not within 15 s) | ${r.deadReturned} of ${r.lookupsChecked} (${r.deadReturnedWhileConnected ?? 'n/a'} before the close was seen) |`,
     )
   }
-  for (const n of [200, 1000, 5000]) {
-    const m = model(production(n), c)
+  const rows: [number, number, number, string][] = [
+    [200, 256, 900, ''],
+    [1000, 256, 900, ''],
+    [5000, 256, 900, ''],
+    [5000, 256, 3600, ', provides every 60 min'],
+    [5000, 128, 3600, ', provides every 60 min'],
+  ]
+  for (const [n, p, reprovide, note] of rows) {
+    const m = model(production(n, p, reprovide), c)
     lines.push(
-      `| ${n} | modelled${n > 257 ? ' (P = 256, sampled)' : ' (full view)'} | ${f(m.stateMiB, 1)} MiB state, ${f(m.heapMiB)} MiB heap incl. libp2p | ${f(m.trafficKiBs)} KiB/s | ${f(m.hitP99Ms, 2)} / ${f(m.missP99Ms, 2)} ms${n > 257 ? ' (a DHT walk; content on one of the 256 sampled peers: local; the mirror answers a miss at its 20 ms resolve timeout)' : ''} | ${f(m.visibilityS, 2)} s | 0 (a list is dropped when its connection closes) |`,
+      `| ${n} | modelled${n > p + 1 ? ` (P = ${p}, sampled${note})` : ' (full view)'} | ${f(m.stateMiB, 1)} MiB state, ${f(m.heapMiB)} MiB heap incl. libp2p | ${f(m.trafficKiBs)} KiB/s | ${f(m.hitP99Ms, 2)} / ${f(m.missP99Ms, 2)} ms${n > p + 1 ? ` (a DHT walk; content on one of the ${p} sampled peers: local; the mirror answers a miss at its 20 ms resolve timeout)` : ''} | ${f(m.visibilityS, 2)} s | 0 (a list is dropped when its connection closes) |`,
     )
   }
   lines.push('', '## Fitted constants', '', '```json', JSON.stringify(c, null, 2), '```', '')

@@ -28,22 +28,23 @@ describe('PSK cipher', () => {
     const ours = XSalsa20(nonce, key)
     for (const size of [1, 63, 64, 65, 7, 1000, 4096, 13, 64 * 1024 + 3, 0, 5]) {
       const data = randomBytes(size)
-      expect(Buffer.from(ours.update(data))).toEqual(Buffer.from(wasmUpdate.call(reference, data)))
+      expect(Buffer.from(ours.update(data)).equals(Buffer.from(wasmUpdate.call(reference, data)))).toBe(true)
     }
   })
 
-  it('a 1 MiB update, then thousands of small ones on other ciphers: no crash, every byte round-trips', () => {
+  it('a 1 MiB update, then a thousand small ones on other ciphers: no crash, every byte round-trips', () => {
     replacePnetCipher()
     const key = randomBytes(32)
     const nonces = Array.from({ length: 4 }, () => randomBytes(24))
     const senders = nonces.map((n) => XSalsa20(n, key))
     const receivers = nonces.map((n) => XSalsa20(n, key))
     const big = randomBytes(1024 * 1024)
-    expect(Buffer.from(receivers[0]!.update(senders[0]!.update(big)))).toEqual(big)
-    for (let i = 0; i < 5_000; i++) {
+    // Buffer.equals: toEqual compares a MiB element by element for seconds
+    expect(Buffer.from(receivers[0]!.update(senders[0]!.update(big))).equals(big)).toBe(true)
+    for (let i = 0; i < 1_000; i++) {
       const j = i % nonces.length
       const data = randomBytes(1 + (i % 3000))
-      expect(Buffer.from(receivers[j]!.update(senders[j]!.update(data)))).toEqual(data)
+      expect(Buffer.from(receivers[j]!.update(senders[j]!.update(data))).equals(data)).toBe(true)
     }
   })
 
