@@ -278,6 +278,7 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
         expect: (digest) => downloads.expect(digest),
         fetchFrom: (peer, req, client, headersTimeoutMs) =>
           peers.fetchFrom(peer, req, client, headersTimeoutMs),
+        lookAgain: (req, client) => peers.fetch(req, client),
         logger,
         metrics,
       },

@@ -38,6 +38,11 @@ export interface HerdComponents {
     client: ClientRequest,
     headersTimeoutMs: number,
   ) => Promise<Served | undefined>
+  /**
+   * One more look for holders after the elected node did not answer in time: it usually did get the request
+   * and the requesters it answered first follow its download, advertised in flight once it has a source.
+   */
+  lookAgain?: (req: BlobRequest, client: ClientRequest) => Promise<Served | undefined>
   logger: Logger
   metrics: Registry
 }
@@ -126,7 +131,7 @@ export class Herd {
     })
     this.requests = new Counter({
       name: 'kagami_herd_requests_total',
-      help: 'Blob misses coordinated by the herd, by role (requester: asked the elected node | elected: fetched upstream for itself or a peer) and result (coalesced|served|private|unavailable|failed)',
+      help: 'Blob misses coordinated by the herd, by role (requester: asked the elected node | elected: fetched upstream for itself or a peer) and result (coalesced|followed: from a node following the elected one after it answered late|served|private|unavailable|failed)',
       labelNames: ['role', 'result'],
       registers: [components.metrics],
     })
@@ -174,6 +179,13 @@ export class Herd {
     const tookMs = performance.now() - started
     // an answer, or a wait that used the whole budget (a refusal or a 404 says nothing about load)
     if (served !== undefined || tookMs >= budgetMs) this.budget.observe(tookMs)
+    // Timed out: when a rollout starts, every node is busy and the elected node answers late, but it answers;
+    // the nodes it answered first follow its download by now. One lookup (~20 ms) before the 404 upstream.
+    if (served === undefined && tookMs >= budgetMs && !client.signal.aborted) {
+      const follower = await this.components.lookAgain?.(req, client)
+      this.requests.inc({ role: 'requester', result: follower === undefined ? 'unavailable' : 'followed' })
+      return follower
+    }
     this.requests.inc({ role: 'requester', result: served === undefined ? 'unavailable' : 'coalesced' })
     return served
   }

@@ -177,4 +177,37 @@ describe('herd', () => {
     })
     expect(events).toEqual(['join', 'peers', 'elected', 'expect'])
   })
+
+  it('an elected node that answers late: one more look finds a node already following it, before any 404', async () => {
+    // a digest this 2-node set elects the other node for
+    let digest = sha(Buffer.from('0')) as Digest
+    for (let i = 1; elect(digest, ['self', 'other']) !== 'other'; i++)
+      digest = sha(Buffer.from(String(i))) as Digest
+    const follower = { source: 'peer' as const, status: 200 as const, headers: {}, digest }
+    const looked: Digest[] = []
+    const herd = new Herd(
+      {
+        self: () => 'self',
+        router: { peers: () => [{ id: 'other', url: 'http://127.0.0.1:1' }] },
+        upstream: fakeUpstream('found', blob(16)),
+        store: new MemoryStore(),
+        expect: () => undefined,
+        // the elected node is busy: no answer within the budget
+        fetchFrom: async () => {
+          await new Promise((r) => setTimeout(r, 120))
+          return undefined
+        },
+        lookAgain: async (req) => {
+          looked.push((req.reference as { digest: Digest }).digest)
+          return follower
+        },
+        logger,
+        metrics: new Registry(),
+      },
+      { budgetMs: 50, budgetMaxMs: 50 },
+    )
+    expect(await herd.fetch(request(digest), client())).toBe(follower)
+    expect(looked).toEqual([digest])
+    herd.stop()
+  })
 })

@@ -25,8 +25,11 @@ describe('relay: pooled buffers and deadlines', () => {
     // 21 MiB + 3 bytes: several pool buffers and a short last one
     const peer = await startPeer((s) => seedImage(s, 'docker.io/library/app:v1', 21 * 1024 * 1024 + 3))
     cleanups.push(peer.close)
-    await node.provide('good', peer.url, peer.image)
-    const url = `${node.url}/v2/library/app/blobs/${peer.image.layerDigest}`
+    // bytes, not deadlines, are under test: a loaded machine must not stall this one past a 500 ms idle deadline
+    const relay = await startMirror({ bodyIdleTimeoutMs: 10_000, peerHeadersTimeoutMs: 5000 })
+    cleanups.push(relay.close)
+    await relay.provide('good', peer.url, peer.image)
+    const url = `${relay.url}/v2/library/app/blobs/${peer.image.layerDigest}`
     // two at once, then one more: concurrent downloads share the pool
     const bodies = await Promise.all([fetchBody(url), fetchBody(url)])
     bodies.push(await fetchBody(url))
