@@ -158,12 +158,12 @@ export const runSchema = z
         'one upstream fetch per blob cluster-wide: a miss asks the node elected for that blob, which fetches it once and serves every node while it arrives',
       ),
     herdBudget: duration
-      .prefault('300ms')
+      .prefault('1s')
       .describe(
         'how long a blob miss waits for the elected node before the 404 that sends containerd upstream, on a quiet node',
       ),
     herdBudgetMax: duration
-      .prefault('2s')
+      .prefault('3s')
       .describe(
         'the most that wait rises to while elected nodes answer slowly or this node is busy (the longest a frozen elected node can hold a pull up)',
       ),

@@ -48,9 +48,9 @@ export interface HerdComponents {
 }
 
 export interface HerdInit {
-  /** How long a request waits on coordination before the fast 404 on a quiet node (default 300 ms). */
+  /** How long a request waits on coordination before the fast 404 on a quiet node (default 1 s). */
   budgetMs?: number
-  /** The most that wait rises to while elected nodes answer slowly (default 2 s; herd-budget.ts). */
+  /** The most that wait rises to while elected nodes answer slowly (default 3 s; herd-budget.ts). */
   budgetMaxMs?: number
   /** Budget for upstream's response headers, token fetch included (default 5 s): requesters do not wait on it. */
   upstreamHeadersTimeoutMs?: number
@@ -103,7 +103,7 @@ export function elect(digest: string, ids: readonly string[]): string | undefine
  * writes it into its containerd through Content/Write — so it is advertised in flight at once, and ordinary
  * content once committed — and every requester streams it from there as it arrives, verified at the end.
  *
- * Bounded: a requester waits at most the budget (herd-budget.ts: 300 ms on a quiet node, never over 2 s) for
+ * Bounded: a requester waits at most the budget (herd-budget.ts: 1 s on a quiet node, never over 3 s) for
  * the elected node's response headers; a dead, frozen or
  * slow elected node, a private repository or an unreachable upstream all end in the usual fast 404, and
  * containerd fetches from upstream itself.
@@ -127,7 +127,7 @@ export class Herd {
     this.log = components.logger.child({ component: 'herd' })
     this.budget = new HerdBudget({
       floorMs: this.budgetMs,
-      capMs: Math.max(this.budgetMs, init.budgetMaxMs ?? 2000),
+      capMs: Math.max(this.budgetMs, init.budgetMaxMs ?? 3000),
     })
     this.requests = new Counter({
       name: 'kagami_herd_requests_total',
@@ -153,7 +153,7 @@ export class Herd {
   }
 
   private get budgetMs(): number {
-    return this.init.budgetMs ?? 300
+    return this.init.budgetMs ?? 1000
   }
 
   /**
