@@ -104,9 +104,9 @@ export function elect(digest: string, ids: readonly string[]): string | undefine
  * content once committed — and every requester streams it from there as it arrives, verified at the end.
  *
  * Bounded: a requester waits at most the budget (herd-budget.ts: 1 s on a quiet node, never over 3 s) for
- * the elected node's response headers; a dead, frozen or
- * slow elected node, a private repository or an unreachable upstream all end in the usual fast 404, and
- * containerd fetches from upstream itself.
+ * the elected node's response headers, then looks once more for a node following it; a dead, frozen or slow
+ * elected node, a private repository or an unreachable upstream all end in the usual 404, and containerd
+ * fetches from upstream itself.
  */
 export class Herd {
   private readonly log: Logger
