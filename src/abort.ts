@@ -5,3 +5,12 @@
 export interface AbortOptions {
   signal?: AbortSignal
 }
+
+/** The error an aborted wait ends with: the signal's own reason when it is an Error, else an AbortError. */
+export function abortError(signal: AbortSignal): Error {
+  const reason = signal.reason as unknown
+  if (reason instanceof Error) return reason
+  const e = new Error('aborted')
+  e.name = 'AbortError'
+  return e
+}

@@ -17,6 +17,7 @@ import type { BufferPool } from '../buffer-pool.js'
 import type { Peer } from '../routing/router.js'
 import { DeadlineExceededError, PeerUnavailableError } from './errors.js'
 import { BLOB_BUFFER_BYTES } from './served.js'
+import { abortError } from '../abort.js'
 
 export interface PeerRequestInit {
   method: 'GET' | 'HEAD'
@@ -47,14 +48,6 @@ const MAX_HEADER_BYTES = 64 * 1024
 /** Socket reads buffered ahead of the consumer, with a pool. */
 const POOLED_READ_AHEAD_CHUNKS = 2
 const HEADER_END = Buffer.from('\r\n\r\n')
-
-function abortError(signal: AbortSignal): Error {
-  const reason = signal.reason as unknown
-  if (reason instanceof Error) return reason
-  const e = new Error('aborted')
-  e.name = 'AbortError'
-  return e
-}
 
 /**
  * One request to a peer. Resolves once headers arrive with 200/206; anything else (404, 5xx, timeout,

@@ -38,6 +38,7 @@ import type { RegistryMetrics } from './metrics.js'
 import type { PeerResponse } from './peer-client.js'
 import { PeerTooSlowError } from './resume.js'
 import { IN_FLIGHT_HEADER } from './served.js'
+import { abortError } from '../abort.js'
 
 export interface StripeInit {
   /** Blobs at least this big, held by at least two peers, are striped; 0 turns striping off. */
@@ -602,12 +603,4 @@ function covers(res: PeerResponse, start: number, end: number, sizeBytes: number
     Number(m[2]) === end &&
     Number(m[3]) === sizeBytes
   )
-}
-
-function abortError(signal: AbortSignal): Error {
-  const reason = signal.reason as unknown
-  if (reason instanceof Error) return reason
-  const e = new Error('aborted')
-  e.name = 'AbortError'
-  return e
 }
