@@ -202,6 +202,37 @@ export class UpstreamClient {
     return { kind: 'unavailable', reason: 'unreachable', detail: e.code ?? e.message }
   }
 
+  /**
+   * After a 401: an anonymous token for `scope` from the challenge's realm, cached, as an Authorization value;
+   * undefined when only credentials would help (a Basic or no challenge, or the realm refused). A cached
+   * token the registry refused is dropped first.
+   */
+  private async anonymousToken(
+    endpoint: Endpoint,
+    res: Pick<UpstreamResponse, 'headers'>,
+    scope: string,
+    cacheKey: string,
+    signal: AbortSignal,
+  ): Promise<string | undefined> {
+    this.tokens.delete(cacheKey)
+    const challenge = parseChallenge(header(res, 'www-authenticate'))
+    // Basic (htpasswd) or no challenge: only credentials would help, and we have none.
+    if (challenge?.scheme !== 'bearer') return undefined
+    const realm = challenge.params.realm
+    try {
+      const token = await fetchAnonymousToken(challenge, challenge.params.scope ?? scope, {
+        agent: realm !== undefined ? this.components.endpoints.agentFor(endpoint, new URL(realm)) : undefined,
+        signal,
+        now: this.now,
+      })
+      this.tokens.set(cacheKey, token)
+      return `Bearer ${token.token}`
+    } catch (err) {
+      if ((err as Error).name === 'TokenDeniedError') return undefined
+      throw err
+    }
+  }
+
   private async ask(endpoint: Endpoint, query: TagQuery, signal: AbortSignal): Promise<TagAnswer> {
     const url = new URL(`${endpoint.baseUrl}/v2/${query.repository}/manifests/${query.tag}`)
     const scope = `repository:${query.repository}:pull`
@@ -216,25 +247,9 @@ export class UpstreamClient {
       upstreamRequest(url, { method: 'HEAD', headers, agent: endpoint.agent, signal, maxBodyBytes: 0 })
     let res = await head()
     if (res.status === 401 && !forwarded) {
-      this.tokens.delete(cacheKey) // a cached token the registry refused is useless
-      const challenge = parseChallenge(header(res, 'www-authenticate'))
-      // Basic (htpasswd) or no challenge: only credentials would help, and we have none.
-      if (challenge?.scheme !== 'bearer') return { kind: 'denied', status: 401 }
-      const realm = challenge.params.realm
-      let token
-      try {
-        token = await fetchAnonymousToken(challenge, challenge.params.scope ?? scope, {
-          agent:
-            realm !== undefined ? this.components.endpoints.agentFor(endpoint, new URL(realm)) : undefined,
-          signal,
-          now: this.now,
-        })
-      } catch (err) {
-        if ((err as Error).name === 'TokenDeniedError') return { kind: 'denied', status: 401 }
-        throw err
-      }
-      this.tokens.set(cacheKey, token)
-      headers.authorization = `Bearer ${token.token}`
+      const bearer = await this.anonymousToken(endpoint, res, scope, cacheKey, signal)
+      if (bearer === undefined) return { kind: 'denied', status: 401 }
+      headers.authorization = bearer
       res = await head()
     }
     if (res.status === 401 || res.status === 403) return { kind: 'denied', status: res.status }
@@ -341,24 +356,9 @@ export class UpstreamClient {
     let res = await open()
     if (res.status === 401 && !forwarded) {
       res.body.destroy()
-      this.tokens.delete(cacheKey)
-      const challenge = parseChallenge(header(res, 'www-authenticate'))
-      if (challenge?.scheme !== 'bearer') return { kind: 'denied', status: 401 }
-      const realm = challenge.params.realm
-      let token
-      try {
-        token = await fetchAnonymousToken(challenge, challenge.params.scope ?? scope, {
-          agent:
-            realm !== undefined ? this.components.endpoints.agentFor(endpoint, new URL(realm)) : undefined,
-          signal: headersSignal,
-          now: this.now,
-        })
-      } catch (err) {
-        if ((err as Error).name === 'TokenDeniedError') return { kind: 'denied', status: 401 }
-        throw err
-      }
-      this.tokens.set(cacheKey, token)
-      headers.authorization = `Bearer ${token.token}`
+      const bearer = await this.anonymousToken(endpoint, res, scope, cacheKey, headersSignal)
+      if (bearer === undefined) return { kind: 'denied', status: 401 }
+      headers.authorization = bearer
       res = await open()
     }
     for (let hops = 0; REDIRECTS.has(res.status) && hops < MAX_REDIRECTS; hops++) {
