@@ -5,6 +5,7 @@
 // node_modules (bench/memory.ts, issue #14). One minified bundle keeps a fraction of that, and code split
 // into chunks (the daemon, the status page) is only read when first imported.
 import { rm } from 'node:fs/promises'
+import { fileURLToPath } from 'node:url'
 import { build } from 'esbuild'
 
 /**
@@ -24,6 +25,23 @@ const builtinsViaRequire = {
     b.onLoad({ filter: /.*/, namespace: 'builtins-via-require' }, (args) => ({
       contents: `module.exports = require(${JSON.stringify(args.path)})`,
       loader: 'js',
+    }))
+  },
+}
+
+/**
+ * No WebAssembly in the daemon. Four dependencies compiled a wasm module when imported: V8's wasm compilers
+ * and the modules' memories kept ~5 MiB of an idle daemon's RSS (bench/memory.ts) for work that is small
+ * here (the DHT's messages). With `WebAssembly` undefined in the bundle, xsalsa20 (@libp2p/pnet's cipher)
+ * and long (protobufjs' int64) take their JavaScript paths; @chainsafe/libp2p-noise's ChaCha20-Poly1305 and
+ * SHA-256 for messages under 1,200 bytes, which have none, get the same functions on node:crypto
+ * (scripts/shims/, checked against the originals in test/unit/bundle-shims.spec.ts).
+ */
+const noWasm = {
+  name: 'no-wasm',
+  setup(b) {
+    b.onResolve({ filter: /^@chainsafe\/as-(chacha20poly1305|sha256)$/ }, (args) => ({
+      path: fileURLToPath(import.meta.resolve(`./shims/${args.path.slice('@chainsafe/'.length)}.ts`)),
     }))
   },
 }
@@ -53,5 +71,6 @@ await build({
   legalComments: 'external',
   charset: 'ascii',
   logLevel: 'warning',
-  plugins: [builtinsViaRequire],
+  define: { WebAssembly: 'undefined' },
+  plugins: [builtinsViaRequire, noWasm],
 })

@@ -15,8 +15,10 @@
  * then on updates run in JavaScript, keeping the stream position (a cipher is a stream: the output of one
  * update continues where the last ended, whatever the sizes).
  */
-import { createRequire } from 'node:module'
 import { xsalsa20 } from '@noble/ciphers/salsa.js'
+// the module @libp2p/pnet imports, the same way: in the bundle (scripts/bundle.mjs) a require() from here
+// would load a second copy from node_modules, and pnet's own would stay unpatched
+import XSalsa20Module from 'xsalsa20'
 
 interface WasmState {
   _memory?: Uint8Array
@@ -44,7 +46,7 @@ export function replacePnetCipher(): void {
   if (done) return
   done = true
   // the instance @libp2p/pnet uses: one copy in the tree (package.json pins the version this was checked on)
-  const XSalsa20 = createRequire(import.meta.url)('xsalsa20') as { prototype: XSalsa20 }
+  const XSalsa20 = XSalsa20Module as { prototype: XSalsa20 }
   const wasmUpdate = XSalsa20.prototype.update
   const streams = new WeakMap<XSalsa20, Stream>()
   XSalsa20.prototype.update = function (this: XSalsa20, input: Uint8Array, output?: Uint8Array): Uint8Array {
