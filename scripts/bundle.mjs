@@ -4,8 +4,8 @@
 // Why: an idle daemon's V8 heap held ~15 MiB of module source text and the metadata of ~1,000 files from
 // node_modules (bench/memory.ts, issue #14). One minified bundle keeps a fraction of that, and code split
 // into chunks (the daemon, the status page) is only read when first imported.
-import { rm } from 'node:fs/promises'
-import { fileURLToPath } from 'node:url'
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 import { build } from 'esbuild'
 
 /**
@@ -46,9 +46,39 @@ const noWasm = {
   },
 }
 
+/**
+ * kad-dht's table of a KadID prefix for each of the 65,536 16-bit prefixes (routing-table refresh): as a
+ * literal array it is 0.4 MiB of source and ~0.7 MiB of arrays held from start. The bundle writes it to
+ * dist/kagami-kad-prefixes.bin (native-endian uint32) and reads it on first use, a 256 KiB typed array.
+ */
+const kadPrefixes = {
+  name: 'kad-prefixes',
+  setup(b) {
+    b.onLoad({ filter: /[\\/]@libp2p[\\/]kad-dht[\\/].*[\\/]generated-prefix-list\.js$/ }, async (args) => {
+      const { default: list } = await import(pathToFileURL(args.path).href)
+      if (!Array.isArray(list) || list.length !== 65536) throw new Error(`unexpected ${args.path}`)
+      await writeFile('dist/kagami-kad-prefixes.bin', new Uint8Array(Uint32Array.from(list).buffer))
+      return {
+        loader: 'js',
+        contents: `import { readFileSync } from 'node:fs'
+let table
+const load = () => {
+  if (table === undefined) {
+    const bytes = readFileSync(new URL('./kagami-kad-prefixes.bin', import.meta.url))
+    table = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4)
+  }
+  return table
+}
+export default new Proxy([], { get: (_, key) => Reflect.get(load(), key) })
+`,
+      }
+    })
+  },
+}
+
 // chunks are named by content hash: drop the previous build's
-for (const name of await import('node:fs/promises').then((fs) => fs.readdir('dist').catch(() => [])))
-  if (/^kagami.*\.(mjs|txt)$/.test(name)) await rm(`dist/${name}`)
+await mkdir('dist', { recursive: true })
+for (const name of await readdir('dist')) if (/^kagami.*\.(mjs|txt)$/.test(name)) await rm(`dist/${name}`)
 
 await build({
   entryPoints: { kagami: 'src/main.ts' },
@@ -72,5 +102,9 @@ await build({
   charset: 'ascii',
   logLevel: 'warning',
   define: { WebAssembly: 'undefined' },
-  plugins: [builtinsViaRequire, noWasm],
+  // Loaded from node_modules if ever used, not read with the daemon's code: fastify's schema compilers
+  // (Ajv, fast-json-stringify: src/registry/server.ts passes lazy ones, no route has a schema) and its
+  // inject() (tests only). ~0.3 MiB of source an idle daemon would hold.
+  external: ['@fastify/ajv-compiler', '@fastify/fast-json-stringify-compiler', 'light-my-request'],
+  plugins: [builtinsViaRequire, noWasm, kadPrefixes],
 })
