@@ -12,6 +12,12 @@ export const RUN_CONFIG_ENV = 'KAGAMI_RUN_CONFIG'
 const MALLOC_ENV = { MALLOC_MMAP_THRESHOLD_: '32768' }
 
 /**
+ * V8 flags of the daemon's process (on top of the executable's own, bin/kagami.js), replaced by
+ * `KAGAMI_V8_FLAGS` (space-separated) when it is set: NODE_OPTIONS does not accept V8's tiering flags.
+ */
+export const DAEMON_V8_FLAGS: readonly string[] = []
+
+/**
  * Runs the daemon of `kagami run` once the CLI has parsed and checked the config: the process executes
  * itself again (same process id, `process.execve`) with the config as JSON in the environment, and the new
  * image loads only the daemon. Why: an ES module is never unloaded, so the CLI's commander, zod with the
@@ -25,7 +31,8 @@ export async function execDaemon(config: RunConfig): Promise<number> {
     const { runDaemon } = await import('./daemon.js')
     return await runDaemon(config)
   }
-  process.execve(process.execPath, [process.execPath, ...process.execArgv, script, 'run'], {
+  const v8Flags = process.env.KAGAMI_V8_FLAGS?.split(' ').filter((f) => f !== '') ?? DAEMON_V8_FLAGS
+  process.execve(process.execPath, [process.execPath, ...process.execArgv, ...v8Flags, script, 'run'], {
     ...MALLOC_ENV,
     ...process.env,
     [RUN_CONFIG_ENV]: JSON.stringify(config),
