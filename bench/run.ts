@@ -145,7 +145,7 @@ function rows(r: Results): Row[] {
       measured:
         sp === undefined
           ? `${f(p.seconds.peer)} s vs ${f(p.seconds.registry)} s = ${f(p.ratios.peerVsRegistry)}× (${f(p.imageBytes / 2 ** 20, 0)} MiB, 5 layers)`
-          : `median ${f(p.seconds.peer)} s vs ${f(p.seconds.registry)} s = ${f(p.ratios.peerVsRegistry)}×; run by run min ${f(sp.peerVsRegistry.min)}, median ${f(sp.peerVsRegistry.median)}, max ${f(sp.peerVsRegistry.max)}× (${p.runs} runs each; via peer ${mmm(sp.peer)}; registry ${mmm(sp.registry)}; ${f(p.imageBytes / 2 ** 20, 0)} MiB, 5 layers)`,
+          : `median ${f(p.seconds.peer)} s vs ${f(p.seconds.registry)} s = ${f(p.ratios.peerVsRegistry)}×; run by run min ${f(sp.peerVsRegistry.min)}, median ${f(sp.peerVsRegistry.median)}, max ${f(sp.peerVsRegistry.max)}× (${p.runs} runs each; via peer ${mmm(sp.peer)}; registry ${mmm(sp.registry)}; ${f(p.imageBytes / 2 ** 20, 0)} MiB, 5 layers)${p.cpuSeconds === undefined ? '' : `; CPU per pull, all processes: via peer ${f(p.cpuSeconds.peer)} vs ${f(p.cpuSeconds.registry)} core-s`}`,
       met: p.ratios.peerVsRegistry <= 1.1,
       bar: {
         label: 'via peer (s)',
