@@ -76,6 +76,12 @@ export default new Proxy([], { get: (_, key) => Reflect.get(load(), key) })
   },
 }
 
+/**
+ * V8 flags of the bundle's daemon process (src/exec-daemon.ts adds them when `kagami run` re-executes).
+ * DAEMON_FLAGS_WHY
+ */
+const DAEMON_V8_FLAGS = []
+
 // chunks are named by content hash: drop the previous build's
 await mkdir('dist', { recursive: true })
 for (const name of await readdir('dist')) if (/^kagami.*\.(mjs|txt)$/.test(name)) await rm(`dist/${name}`)
@@ -101,7 +107,7 @@ await build({
   legalComments: 'external',
   charset: 'ascii',
   logLevel: 'warning',
-  define: { WebAssembly: 'undefined' },
+  define: { WebAssembly: 'undefined', __KAGAMI_BUNDLE_V8_FLAGS__: JSON.stringify(DAEMON_V8_FLAGS) },
   // Loaded from node_modules if ever used, not read with the daemon's code: fastify's schema compilers
   // (Ajv, fast-json-stringify: src/registry/server.ts passes lazy ones, no route has a schema) and its
   // inject() (tests only). ~0.3 MiB of source an idle daemon would hold.

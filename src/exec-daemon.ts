@@ -11,17 +11,22 @@ export const RUN_CONFIG_ENV = 'KAGAMI_RUN_CONFIG'
  */
 const MALLOC_ENV = { MALLOC_MMAP_THRESHOLD_: '32768' }
 
+/** Set by scripts/bundle.mjs, absent when running from the source (tsx) or the tsc build. */
+declare const __KAGAMI_BUNDLE_V8_FLAGS__: string[] | undefined
+
 /**
- * V8 flags of the daemon's process (on top of the executable's own, bin/kagami.js), replaced by
- * `KAGAMI_V8_FLAGS` (space-separated) when it is set: NODE_OPTIONS does not accept V8's tiering flags.
+ * V8 flags of the daemon's process (on top of the executable's own, bin/kagami.js): the bundle's
+ * (scripts/bundle.mjs), replaced by `KAGAMI_V8_FLAGS` (space-separated) when it is set, for A/B runs
+ * (NODE_OPTIONS refuses V8's tiering flags).
  */
-export const DAEMON_V8_FLAGS: readonly string[] = []
+export const DAEMON_V8_FLAGS: readonly string[] =
+  typeof __KAGAMI_BUNDLE_V8_FLAGS__ === 'undefined' ? [] : __KAGAMI_BUNDLE_V8_FLAGS__
 
 /**
  * Runs the daemon of `kagami run` once the CLI has parsed and checked the config: the process executes
  * itself again (same process id, `process.execve`) with the config as JSON in the environment, and the new
  * image loads only the daemon. Why: an ES module is never unloaded, so the CLI's commander, zod with the
- * config schemas and yaml (~6 MiB of an idle daemon's RSS, bench/memory.ts) would stay for the daemon's
+ * config schemas and yaml (~3.5 MiB of an idle daemon's RSS, bench/memory.ts) would stay for the daemon's
  * life; and the malloc setting above must be in the environment before node starts. Where `execve` is
  * missing (not Linux or macOS), the daemon runs in this process.
  */
