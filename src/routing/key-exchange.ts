@@ -76,6 +76,11 @@ export interface KeyExchangeInit {
    * wrong with a delta, a list is never wrong for longer than that.
    */
   heartbeatMs?: number
+  /**
+   * Of two nodes that learn of each other and are not connected, the one with the lower peer id dials; the
+   * other waits this long for that connection before it dials itself (default 10 s). See `select`.
+   */
+  dialWaitMs?: number
 }
 
 export interface KeyExchangeStats {
@@ -291,6 +296,7 @@ export class KeyExchange {
       banMs: init.banMs ?? 60_000,
       selectIntervalMs: init.selectIntervalMs ?? 2_000,
       heartbeatMs: init.heartbeatMs ?? 30_000,
+      dialWaitMs: init.dialWaitMs ?? 10_000,
     }
     this.self = node.peerId.toString()
     this.selfHash = hash32(this.self)
@@ -324,6 +330,7 @@ export class KeyExchange {
     })
     this.node.addEventListener('peer:connect', (e) => {
       this.connected.add(e.detail.toString())
+      this.heardOf.delete(e.detail.toString())
       this.membership++
     })
     this.node.addEventListener('peer:disconnect', (e) => {
@@ -386,6 +393,21 @@ export class KeyExchange {
   /** Connected to a kagami DHT node that does not exchange lists: it finds our keys only on the DHT. */
   hasOtherPeers(): boolean {
     return this.otherPeers.size > 0
+  }
+
+  /**
+   * Nodes we know of, us included (connected, in the DHT table, or listed as a member by a peer): the
+   * cluster's size while that is below ~maxPeers², which a sampled view's members cover.
+   */
+  knownNodes(): number {
+    return this.known
+  }
+
+  private known = 1
+
+  /** The peer set's size (a full view up to maxPeers + 1 nodes). */
+  maxPeers(): number {
+    return this.cfg.maxPeers
   }
 
   /** More kagami peers are known than `maxPeers`: we hold a sample of the cluster, not all of it. */
@@ -645,6 +667,7 @@ export class KeyExchange {
       for (const [m, addrs] of s.members) if (!candidates.has(m)) candidates.set(m, addrs)
     }
     candidates.delete(this.self)
+    this.known = candidates.size + 1
     for (const id of candidates.keys()) {
       const f = this.failed.get(id)
       const backoff = f === undefined ? 0 : Math.min(30_000, 1000 * 2 ** (f.count - 1))
@@ -672,8 +695,32 @@ export class KeyExchange {
     }
     for (const id of targets) {
       if (this.subs.has(id) || this.dialing >= 4) continue
+      if (this.waitForDial(id, now)) continue
       void this.subscribe(id, candidates.get(id) ?? [])
     }
+  }
+
+  /** peer id → when we first wanted to subscribe to it while not connected (see waitForDial) */
+  private readonly heardOf = new Map<string, number>()
+
+  /**
+   * Whether to leave the dial to `id` for now. When a node joins, it learns of every member from its first
+   * snapshot while every member learns of it from a delta, and both sides dialled at once: ~45 % of pairs
+   * ended with two connections (1.45 per peer at 50 and 100 nodes, bench/results/scale.md), each one a
+   * noise handshake, identify, yamux and DHT set-up (most of a join's CPU) and ~120 KiB held. So the node
+   * with the lower id dials and the other waits for that connection, for up to `dialWaitMs` (the lower one
+   * may not dial: it may be full, sampling others, or not know of us yet). Only a subscription's own dial
+   * waits: a connected peer is subscribed to at once.
+   */
+  private waitForDial(id: string, now: number): boolean {
+    if (this.connected.has(id) || id < this.self) return false
+    const since = this.heardOf.get(id)
+    if (since === undefined) {
+      if (this.heardOf.size >= 10_000) this.heardOf.clear()
+      this.heardOf.set(id, now)
+      return true
+    }
+    return now - since < this.cfg.dialWaitMs
   }
 
   private async subscribe(id: string, addrs: string[]): Promise<void> {
