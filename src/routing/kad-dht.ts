@@ -24,7 +24,7 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { createLibp2p, type Libp2pOptions } from 'libp2p'
 import type { Logger } from 'pino'
 import { Gauge, type Registry } from 'prom-client'
-import type { AbortOptions } from '../abort.js'
+import { type AbortOptions, untilAborted } from '../abort.js'
 import { checkPeerUrl } from '../trust/peer-url.js'
 import { replacePnetCipher } from '../trust/pnet-cipher.js'
 import { KeyExchange, type KeyExchangeInit, type KeyExchangeStats } from './key-exchange.js'
@@ -700,6 +700,7 @@ export class KadDhtRouter implements Router {
     const self = node.peerId.toString()
     const seen = new Set<string>()
     let yielded = 0
+    let dhtEvents: AsyncIterator<unknown> | undefined
     try {
       // Connected peers that announced the key: known without a network round trip.
       for (const id of this.exchange?.holders(keyToString(key)) ?? []) {
@@ -713,13 +714,21 @@ export class KadDhtRouter implements Router {
       // and sees the same members, nobody else can have the key, and a miss is answered now instead of
       // after a DHT query.
       if (this.exchange?.complete() === true) return
-      for await (const event of node.services.dht.findProviders(await keyToCid(key), { signal })) {
+      // kad-dht ends a query only once its in-flight requests end, which under load took 20-30 s past a
+      // 250 ms deadline (the 60-node scale run): each step is raced against our signal, and the query left
+      // to finish in the background (its own signal is aborted in `finally`)
+      const events = node.services.dht.findProviders(await keyToCid(key), { signal })[Symbol.asyncIterator]()
+      dhtEvents = events
+      for (;;) {
+        const next = await untilAborted(events.next(), signal)
+        if (next.done === true) break
+        const event = next.value
         if (event.name !== 'PROVIDER') continue
         for (const provider of event.providers) {
           const id = provider.id.toString()
           if (id === self || seen.has(id)) continue
           seen.add(id)
-          const url = await this.urlOf(provider, signal)
+          const url = await untilAborted(this.urlOf(provider, signal), signal)
           if (url === undefined) continue
           yield { id, url }
           if (++yielded === options.limit) return
@@ -731,6 +740,8 @@ export class KadDhtRouter implements Router {
     } finally {
       controller.abort() // the consumer broke out or we are done: end the query
       signal.clear()
+      // not awaited: it settles once kad-dht's query has wound down
+      dhtEvents?.return?.().catch(() => undefined)
     }
   }
 

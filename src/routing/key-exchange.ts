@@ -336,6 +336,10 @@ export class KeyExchange {
     this.node.addEventListener('peer:disconnect', (e) => {
       const id = e.detail.toString()
       this.connected.delete(id)
+      // a peer we were connected to is dialled again at once, whatever its id: if it left, the failed
+      // dial is what tells us (gone()), and a view waiting 10 s for a departed node is incomplete that long
+      if (this.heardOf.size >= 10_000) this.heardOf.clear()
+      this.heardOf.set(id, -Infinity)
       this.membership++
       this.kagamiPeers.delete(id)
       this.identified.delete(id)
