@@ -207,7 +207,8 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
   const dead = new Set<string>()
   let nextIndex = 0
   let bootstrap: string[] = []
-  const deadline = Date.now() + 25 * 60_000 // the whole run, whatever happens
+  // the whole run, whatever happens: settling, then ≤ 15 min for churn, lookups and the DHT calibration
+  const deadline = Date.now() + init.settleTimeoutSeconds * 1000 + 15 * 60_000
 
   const startNode = async (): Promise<Node> => {
     const index = nextIndex++
