@@ -135,10 +135,11 @@ const ops = {
         // What a real node would not meet: each process here carries up to 50 nodes on a shared 2-core
         // machine, and its event loop lags by seconds while they settle. So a failed ping does not close a
         // connection, deadlines meant for a stuck peer are stretched, and the DHT-provide fallback for a view
-        // that stays incomplete (a real cluster settles in seconds) waits for 10 min. Everything else, and
+        // that stays incomplete (a real cluster settles in seconds) waits for 60 min. Everything else, and
         // every byte sent, is as `kagami run` does it.
         connectionMonitor: { abortConnectionOnPingFailure: false },
-        incompleteProvideAfterMs: 600_000,
+        // (a 200-node full view takes ~15 min to settle here; the fallback must not start in the middle)
+        incompleteProvideAfterMs: 3_600_000,
         keyExchangeInit: {
           maxPeers: a.maxPeers,
           maxSubscribers: Math.ceil(a.maxPeers * 1.25),
