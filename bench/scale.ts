@@ -583,6 +583,9 @@ if (import.meta.url === `file://${process.argv[1]}`) {
           ? Number(process.env.SETTLE_TIMEOUT_SECONDS)
           : undefined,
       samples: Number(process.env.SAMPLES ?? 400),
+      // 10 nodes join every JOIN_EVERY_MS (default 1 s): slower joins keep the harness's event loops from
+      // lagging so far that handshakes and snapshots time out and are redone (the work is the same)
+      joinEveryMs: process.env.JOIN_EVERY_MS !== undefined ? Number(process.env.JOIN_EVERY_MS) : undefined,
       // fewer processes than one per 50 nodes: more lag per process (reproduces what 200 nodes meet, at 60)
       workers: process.env.WORKERS !== undefined ? Number(process.env.WORKERS) : undefined,
     })
