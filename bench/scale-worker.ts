@@ -137,7 +137,14 @@ const ops = {
         // connection, deadlines meant for a stuck peer are stretched, and the DHT-provide fallback for a view
         // that stays incomplete (a real cluster settles in seconds) waits for 60 min. Everything else, and
         // every byte sent, is as `kagami run` does it.
-        connectionMonitor: { abortConnectionOnPingFailure: false },
+        connectionMonitor: {
+          abortConnectionOnPingFailure: false,
+          // SCALE_PING_INTERVAL_MS: libp2p's connection pings less often (upkeep relaxed, see scale.ts)
+          pingIntervalMs:
+            process.env.SCALE_PING_INTERVAL_MS !== undefined
+              ? Number(process.env.SCALE_PING_INTERVAL_MS)
+              : undefined,
+        },
         // (a 200-node full view takes ~15 min to settle here; the fallback must not start in the middle)
         incompleteProvideAfterMs: 3_600_000,
         keyExchangeInit: {
@@ -145,6 +152,9 @@ const ops = {
           maxSubscribers: Math.ceil(a.maxPeers * 1.25),
           sendTimeoutMs: 60_000,
           snapshotTimeoutMs: 120_000,
+          // SCALE_HEARTBEAT_MS: the exchange's heartbeat less often (upkeep relaxed, see scale.ts)
+          heartbeatMs:
+            process.env.SCALE_HEARTBEAT_MS !== undefined ? Number(process.env.SCALE_HEARTBEAT_MS) : undefined,
         },
       },
     )
