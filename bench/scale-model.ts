@@ -159,8 +159,11 @@ export function fit(all: ScaleResult[]): Constants {
   const log = (r: ScaleResult): number => Math.log2(r.nodes)
   const v = (r: ScaleResult): number => Math.min(r.nodes - 1, r.maxPeers)
   const mean = (xs: number[]): number => xs.reduce((a, x) => a + x, 0) / xs.length
+  // idle upkeep per connection: only runs with the daemon's ping and heartbeat intervals
   const idle = fitProportional(
-    runs.map((r) => [r.memory.connectionsPerNode, r.traffic.idleBytesPerNodePerSecond]),
+    runs
+      .filter((r) => r.relaxedUpkeep === undefined)
+      .map((r) => [r.memory.connectionsPerNode, r.traffic.idleBytesPerNodePerSecond]),
   )
   const heap = fitLine(
     runs.map((r) => [

@@ -95,7 +95,6 @@ export interface ScaleResult {
   lookup: { hit: Stats; hitNotFound: number; miss: Stats }
   /** seconds until every node that held the puller's list resolves its new image; skipped: nodes still joining */
   visibility: { seconds: Stats; incomplete: number; skipped?: number }
-  /** lookups that returned a node that had left, after the querying node's connection to it closed */
   /**
    * Upkeep relaxed for this run (SCALE_PING_INTERVAL_MS, SCALE_HEARTBEAT_MS): libp2p's connection pings and
    * the exchange's heartbeats less often. A 200-node full view holds ~44,000 connection ends; their upkeep
@@ -104,6 +103,7 @@ export interface ScaleResult {
    * idle traffic and CPU of such a run leave that upkeep out (the model does not fit them).
    */
   relaxedUpkeep?: { pingIntervalMs?: number; heartbeatMs?: number }
+  /** lookups that returned a node that had left, after the querying node's connection to it closed */
   deadReturned: number
   /** ... before it saw the connection close (allowed: the node has not learnt of the departure yet) */
   deadReturnedWhileConnected: number
