@@ -77,7 +77,7 @@ export interface KeyExchangeInit {
    */
   heartbeatMs?: number
   /**
-   * Of two nodes that learn of each other and are not connected, the one with the lower peer id dials; the
+   * Of two nodes that learn of each other and are not connected, the one with the higher peer id dials; the
    * other waits this long for that connection before it dials itself (default 10 s). See `select`.
    */
   dialWaitMs?: number
@@ -738,7 +738,7 @@ export class KeyExchange {
    * snapshot while every member learns of it from a delta, and both sides dialled at once: ~45 % of pairs
    * ended with two connections (1.45 per peer at 50 and 100 nodes, bench/results/scale.md), each one a
    * noise handshake, identify, yamux and DHT set-up (most of a join's CPU) and ~120 KiB held. So the node
-   * with the lower id dials and the other waits for that connection, for up to `dialWaitMs` (the lower one
+   * with the higher id dials and the other waits for that connection, for up to `dialWaitMs` (the higher one
    * may not dial: it may be full, sampling others, or not know of us yet). Only a subscription's own dial
    * waits: a connected peer is subscribed to at once.
    */
