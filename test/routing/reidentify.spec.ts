@@ -4,7 +4,7 @@
  * unknown endpoint URL for the life of the connection: the key exchange still held its list, but `resolve`
  * skipped it, so nothing it pulled was found from here. The router identifies such a connection again.
  */
-import type { Connection, Stream } from '@libp2p/interface'
+import type { Connection, Libp2p, Stream } from '@libp2p/interface'
 import pino from 'pino'
 import { afterAll, describe, expect, it } from 'vitest'
 import { digestOf } from '../../src/oci/index.js'
@@ -34,7 +34,7 @@ describe('identify that timed out on a connection', () => {
     routers.push(b)
     // b answers no identify request until `frozen` is cleared: a's identify of b times out
     const node = (b as unknown as { node: { components: { registrar: Registrar } } }).node
-    const libp2p = (b as unknown as { node: import('@libp2p/interface').Libp2p }).node
+    const libp2p = (b as unknown as { node: Libp2p }).node
     const real = node.components.registrar.getHandler(IDENTIFY)
     const held: Stream[] = []
     let frozen = true

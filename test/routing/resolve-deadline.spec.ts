@@ -30,6 +30,7 @@ describe('resolve: the deadline holds while the DHT query does not end', () => {
     dht.findProviders = async function* () {
       queries++
       await released // deaf to its signal, yields nothing
+      yield* []
     }
   })
 
