@@ -148,7 +148,7 @@ export async function benchMirror(
     const cluster = await startCluster({
       names: ['bench-a', 'bench-b'],
       registries: [registry.url],
-      logLevel: 'warn',
+      logLevel: process.env.KAGAMI_BENCH_LOG_LEVEL ?? 'warn',
       env: { KAGAMI_FROM_DIST: '1' },
     })
     cleanup.push(() => cluster.destroy())
@@ -206,6 +206,13 @@ export async function benchMirror(
       )
     }
 
+    // The bench member (a signer with no peer endpoint) would be elected for a third of the misses' herd
+    // requests and refuse them at once: gone, B's misses take the path a cluster's take.
+    await member.stop()
+    await waitFor(async () => ((await b.status()).peers.length === 1 ? true : undefined), {
+      timeoutMs: 30_000,
+      what: 'B to drop the bench member',
+    })
     const samples = init.latencySamples ?? 200
     const hit: number[] = []
     const miss: number[] = []

@@ -14,7 +14,7 @@ import {
   type ClusterNode,
   startCluster,
 } from '../test/harness/index.js'
-import { log, median, MiB, stats, type Stats } from './lib.js'
+import { log, median, MiB, stats, treeCpuSeconds, type Stats } from './lib.js'
 import { ratioStats, type RatioStats } from './mirror.js'
 import { startProxy } from './proxy.js'
 
@@ -28,12 +28,25 @@ export interface PullBenchResult {
   samples?: { registry: number[]; peer: number[] }
   /** min/median/max of each side, and of the ratio taken run by run (peer / registry of the same run). */
   spread?: { registry: Stats; peer: Stats; peerVsRegistry: RatioStats }
+  /**
+   * Medians of the CPU (core-seconds) every process of the run used during one loopback pull: containerd,
+   * the registry, and on the peer path both kagami nodes. On this 2-core machine the peer path's extra CPU
+   * is extra wall time; on a cluster the serving node's share is another machine's.
+   */
+  cpuSeconds?: { registry: number; peer: number }
 }
 
-async function timedPull(c: ContainerdHandle, ref: string, hostsDir: string): Promise<number> {
+async function timedPull(
+  c: ContainerdHandle,
+  ref: string,
+  hostsDir: string,
+  cpu?: number[],
+): Promise<number> {
+  const cpu0 = await treeCpuSeconds()
   const t0 = performance.now()
   await c.pull(ref, { hostsDir, timeoutMs: 600_000 })
   const s = (performance.now() - t0) / 1000
+  cpu?.push((await treeCpuSeconds()) - cpu0)
   await c.removeImage(ref) // --sync: content is garbage-collected, so the next pull starts cold
   return s
 }
@@ -70,7 +83,7 @@ export async function benchPull(
     const cluster = await startCluster({
       names: ['pull-a', 'pull-b'],
       registries: [registry.url],
-      logLevel: 'warn',
+      logLevel: process.env.KAGAMI_BENCH_LOG_LEVEL ?? 'warn',
       env: { KAGAMI_FROM_DIST: '1' },
     })
     cleanup.push(() => cluster.destroy())
@@ -103,11 +116,12 @@ export async function benchPull(
       wanRegistry: [] as number[],
       wanPeer: [] as number[],
     }
+    const cpu = { registry: [] as number[], peer: [] as number[] }
     for (let i = 0; i < runs; i++) {
-      t.registry.push(await timedPull(cb, ref, direct))
-      t.peer.push(await timedPull(cb, ref, viaPeer))
+      t.registry.push(await timedPull(cb, ref, direct, cpu.registry))
+      t.peer.push(await timedPull(cb, ref, viaPeer, cpu.peer))
       log(
-        `pull: run ${i + 1}: registry ${t.registry.at(-1)!.toFixed(2)} s, via peer ${t.peer.at(-1)!.toFixed(2)} s`,
+        `pull: run ${i + 1}: registry ${t.registry.at(-1)!.toFixed(2)} s (${cpu.registry.at(-1)!.toFixed(2)} core-s), via peer ${t.peer.at(-1)!.toFixed(2)} s (${cpu.peer.at(-1)!.toFixed(2)} core-s)`,
       )
     }
     // WAN: one run each (a 200 MiB pull over 100 Mbit/s takes ~17 s)
@@ -137,6 +151,7 @@ export async function benchPull(
         peer: stats(t.peer),
         peerVsRegistry: ratioStats(t.peer, t.registry),
       },
+      cpuSeconds: { registry: median(cpu.registry), peer: median(cpu.peer) },
     }
   } finally {
     for (const fn of cleanup.reverse()) await fn().catch(() => undefined)

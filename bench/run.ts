@@ -104,9 +104,9 @@ function rows(r: Results): Row[] {
       })
     }
     out.push({
-      goal: 'manifest hit via peer, TTFB p50 ≤ 5 ms',
+      goal: 'manifest hit via peer, TTFB p99 ≤ 10 ms',
       measured: `p50 ${f(m.manifestHitTtfbMs.p50, 1)} ms, p99 ${f(m.manifestHitTtfbMs.p99, 1)} ms (n=${m.manifestHitTtfbMs.n})`,
-      met: m.manifestHitTtfbMs.p50 <= 5,
+      met: m.manifestHitTtfbMs.p99 <= 10,
     })
     out.push({
       goal: 'miss → 404, p99 ≤ 25 ms',
@@ -145,7 +145,7 @@ function rows(r: Results): Row[] {
       measured:
         sp === undefined
           ? `${f(p.seconds.peer)} s vs ${f(p.seconds.registry)} s = ${f(p.ratios.peerVsRegistry)}× (${f(p.imageBytes / 2 ** 20, 0)} MiB, 5 layers)`
-          : `median ${f(p.seconds.peer)} s vs ${f(p.seconds.registry)} s = ${f(p.ratios.peerVsRegistry)}×; run by run min ${f(sp.peerVsRegistry.min)}, median ${f(sp.peerVsRegistry.median)}, max ${f(sp.peerVsRegistry.max)}× (${p.runs} runs each; via peer ${mmm(sp.peer)}; registry ${mmm(sp.registry)}; ${f(p.imageBytes / 2 ** 20, 0)} MiB, 5 layers)`,
+          : `median ${f(p.seconds.peer)} s vs ${f(p.seconds.registry)} s = ${f(p.ratios.peerVsRegistry)}×; run by run min ${f(sp.peerVsRegistry.min)}, median ${f(sp.peerVsRegistry.median)}, max ${f(sp.peerVsRegistry.max)}× (${p.runs} runs each; via peer ${mmm(sp.peer)}; registry ${mmm(sp.registry)}; ${f(p.imageBytes / 2 ** 20, 0)} MiB, 5 layers)${p.cpuSeconds === undefined ? '' : `; CPU per pull, all processes: via peer ${f(p.cpuSeconds.peer)} vs ${f(p.cpuSeconds.registry)} core-s`}`,
       met: p.ratios.peerVsRegistry <= 1.1,
       bar: {
         label: 'via peer (s)',
