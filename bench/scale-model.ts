@@ -159,8 +159,11 @@ export function fit(all: ScaleResult[]): Constants {
   const log = (r: ScaleResult): number => Math.log2(r.nodes)
   const v = (r: ScaleResult): number => Math.min(r.nodes - 1, r.maxPeers)
   const mean = (xs: number[]): number => xs.reduce((a, x) => a + x, 0) / xs.length
+  // idle upkeep per connection: only runs with the daemon's ping and heartbeat intervals
   const idle = fitProportional(
-    runs.map((r) => [r.memory.connectionsPerNode, r.traffic.idleBytesPerNodePerSecond]),
+    runs
+      .filter((r) => r.relaxedUpkeep === undefined)
+      .map((r) => [r.memory.connectionsPerNode, r.traffic.idleBytesPerNodePerSecond]),
   )
   const heap = fitLine(
     runs.map((r) => [
@@ -203,7 +206,20 @@ export function fit(all: ScaleResult[]): Constants {
 const f = (n: number | null | undefined, d = 1): string =>
   n !== null && n !== undefined && Number.isFinite(n) ? n.toFixed(d) : 'n/a'
 
-export const production = (nodes: number, maxPeers = 256, reprovideSeconds = 900): Workload => ({
+/**
+ * The router's default re-provide interval (KadDhtRouter.reprovideEveryMs): 15 min while the view is full;
+ * in a sampled view 15 min × nodes / (P + 1), up to 4×, at most 80 % of the 75-min record validity.
+ */
+export function defaultReprovideSeconds(nodes: number, maxPeers = 256): number {
+  if (nodes - 1 <= maxPeers) return 900
+  return Math.max(900, Math.min(900 * Math.min(4, nodes / (maxPeers + 1)), 0.8 * 4500))
+}
+
+export const production = (
+  nodes: number,
+  maxPeers = 256,
+  reprovideSeconds = defaultReprovideSeconds(nodes, maxPeers),
+): Workload => ({
   nodes,
   keys: 3000,
   maxPeers,
@@ -250,13 +266,15 @@ export async function render(): Promise<string> {
     )
   }
   const rows: [number, number, number, string][] = [
-    [200, 256, 900, ''],
-    [1000, 256, 900, ''],
-    [5000, 256, 900, ''],
-    [5000, 256, 3600, ', provides every 60 min'],
-    [5000, 128, 3600, ', provides every 60 min'],
+    [200, 256, defaultReprovideSeconds(200), ''],
+    [1000, 256, defaultReprovideSeconds(1000), ''],
+    [5000, 256, defaultReprovideSeconds(5000), ''],
+    [5000, 256, 900, ', re-provides every 15 min: the old default'],
+    [5000, 128, defaultReprovideSeconds(5000, 128), ''],
   ]
-  for (const [n, p, reprovide, note] of rows) {
+  for (const [n, p, reprovide, given] of rows) {
+    const note =
+      given !== '' ? given : n > p + 1 ? `, re-provides every ${f(reprovide / 60, 0)} min by default` : ''
     const m = model(production(n, p, reprovide), c)
     lines.push(
       `| ${n} | modelled${n > p + 1 ? ` (P = ${p}, sampled${note})` : ' (full view)'} | ${f(m.stateMiB, 1)} MiB state, ${f(m.heapMiB)} MiB heap incl. libp2p | ${f(m.trafficKiBs)} KiB/s | ${f(m.hitP99Ms, 2)} / ${f(m.missP99Ms, 2)} ms${n > p + 1 ? ` (a DHT walk; content on one of the ${p} sampled peers: local; the mirror answers a miss at its 20 ms resolve timeout)` : ''} | ${f(m.visibilityS, 2)} s | 0 (a list is dropped when its connection closes) |`,

@@ -14,7 +14,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks'
 import pino from 'pino'
 import { KadDhtRouter, type RoutingStats } from '../src/routing/kad-dht.js'
 import { digestOf } from '../src/oci/index.js'
-import { digestKey, keyToCid, type RoutingKey } from '../src/routing/keys.js'
+import { digestKey, keyToCid, keyToString, type RoutingKey } from '../src/routing/keys.js'
 import { nodeKeys, type Workload } from './scale-workload.js'
 
 export interface StartArgs {
@@ -86,6 +86,34 @@ async function firstPeer(
   return { ms: performance.now() - t0 }
 }
 
+/** The state of `router` towards `want` (bench only: reads private fields), for a probe that timed out. */
+function diagnose(router: KadDhtRouter, key: RoutingKey, want: string): string {
+  const r = router as unknown as {
+    urls: Map<string, string>
+    exchange: {
+      holders(k: string): string[]
+      subs: Map<string, { complete: boolean; hashes: Float64Array; stream?: { status: string } }>
+      identified: Set<string>
+      kagamiPeers: Set<string>
+      failed: Map<string, { count: number }>
+      incompleteReason(): string | undefined
+    }
+    node: Libp2p
+  }
+  const sub = r.exchange.subs.get(want)
+  const conns = r.node.getConnections().filter((c) => c.remotePeer.toString() === want)
+  return [
+    `holder=${r.exchange.holders(keyToString(key)).includes(want)}`,
+    `url=${r.urls.has(want)}`,
+    `sub=${sub === undefined ? 'none' : `${sub.complete ? 'complete' : 'arriving'}/${sub.stream?.status ?? 'dialling'}`}`,
+    `identified=${r.exchange.identified.has(want)}`,
+    `kagami=${r.exchange.kagamiPeers.has(want)}`,
+    `failed=${r.exchange.failed.get(want)?.count ?? 0}`,
+    `conns=${conns.map((c) => `${c.direction[0]}:${c.status}`).join(',')}`,
+    `complete=${r.exchange.incompleteReason() === undefined}`,
+  ].join(' ')
+}
+
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
 
 function heapBytes(gc: boolean): number {
@@ -107,15 +135,26 @@ const ops = {
         // What a real node would not meet: each process here carries up to 50 nodes on a shared 2-core
         // machine, and its event loop lags by seconds while they settle. So a failed ping does not close a
         // connection, deadlines meant for a stuck peer are stretched, and the DHT-provide fallback for a view
-        // that stays incomplete (a real cluster settles in seconds) waits for 10 min. Everything else, and
+        // that stays incomplete (a real cluster settles in seconds) waits for 60 min. Everything else, and
         // every byte sent, is as `kagami run` does it.
-        connectionMonitor: { abortConnectionOnPingFailure: false },
-        incompleteProvideAfterMs: 600_000,
+        connectionMonitor: {
+          abortConnectionOnPingFailure: false,
+          // SCALE_PING_INTERVAL_MS: libp2p's connection pings less often (upkeep relaxed, see scale.ts)
+          pingIntervalMs:
+            process.env.SCALE_PING_INTERVAL_MS !== undefined
+              ? Number(process.env.SCALE_PING_INTERVAL_MS)
+              : undefined,
+        },
+        // (a 200-node full view takes ~15 min to settle here; the fallback must not start in the middle)
+        incompleteProvideAfterMs: 3_600_000,
         keyExchangeInit: {
           maxPeers: a.maxPeers,
           maxSubscribers: Math.ceil(a.maxPeers * 1.25),
           sendTimeoutMs: 60_000,
           snapshotTimeoutMs: 120_000,
+          // SCALE_HEARTBEAT_MS: the exchange's heartbeat less often (upkeep relaxed, see scale.ts)
+          heartbeatMs:
+            process.env.SCALE_HEARTBEAT_MS !== undefined ? Number(process.env.SCALE_HEARTBEAT_MS) : undefined,
         },
       },
     )
@@ -191,6 +230,9 @@ const ops = {
   async watch(a: { indices: number[]; key: RoutingKey; want: string; untilMs: number }): Promise<{
     at: (number | null)[]
     skipped: number
+    why: string[]
+    /** the slowest lookup that did not find it yet, and the exchange's state when it started */
+    slowest: string
   }> {
     const holding = a.indices.filter(
       (index) =>
@@ -199,21 +241,60 @@ const ops = {
         )?.exchange?.keyCount(a.want) ?? 0) > 0,
     )
     const seen: (number | null)[] = holding.map(() => null)
-    while (seen.includes(null) && now() < a.untilMs) {
-      await Promise.all(
-        holding.map(async (index, i) => {
+    // each node polls on its own: one slow lookup delays only its own node's answer (the first version
+    // polled in rounds, and one lookup that ran for seconds failed the whole probe)
+    let slowestMs = 0
+    let slowest = ''
+    await Promise.all(
+      holding.map(async (index, i) => {
+        while (seen[i] === null && now() < a.untilMs) {
           const r = nodes.get(index)
-          if (seen[i] !== null || r === undefined) return
+          if (r === undefined) return
+          const reason = (
+            r as unknown as { exchange?: { incompleteReason(): string | undefined } }
+          ).exchange?.incompleteReason()
           const found = await firstPeer(r, a.key, 250)
           if (found.id === a.want) seen[i] = now()
-        }),
-      )
-      await sleep(50)
-    }
+          else if (found.ms > slowestMs) {
+            slowestMs = found.ms
+            slowest = `${found.ms.toFixed(0)} ms (a 250 ms deadline; ${reason === undefined ? 'complete view' : `incomplete: ${reason.replace(/12D3\w+/g, 'P')}`})`
+          }
+          await sleep(50)
+        }
+      }),
+    )
+    // why a node did not resolve it: which of the steps between the delta and a yielded provider failed
+    const why: string[] = []
+    holding.forEach((index, i) => {
+      const r = nodes.get(index)
+      if (seen[i] !== null || r === undefined) return
+      why.push(diagnose(r, a.key, a.want))
+    })
     return {
       at: holding.map((index, i) => (nodes.has(index) ? seen[i]! : -1)),
       skipped: a.indices.length - holding.length,
+      why,
+      slowest,
     }
+  },
+  /** The publisher's side of a probe that timed out (bench only: reads private fields). */
+  published(a: { index: number; key: RoutingKey }): string {
+    const r = nodes.get(a.index) as unknown as
+      | {
+          advertised: Map<string, unknown>
+          exchange: {
+            sent: Map<string, number>
+            subscribers: Map<string, unknown>
+            timer?: unknown
+            keysDirty: boolean
+            stopped: boolean
+          }
+        }
+      | undefined
+    if (r === undefined) return 'gone'
+    const k = keyToString(a.key)
+    const x = r.exchange
+    return `advertised=${r.advertised.has(k)} sent=${x.sent.has(k)} subscribers=${x.subscribers.size} timer=${x.timer !== undefined} dirty=${x.keysDirty} stopped=${x.stopped}`
   },
   /** n provides, or n full DHT walks for keys nobody has, one at a time from one node (the model's DHT cost). */
   async calibrate(a: { index: number; n: number; run: string; kind: 'provide' | 'walk' }): Promise<number[]> {

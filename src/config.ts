@@ -181,8 +181,14 @@ export const runSchema = z
         'tags from peers: fallback = only while upstream does not answer; never = upstream or this node only; always = never ask upstream',
       ),
     resyncInterval: duration.prefault('60s').describe('full store-to-DHT resync interval'),
-    reprovideInterval: duration.prefault('15m').describe('how often provider records are refreshed'),
-    recordValidity: duration.prefault('20m').describe('how long a provider record stays valid'),
+    reprovideInterval: duration
+      .prefault('15m')
+      .describe(
+        'how often provider records are refreshed; stretched with the cluster size once it outgrows the key exchange (up to 4x, at most 80% of recordValidity)',
+      ),
+    recordValidity: duration
+      .prefault('75m')
+      .describe('how long a provider record stored for another node stays valid'),
     stateDir: z.string().min(1).default('/var/lib/kagami').describe('persistent state (libp2p identity)'),
     pskFile: z
       .string()

@@ -14,8 +14,8 @@ import { anySignal } from 'any-signal'
 import { noise } from '@chainsafe/libp2p-noise'
 import { preSharedKey } from '@libp2p/pnet'
 import { yamux } from '@chainsafe/libp2p-yamux'
-import { identify } from '@libp2p/identify'
-import type { Libp2p, PeerId, PeerInfo, PrivateKey } from '@libp2p/interface'
+import { identify, type Identify } from '@libp2p/identify'
+import type { Connection, Libp2p, PeerId, PeerInfo, PrivateKey } from '@libp2p/interface'
 import { type KadDHT, kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
@@ -24,7 +24,7 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { createLibp2p, type Libp2pOptions } from 'libp2p'
 import type { Logger } from 'pino'
 import { Gauge, type Registry } from 'prom-client'
-import type { AbortOptions } from '../abort.js'
+import { type AbortOptions, untilAborted } from '../abort.js'
 import { checkPeerUrl } from '../trust/peer-url.js'
 import { replacePnetCipher } from '../trust/pnet-cipher.js'
 import { KeyExchange, type KeyExchangeInit, type KeyExchangeStats } from './key-exchange.js'
@@ -33,6 +33,10 @@ import { keyToCid, keyToString, type RoutingKey } from './keys.js'
 import type { Peer, ResolveOptions, Router } from './router.js'
 
 export const DHT_PROTOCOL = '/kagami/kad/1.0.0'
+export const DEFAULT_REPROVIDE_INTERVAL_MS = 15 * 60_000
+export const DEFAULT_RECORD_VALIDITY_MS = 75 * 60_000
+/** How far the re-provide interval stretches in a sampled view (15 min → 60 min). */
+const MAX_REPROVIDE_STRETCH = 4
 const AGENT_PREFIX = 'kagami/'
 const URL_MARK = ' peer-url='
 
@@ -49,9 +53,19 @@ export interface KadDhtRouterInit {
   /** `/ip4/…/tcp/…/p2p/…` multiaddrs, or `dns:<name>:<port>` (every A record of name, e.g. a headless Service). */
   bootstrap?: string[]
   privateKey?: PrivateKey
-  /** How often provider records are re-published (default 15 min). */
+  /**
+   * How often our provider records are re-published while every node holds every list (default 15 min).
+   * Once the key exchange's view is sampled (more nodes than its peer set), the interval stretches with
+   * the cluster size the exchange sees: × nodes / (peer set + 1), up to 4× and at most 80 % of
+   * `recordValidityMs` (see `reprovideEveryMs`).
+   */
   reprovideIntervalMs?: number
-  /** How long a provider record stays valid (default 20 min). */
+  /**
+   * How long a provider record we store for another node stays valid (default 75 min). One value for every
+   * node, not derived from the cluster size: the storer, not the provider, decides when a record expires,
+   * and a storer that saw a smaller cluster than the provider would drop its records before they are
+   * re-provided.
+   */
   recordValidityMs?: number
   /** How often bootstrap entries are dialled again while they are not connected (default 5 s). */
   rebootstrapIntervalMs?: number
@@ -116,6 +130,10 @@ export interface RoutingStats {
   connections: number
   pendingProvides: number
   provided: number
+  /** the current re-provide interval (it follows the cluster size in a sampled view) */
+  reprovideEveryMs: number
+  /** keys queued again for a provide by the re-provide sweeps */
+  reprovideQueued: number
 }
 
 /** Every A and AAAA record of name (IPv6-primary clusters publish the headless Service as AAAA only). */
@@ -149,7 +167,7 @@ export interface KnownPeer {
 const MAX_REMEMBERED_PEERS = 256
 
 export class KadDhtRouter implements Router {
-  private node: Libp2p<{ dht: KadDHT }> | undefined
+  private node: Libp2p<{ dht: KadDHT; identify: Identify }> | undefined
   private readonly log: Logger
   /** Advertised keys by their string form. */
   private readonly advertised = new Map<string, RoutingKey>()
@@ -197,8 +215,8 @@ export class KadDhtRouter implements Router {
   }
 
   async start(): Promise<void> {
-    const validityMs = this.init.recordValidityMs ?? 20 * 60_000
-    const intervalMs = this.init.reprovideIntervalMs ?? 15 * 60_000
+    const validityMs = this.init.recordValidityMs ?? DEFAULT_RECORD_VALIDITY_MS
+    const intervalMs = this.init.reprovideIntervalMs ?? DEFAULT_REPROVIDE_INTERVAL_MS
     this.datastore = new ExpiringProviderDatastore(validityMs, this.init.providerLimits, this.log, (peer) => {
       void this.node?.hangUp(peerIdFromString(peer)).catch(() => undefined)
     })
@@ -210,7 +228,10 @@ export class KadDhtRouter implements Router {
       transports: this.init.transports ?? [tcp()],
       ...(this.init.psk !== undefined ? { connectionProtector: preSharedKey({ psk: this.init.psk }) } : {}),
       connectionEncrypters: [noise()],
-      streamMuxers: [yamux()],
+      // no yamux keep-alive (a ping frame every 30 s on every connection): libp2p's connection monitor
+      // already pings each connection (below), and at 200 nodes in the scale bench these keep-alives were
+      // ~13 % of a settled node's CPU and most of its idle traffic (~200 connections each)
+      streamMuxers: [yamux({ enableKeepAlive: false })],
       nodeInfo: {
         userAgent: `${AGENT_PREFIX}${this.init.version ?? '0.1.0'}${URL_MARK}${this.init.peerUrl}`,
       },
@@ -242,10 +263,12 @@ export class KadDhtRouter implements Router {
             cleanupInterval: Math.max(60, Math.ceil(intervalMs / 1000)),
           },
           reprovide: {
+            // how often kad-dht drops expired records of others; our own records are re-provided by
+            // provideDue() at an interval that follows the cluster size, which kad-dht's fixed threshold
+            // cannot: it re-provides one of ours only once it expired (a backstop)
             interval: intervalMs,
             validity: validityMs,
-            // re-provide at every check: the remaining validity then is validity - interval
-            threshold: validityMs - intervalMs + Math.ceil(intervalMs / 2),
+            threshold: 0,
           },
         }),
       },
@@ -262,6 +285,7 @@ export class KadDhtRouter implements Router {
       await this.exchange.start()
     }
     this.node.addEventListener('peer:identify', (e) => {
+      this.identifiedPeers.add(e.detail.peerId.toString())
       const announced = peerUrlFromAgent(e.detail.agentVersion)
       if (announced === undefined) return
       // Only a URL on the IP the peer connects from: never another host, never our own endpoint.
@@ -298,6 +322,7 @@ export class KadDhtRouter implements Router {
     this.node.addEventListener('peer:disconnect', (e) => {
       const id = e.detail.toString()
       this.urls.delete(id)
+      this.identifiedPeers.delete(id)
       const was = this.seen.get(id)
       if (was === undefined) return
       this.seen.delete(id)
@@ -453,6 +478,8 @@ export class KadDhtRouter implements Router {
       connections: this.node?.getConnections().length ?? 0,
       pendingProvides: this.pendingProvides(),
       provided: this.provided.size,
+      reprovideEveryMs: this.reprovideEveryMs(),
+      reprovideQueued: this.reprovideQueued,
     }
   }
 
@@ -465,6 +492,7 @@ export class KadDhtRouter implements Router {
       this.provideQueue.set(s, { key })
       queued++
     }
+    this.reprovideQueued += queued
     this.log.debug({ keys: queued, peers: this.routingTableSize() }, 'providing keys not on the DHT yet')
     this.startWorkers()
   }
@@ -494,12 +522,86 @@ export class KadDhtRouter implements Router {
   private startedAt = Date.now()
 
   private sweep(): void {
-    const every = this.init.reprovideIntervalMs ?? 15 * 60_000
-    if (Date.now() - this.lastSweep >= every) {
+    this.reidentify()
+    if (Date.now() - this.lastSweep >= this.reprovideEveryMs()) {
       this.lastSweep = Date.now()
       this.reprovideAll() // popular keys that became rare, and keys that waited
     }
+    this.provideDue()
     this.startWorkers()
+  }
+
+  /**
+   * How often each of our provider records is re-published. Re-providing is most of a node's routing
+   * traffic in a sampled cluster: ~300 rare keys, each provide a DHT walk plus 20 stores (~17 KB × log2 N
+   * cluster-wide, bench/results/scale.md), so at 5,000 nodes every 15 min cost ~70 KiB/s per node against
+   * the 50 KiB/s goal. The interval therefore grows with the cluster the key exchange sees (its known nodes
+   * over its peer set), from `reprovideIntervalMs` up to 4× that, and stays at most 80 % of the record
+   * validity so a record is always re-provided before the nodes storing it drop it. In a full view provides
+   * hardly happen (a miss is answered from memory) and the interval is the configured one.
+   */
+  reprovideEveryMs(): number {
+    const base = this.init.reprovideIntervalMs ?? DEFAULT_REPROVIDE_INTERVAL_MS
+    const validity = this.init.recordValidityMs ?? DEFAULT_RECORD_VALIDITY_MS
+    const exchange = this.exchange
+    if (exchange === undefined || !exchange.saturated()) return base
+    const stretch = Math.min(MAX_REPROVIDE_STRETCH, exchange.knownNodes() / (exchange.maxPeers() + 1))
+    return Math.max(base, Math.min(base * stretch, validity * 0.8))
+  }
+
+  /** Our records provided at least one interval ago go back in the queue (the next provide refreshes them). */
+  private provideDue(): void {
+    if (this.provided.size === 0) return
+    const cutoff = Date.now() - this.reprovideEveryMs()
+    for (const [name, at] of this.provided) {
+      if (at > cutoff) continue
+      this.provided.delete(name)
+      const key = this.advertised.get(name)
+      if (key === undefined || this.provideQueue.has(name)) continue
+      this.provideQueue.set(name, { key })
+      this.reprovideQueued++
+    }
+  }
+
+  /** Keys queued again by the sweeps (for the scale bench and tests). */
+  private reprovideQueued = 0
+
+  /** Connected peers whose identify finished (kagami or not). */
+  private readonly identifiedPeers = new Set<string>()
+  /** Peers being identified again, and how often each connection was. */
+  private readonly identifying = new Set<string>()
+  private readonly reidentified = new WeakMap<Connection, number>()
+
+  /**
+   * Identify runs once per connection, when it opens, with a 5 s deadline. A node joining a cluster opens a
+   * few hundred connections at once, and under that load some identifies time out; libp2p never runs them
+   * again. That peer's endpoint URL then stays unknown for as long as the connection lives: the key
+   * exchange still holds its list (it subscribes to unidentified connections too) but `resolve` cannot
+   * hand the peer to the mirror, so nothing it pulls becomes visible from here (the 100-node scale run: 5 of
+   * 8 new images not resolvable from every node within 15 s). So a connection open for a while whose peer
+   * is not identified is identified again, up to 3 times.
+   */
+  private reidentify(): void {
+    const node = this.node
+    if (node === undefined) return
+    const now = Date.now()
+    for (const conn of node.getConnections()) {
+      const id = conn.remotePeer.toString()
+      if (this.identifiedPeers.has(id) || this.identifying.has(id)) continue
+      if (conn.status !== 'open' || now - conn.timeline.open < 6_000) continue
+      const tries = this.reidentified.get(conn) ?? 0
+      if (tries >= 3) continue
+      this.reidentified.set(conn, tries + 1)
+      this.identifying.add(id)
+      const signal = anySignal([AbortSignal.timeout(10_000), this.stopController.signal])
+      node.services.identify
+        .identify(conn, { signal })
+        .catch((err: Error) => this.log.debug({ err: err.message, peer: id }, 'identify failed again'))
+        .finally(() => {
+          signal.clear()
+          this.identifying.delete(id)
+        })
+    }
   }
 
   private startWorkers(): void {
@@ -511,8 +613,8 @@ export class KadDhtRouter implements Router {
   }
 
   private readonly provideQueue = new Map<string, { key: RoutingKey; signal?: AbortSignal }>()
-  /** Keys whose provide reached peers; the kad-dht reprovider keeps them fresh. */
-  private readonly provided = new Set<string>()
+  /** Keys whose provide reached peers → when; provideDue() provides them again one interval later. */
+  private readonly provided = new Map<string, number>()
   private workers = 0
 
   private async provideWorker(): Promise<void> {
@@ -532,7 +634,7 @@ export class KadDhtRouter implements Router {
           for await (const _ of this.dht().provide(await keyToCid(key), { signal: s })) {
             // drain: provide resolves once the record is stored on the closest peers
           }
-          if (this.routingTableSize() > 0) this.provided.add(name)
+          if (this.routingTableSize() > 0) this.provided.set(name, Date.now())
         } finally {
           s.clear()
         }
@@ -601,6 +703,7 @@ export class KadDhtRouter implements Router {
     const self = node.peerId.toString()
     const seen = new Set<string>()
     let yielded = 0
+    let dhtEvents: AsyncIterator<unknown> | undefined
     try {
       // Connected peers that announced the key: known without a network round trip.
       for (const id of this.exchange?.holders(keyToString(key)) ?? []) {
@@ -614,13 +717,21 @@ export class KadDhtRouter implements Router {
       // and sees the same members, nobody else can have the key, and a miss is answered now instead of
       // after a DHT query.
       if (this.exchange?.complete() === true) return
-      for await (const event of node.services.dht.findProviders(await keyToCid(key), { signal })) {
+      // kad-dht ends a query only once its in-flight requests end, which under load took 20-30 s past a
+      // 250 ms deadline (the 60-node scale run): each step is raced against our signal, and the query left
+      // to finish in the background (its own signal is aborted in `finally`)
+      const events = node.services.dht.findProviders(await keyToCid(key), { signal })[Symbol.asyncIterator]()
+      dhtEvents = events
+      for (;;) {
+        const next = await untilAborted(events.next(), signal)
+        if (next.done === true) break
+        const event = next.value
         if (event.name !== 'PROVIDER') continue
         for (const provider of event.providers) {
           const id = provider.id.toString()
           if (id === self || seen.has(id)) continue
           seen.add(id)
-          const url = await this.urlOf(provider, signal)
+          const url = await untilAborted(this.urlOf(provider, signal), signal)
           if (url === undefined) continue
           yield { id, url }
           if (++yielded === options.limit) return
@@ -632,6 +743,8 @@ export class KadDhtRouter implements Router {
     } finally {
       controller.abort() // the consumer broke out or we are done: end the query
       signal.clear()
+      // not awaited: it settles once kad-dht's query has wound down
+      dhtEvents?.return?.().catch(() => undefined)
     }
   }
 

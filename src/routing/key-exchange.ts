@@ -76,6 +76,11 @@ export interface KeyExchangeInit {
    * wrong with a delta, a list is never wrong for longer than that.
    */
   heartbeatMs?: number
+  /**
+   * Of two nodes that learn of each other and are not connected, the one with the higher peer id dials; the
+   * other waits this long for that connection before it dials itself (default 10 s). See `select`.
+   */
+  dialWaitMs?: number
 }
 
 export interface KeyExchangeStats {
@@ -291,6 +296,7 @@ export class KeyExchange {
       banMs: init.banMs ?? 60_000,
       selectIntervalMs: init.selectIntervalMs ?? 2_000,
       heartbeatMs: init.heartbeatMs ?? 30_000,
+      dialWaitMs: init.dialWaitMs ?? 10_000,
     }
     this.self = node.peerId.toString()
     this.selfHash = hash32(this.self)
@@ -324,11 +330,16 @@ export class KeyExchange {
     })
     this.node.addEventListener('peer:connect', (e) => {
       this.connected.add(e.detail.toString())
+      this.heardOf.delete(e.detail.toString())
       this.membership++
     })
     this.node.addEventListener('peer:disconnect', (e) => {
       const id = e.detail.toString()
       this.connected.delete(id)
+      // a peer we were connected to is dialled again at once, whatever its id: if it left, the failed
+      // dial is what tells us (gone()), and a view waiting 10 s for a departed node is incomplete that long
+      if (this.heardOf.size >= 10_000) this.heardOf.clear()
+      this.heardOf.set(id, -Infinity)
       this.membership++
       this.kagamiPeers.delete(id)
       this.identified.delete(id)
@@ -388,6 +399,21 @@ export class KeyExchange {
     return this.otherPeers.size > 0
   }
 
+  /**
+   * Nodes we know of, us included (connected, in the DHT table, or listed as a member by a peer): the
+   * cluster's size while that is below ~maxPeers², which a sampled view's members cover.
+   */
+  knownNodes(): number {
+    return this.known
+  }
+
+  private known = 1
+
+  /** The peer set's size (a full view up to maxPeers + 1 nodes). */
+  maxPeers(): number {
+    return this.cfg.maxPeers
+  }
+
   /** More kagami peers are known than `maxPeers`: we hold a sample of the cluster, not all of it. */
   saturated(): boolean {
     return this.saturated_
@@ -415,8 +441,7 @@ export class KeyExchange {
     for (const id of this.kagamiPeers) {
       if (!this.subs.has(id) && !this.isBanned(id)) return `connected to ${id} without its list`
     }
-    for (const c of this.node.getConnections()) {
-      const id = c.remotePeer.toString()
+    for (const id of this.connected) {
       if (!this.identified.has(id) && this.subs.get(id)?.complete !== true && !this.isBanned(id))
         return `connected to ${id}, not identified yet`
     }
@@ -447,13 +472,40 @@ export class KeyExchange {
   }
 
   private closureReason(): string | undefined {
-    for (const s of this.subs.values()) {
-      for (const m of s.members.keys()) {
-        if (m !== this.self && this.subs.get(m)?.complete !== true && !this.isBanned(m) && !this.gone(m))
-          return `${s.id} knows ${m}, whose list we do not hold`
-      }
+    for (const [m, r] of this.memberRefs) {
+      if (m !== this.self && this.subs.get(m)?.complete !== true && !this.isBanned(m) && !this.gone(m))
+        return `${r.by} knows ${m}, whose list we do not hold`
     }
     return undefined
+  }
+
+  /**
+   * Member id → how many of our subscriptions list it, its addresses, and one that does. Kept as members
+   * join and leave, so `select` and the closure look at each known node once: they scanned every member of
+   * every subscription (V × V, 40,000 entries at 200 nodes) on every pass, and a pass ran after every join
+   * frame: ~20 % of a 200-node settle's CPU.
+   */
+  private readonly memberRefs = new Map<string, { count: number; addrs: string[]; by: string }>()
+
+  /** Adds a member to a live subscription; true when no other subscription listed it (a new node). */
+  private addMember(sub: Subscription, id: string, addrs: string[]): boolean {
+    if (this.subs.get(sub.id) !== sub) return false
+    const had = sub.members.has(id)
+    sub.members.set(id, addrs)
+    const ref = this.memberRefs.get(id)
+    if (ref === undefined) {
+      this.memberRefs.set(id, { count: 1, addrs, by: sub.id })
+      return true
+    }
+    ref.addrs = addrs
+    if (!had) ref.count++
+    return false
+  }
+
+  private removeMember(sub: Subscription, id: string): void {
+    if (this.subs.get(sub.id) !== sub || !sub.members.delete(id)) return
+    const ref = this.memberRefs.get(id)
+    if (ref !== undefined && --ref.count <= 0) this.memberRefs.delete(id)
   }
 
   stats(): KeyExchangeStats {
@@ -637,14 +689,15 @@ export class KeyExchange {
     for (const id of this.kagamiPeers) candidates.set(id, [])
     for (const id of this.knownPeers()) candidates.set(id, [])
     // a connection whose identify never finished (it can fail under load): ask the peer itself
-    for (const c of this.node.getConnections()) {
-      const id = c.remotePeer.toString()
-      if (!this.identified.has(id) && now - c.timeline.open > 5_000) candidates.set(id, [])
+    for (const id of this.connected) {
+      if (this.identified.has(id) || candidates.has(id)) continue
+      const conn = this.node.getConnections(peerIdFromString(id))[0]
+      if (conn !== undefined && now - conn.timeline.open > 5_000) candidates.set(id, [])
     }
-    for (const s of this.subs.values()) {
-      for (const [m, addrs] of s.members) if (!candidates.has(m)) candidates.set(m, addrs)
-    }
+    // every member our peers list (counted as they list them: not V × V members scanned per pass)
+    for (const [m, r] of this.memberRefs) if (!candidates.has(m)) candidates.set(m, r.addrs)
     candidates.delete(this.self)
+    this.known = candidates.size + 1
     for (const id of candidates.keys()) {
       const f = this.failed.get(id)
       const backoff = f === undefined ? 0 : Math.min(30_000, 1000 * 2 ** (f.count - 1))
@@ -672,8 +725,32 @@ export class KeyExchange {
     }
     for (const id of targets) {
       if (this.subs.has(id) || this.dialing >= 4) continue
+      if (this.waitForDial(id, now)) continue
       void this.subscribe(id, candidates.get(id) ?? [])
     }
+  }
+
+  /** peer id → when we first wanted to subscribe to it while not connected (see waitForDial) */
+  private readonly heardOf = new Map<string, number>()
+
+  /**
+   * Whether to leave the dial to `id` for now. When a node joins, it learns of every member from its first
+   * snapshot while every member learns of it from a delta, and both sides dialled at once: ~45 % of pairs
+   * ended with two connections (1.45 per peer at 50 and 100 nodes, bench/results/scale.md), each one a
+   * noise handshake, identify, yamux and DHT set-up (most of a join's CPU) and ~120 KiB held. So the node
+   * with the higher id dials and the other waits for that connection, for up to `dialWaitMs` (the higher one
+   * may not dial: it may be full, sampling others, or not know of us yet). Only a subscription's own dial
+   * waits: a connected peer is subscribed to at once.
+   */
+  private waitForDial(id: string, now: number): boolean {
+    if (this.connected.has(id) || id < this.self) return false
+    const since = this.heardOf.get(id)
+    if (since === undefined) {
+      if (this.heardOf.size >= 10_000) this.heardOf.clear()
+      this.heardOf.set(id, now)
+      return true
+    }
+    return now - since < this.cfg.dialWaitMs
   }
 
   private async subscribe(id: string, addrs: string[]): Promise<void> {
@@ -833,17 +910,19 @@ export class KeyExchange {
         return
       }
       case FRAME.join: {
+        let discovered = false
         for (const line of this.lines(payload)) {
           const { id, addrs } = this.memberOf(line)
-          sub.members.set(id, addrs)
+          if (this.addMember(sub, id, addrs)) discovered = true
           if (sub.members.size > this.cfg.maxMembersPerPeer) throw new Violation('too many members')
         }
         this.membership++
-        if (sub.complete) this.kick()
+        // a node none of our peers listed before: subscribe to it soon (not for every peer announcing it)
+        if (sub.complete && discovered) this.kick()
         return
       }
       case FRAME.leave: {
-        for (const id of this.lines(payload)) sub.members.delete(id)
+        for (const id of this.lines(payload)) this.removeMember(sub, id)
         this.membership++
         return
       }
@@ -894,6 +973,7 @@ export class KeyExchange {
 
   private drop(sub: Subscription): void {
     if (this.subs.get(sub.id) !== sub) return
+    for (const m of [...sub.members.keys()]) this.removeMember(sub, m)
     this.subs.delete(sub.id)
     this.membership++
     sub.stream?.abort(new Error('subscription dropped'))
