@@ -20,7 +20,10 @@ export function abortError(signal: AbortSignal): Error {
  * honour the signal it was given promptly (kad-dht ends a query only once its in-flight requests do).
  */
 export function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(abortError(signal))
+  if (signal.aborted) {
+    promise.catch(() => undefined) // it settles later, unobserved: not an unhandled rejection
+    return Promise.reject(abortError(signal))
+  }
   return new Promise<T>((resolve, reject) => {
     const onAbort = (): void => reject(abortError(signal))
     signal.addEventListener('abort', onAbort, { once: true })
