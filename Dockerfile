@@ -8,6 +8,7 @@ COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY scripts/bundle.mjs ./scripts/
+COPY scripts/shims ./scripts/shims
 COPY src ./src
 RUN npm run build && npm prune --omit=dev
 

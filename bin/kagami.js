@@ -5,7 +5,8 @@
 // GC); blob chunks now come from reused pool buffers (src/buffer-pool.ts), so the GC share is ~2 % with it.
 // In the container image (no src/), runs the build: the minified bundle (dist/kagami.mjs, scripts/bundle.mjs;
 // it idles in less memory), else the compiled files (dist/main.js). In a checkout, runs the TypeScript source
-// through tsx, so it is never stale; KAGAMI_FROM_DIST=1 runs the build (`npm run build`) instead.
+// through tsx, so it is never stale; KAGAMI_FROM_DIST=1 runs the build (`npm run build`) instead. Either
+// way, `kagami run` executes this file once more for the daemon (src/exec-daemon.ts).
 import { spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
@@ -18,14 +19,6 @@ const source = new URL('../src/main.ts', import.meta.url)
 // `node` is older (Debian 12 ships 18, many machines still have 20) re-runs itself on that one. The image
 // and `npm run …`/`npx` (node_modules/.bin first on PATH) already start on Node 24.
 const pinned = fileURLToPath(new URL('../node_modules/.bin/node', import.meta.url))
-// glibc's malloc keeps what it freed when it was not mmap'd, and its threshold for mmap grows to 32 MiB
-// as big blocks come and go: the ~15 MiB V8 needs while it compiles the bundle stayed resident in an idle
-// daemon. A fixed 32 KiB threshold (V8's compile zones are made of 32 KiB segments) gives that back at
-// once: ~16 MiB less idle RSS (bench/memory.ts). It must be in the environment before node starts, so
-// `kagami run` re-executes itself once (same process id) when it is not.
-const MALLOC_ENV = { MALLOC_MMAP_THRESHOLD_: '32768' }
-const daemon = process.platform === 'linux' && process.argv.slice(2).includes('run')
-
 if (Number(process.versions.node.split('.')[0]) < MIN_NODE_MAJOR) {
   if (!existsSync(pinned)) {
     process.stderr.write(
@@ -36,23 +29,10 @@ if (Number(process.versions.node.split('.')[0]) < MIN_NODE_MAJOR) {
   const child = spawn(
     pinned,
     [...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2)],
-    {
-      stdio: 'inherit',
-      env: daemon ? { ...MALLOC_ENV, ...process.env } : process.env,
-    },
+    { stdio: 'inherit' },
   )
   for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(signal, () => child.kill(signal))
   child.on('exit', (code, signal) => process.exit(code ?? (signal === null ? 1 : 128)))
-} else if (
-  daemon &&
-  process.env.MALLOC_MMAP_THRESHOLD_ === undefined &&
-  typeof process.execve === 'function'
-) {
-  process.execve(
-    process.execPath,
-    [process.execPath, ...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2)],
-    { ...process.env, ...MALLOC_ENV },
-  )
 } else if (existsSync(dist) && (!existsSync(source) || process.env.KAGAMI_FROM_DIST === '1')) {
   await import(dist.href)
 } else {

@@ -4,7 +4,8 @@
 // Why: an idle daemon's V8 heap held ~15 MiB of module source text and the metadata of ~1,000 files from
 // node_modules (bench/memory.ts, issue #14). One minified bundle keeps a fraction of that, and code split
 // into chunks (the daemon, the status page) is only read when first imported.
-import { rm } from 'node:fs/promises'
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 import { build } from 'esbuild'
 
 /**
@@ -28,9 +29,56 @@ const builtinsViaRequire = {
   },
 }
 
+/**
+ * No WebAssembly in the daemon. Four dependencies compiled a wasm module when imported: V8's wasm compilers
+ * and the modules' memories kept ~5 MiB of an idle daemon's RSS (bench/memory.ts) for work that is small
+ * here (the DHT's messages). With `WebAssembly` undefined in the bundle, xsalsa20 (@libp2p/pnet's cipher)
+ * and long (protobufjs' int64) take their JavaScript paths; @chainsafe/libp2p-noise's ChaCha20-Poly1305 and
+ * SHA-256 for messages under 1,200 bytes, which have none, get the same functions on node:crypto
+ * (scripts/shims/, checked against the originals in test/unit/bundle-shims.spec.ts).
+ */
+const noWasm = {
+  name: 'no-wasm',
+  setup(b) {
+    b.onResolve({ filter: /^@chainsafe\/as-(chacha20poly1305|sha256)$/ }, (args) => ({
+      path: fileURLToPath(import.meta.resolve(`./shims/${args.path.slice('@chainsafe/'.length)}.ts`)),
+    }))
+  },
+}
+
+/**
+ * kad-dht's table of a KadID prefix for each of the 65,536 16-bit prefixes (routing-table refresh): as a
+ * literal array it is 0.4 MiB of source and ~0.7 MiB of arrays held from start. The bundle writes it to
+ * dist/kagami-kad-prefixes.bin (native-endian uint32) and reads it on first use, a 256 KiB typed array.
+ */
+const kadPrefixes = {
+  name: 'kad-prefixes',
+  setup(b) {
+    b.onLoad({ filter: /[\\/]@libp2p[\\/]kad-dht[\\/].*[\\/]generated-prefix-list\.js$/ }, async (args) => {
+      const { default: list } = await import(pathToFileURL(args.path).href)
+      if (!Array.isArray(list) || list.length !== 65536) throw new Error(`unexpected ${args.path}`)
+      await writeFile('dist/kagami-kad-prefixes.bin', new Uint8Array(Uint32Array.from(list).buffer))
+      return {
+        loader: 'js',
+        contents: `import { readFileSync } from 'node:fs'
+let table
+const load = () => {
+  if (table === undefined) {
+    const bytes = readFileSync(new URL('./kagami-kad-prefixes.bin', import.meta.url))
+    table = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4)
+  }
+  return table
+}
+export default new Proxy([], { get: (_, key) => Reflect.get(load(), key) })
+`,
+      }
+    })
+  },
+}
+
 // chunks are named by content hash: drop the previous build's
-for (const name of await import('node:fs/promises').then((fs) => fs.readdir('dist').catch(() => [])))
-  if (/^kagami.*\.(mjs|txt)$/.test(name)) await rm(`dist/${name}`)
+await mkdir('dist', { recursive: true })
+for (const name of await readdir('dist')) if (/^kagami.*\.(mjs|txt)$/.test(name)) await rm(`dist/${name}`)
 
 await build({
   entryPoints: { kagami: 'src/main.ts' },
@@ -53,5 +101,10 @@ await build({
   legalComments: 'external',
   charset: 'ascii',
   logLevel: 'warning',
-  plugins: [builtinsViaRequire],
+  define: { WebAssembly: 'undefined' },
+  // Loaded from node_modules if ever used, not read with the daemon's code: fastify's schema compilers
+  // (Ajv, fast-json-stringify: src/registry/server.ts passes lazy ones, no route has a schema) and its
+  // inject() (tests only). ~0.3 MiB of source an idle daemon would hold.
+  external: ['@fastify/ajv-compiler', '@fastify/fast-json-stringify-compiler', 'light-my-request'],
+  plugins: [builtinsViaRequire, noWasm, kadPrefixes],
 })

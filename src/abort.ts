@@ -20,11 +20,13 @@ export function abortError(signal: AbortSignal): Error {
  * honour the signal it was given promptly (kad-dht ends a query only once its in-flight requests do).
  */
 export function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) {
-    promise.catch(() => undefined) // it settles later, unobserved: not an unhandled rejection
-    return Promise.reject(abortError(signal))
-  }
   return new Promise<T>((resolve, reject) => {
+    // the promise may still reject (kad-dht's query ending on the same signal): handled below, never unhandled
+    if (signal.aborted) {
+      promise.catch(() => undefined)
+      reject(abortError(signal))
+      return
+    }
     const onAbort = (): void => reject(abortError(signal))
     signal.addEventListener('abort', onAbort, { once: true })
     promise.then(

@@ -1,7 +1,7 @@
 import { Command, CommanderError, Option } from 'commander'
 import type { z } from 'zod'
+import { failure } from './cli-error.js'
 import {
-  ConfigError,
   configureSchema,
   fields,
   fromEnv,
@@ -17,12 +17,21 @@ export interface CliIo {
   stdout: (line: string) => void
   stderr: (line: string) => void
   env: NodeJS.ProcessEnv
+  /**
+   * Runs the daemon with the parsed config. Default: in this process; the `kagami` executable
+   * (src/main.ts) re-executes itself for it instead (src/exec-daemon.ts).
+   */
+  runDaemon: (config: RunConfig) => Promise<number>
 }
 
 const defaultIo: CliIo = {
   stdout: (line) => process.stdout.write(`${line}\n`),
   stderr: (line) => process.stderr.write(`${line}\n`),
   env: process.env,
+  runDaemon: async (config) => {
+    const { runDaemon } = await import('./daemon.js') // keeps configure/cleanup/status free of libp2p
+    return await runDaemon(config)
+  },
 }
 
 /** Registers one option per schema field; defaults come from the schema, not commander. */
@@ -56,7 +65,8 @@ async function loadConfig<S extends z.ZodObject>(
 }
 
 /** Runs the CLI and returns the exit code. Errors print one line naming the problem, never a stack. */
-export async function main(argv: string[], io: CliIo = defaultIo): Promise<number> {
+export async function main(argv: string[], overrides: Partial<CliIo> = {}): Promise<number> {
+  const io: CliIo = { ...defaultIo, ...overrides }
   let exitCode = 0
   const program = new Command('kagami')
     .description('Peer-to-peer container image sharing for containerd nodes')
@@ -75,8 +85,7 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
     runSchema,
   ).action(async (flags: Record<string, unknown>) => {
     const config = await loadConfig(runSchema, flags, io.env)
-    const { runDaemon } = await import('./daemon.js') // keeps configure/cleanup/status free of libp2p
-    exitCode = await runDaemon(config as RunConfig)
+    exitCode = await io.runDaemon(config as RunConfig)
   })
 
   addSchemaOptions(
@@ -168,10 +177,8 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
       // help and version exit 0; usage errors were already printed by commander
       return err.exitCode
     }
-    const e = err as Error
-    io.stderr(
-      `kagami: ${e.name === 'ConfigError' || err instanceof ConfigError ? '' : 'error: '}${e.message}`,
-    )
-    return e.name === 'ConfigError' ? 2 : 1
+    const { line, exitCode } = failure(err)
+    io.stderr(line)
+    return exitCode
   }
 }

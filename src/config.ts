@@ -3,6 +3,7 @@ import { isIP } from 'node:net'
 import { parse as parseYaml } from 'yaml'
 import { z } from 'zod'
 import { multiaddr } from '@multiformats/multiaddr'
+import { ConfigError } from './config-error.js'
 
 /**
  * The one source of every setting. Commander flags (`--resolve-timeout`), env vars
@@ -258,9 +259,8 @@ export function fields(schema: z.ZodObject): FieldInfo[] {
   })
 }
 
-export class ConfigError extends Error {
-  override name = 'ConfigError'
-}
+// in its own file so the daemon can name it without loading zod (src/run-main.ts)
+export { ConfigError } from './config-error.js'
 
 /** Reads `KAGAMI_*` variables for a schema. Arrays are comma-separated. */
 export function fromEnv(schema: z.ZodObject, env: NodeJS.ProcessEnv): Record<string, unknown> {

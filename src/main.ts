@@ -1,3 +1,13 @@
-import { main } from './cli.js'
+import { RUN_CONFIG_ENV } from './exec-daemon.js'
 
-process.exitCode = await main(process.argv)
+// Two ways in: the CLI, or the daemon that `kagami run` re-executed with its parsed config
+// (src/exec-daemon.ts). Both are imported only here, so the daemon's process never loads the CLI.
+const runConfig = process.env[RUN_CONFIG_ENV]
+if (runConfig !== undefined) {
+  delete process.env[RUN_CONFIG_ENV]
+  const { runParsed } = await import('./run-parsed.js')
+  process.exitCode = await runParsed(runConfig)
+} else {
+  const [{ main }, { execDaemon }] = await Promise.all([import('./cli.js'), import('./exec-daemon.js')])
+  process.exitCode = await main(process.argv, { runDaemon: execDaemon })
+}

@@ -5,6 +5,7 @@ import fastify, {
   type FastifyReply,
   type FastifyRequest,
 } from 'fastify'
+import { createRequire } from 'node:module'
 import type { Logger } from 'pino'
 import { type DistributionRequest, parseDistributionPath } from '../oci/index.js'
 import type { RepositoryFilter } from '../filter.js'
@@ -90,6 +91,24 @@ async function send(reply: FastifyReply, served: Served): Promise<FastifyReply> 
   return reply.send(served.body ?? EMPTY)
 }
 
+type CompilerFactory = (...args: unknown[]) => unknown
+const requireLazily = createRequire(import.meta.url)
+let validators: CompilerFactory | undefined
+let serializers: CompilerFactory | undefined
+/**
+ * Fastify's schema compilers (Ajv; fast-json-stringify), loaded the first time a route has a schema. Why:
+ * fastify loads and sets both up when an instance is created, ~2 MiB of an idle daemon's RSS
+ * (bench/memory.ts), and no route here declares a schema; with one, they load and work as fastify's own.
+ */
+export const lazySchemaCompilers = {
+  buildValidator: (...args: unknown[]): unknown =>
+    (validators ??= (requireLazily('@fastify/ajv-compiler') as () => CompilerFactory)())(...args),
+  buildSerializer: (...args: unknown[]): unknown =>
+    (serializers ??= (requireLazily('@fastify/fast-json-stringify-compiler') as () => CompilerFactory)())(
+      ...args,
+    ),
+}
+
 /**
  * A fastify server with the OCI distribution read API. One `/v2/*` route hands the path to the pure parser
  * (repository names contain slashes). The mirror tries local content, then peers; the peer endpoint serves
@@ -132,6 +151,7 @@ export function createRegistryServer(
       )
     },
     forceCloseConnections: false,
+    schemaController: { compilersFactory: lazySchemaCompilers as never },
   })
 
   app.server.maxConnections = init.maxConnections ?? 256

@@ -24,8 +24,10 @@
  * 1 MiB (16,384 slots) at a time (WebAssembly memory only grows; 64 MiB at most, a million slots), and a key
  * is read through the newest view of the memory (a growth leaves the older views empty).
  */
-import { createRequire } from 'node:module'
 import { xsalsa20 } from '@noble/ciphers/salsa.js'
+// the module @libp2p/pnet imports, the same way: in the bundle (scripts/bundle.mjs) a require() from here
+// would load a second copy from node_modules, and pnet's own would stay unpatched
+import XSalsa20Module from 'xsalsa20'
 
 interface WasmState {
   _memory?: Uint8Array
@@ -58,7 +60,7 @@ export function replacePnetCipher(): void {
   if (done) return
   done = true
   // the instance @libp2p/pnet uses: one copy in the tree (package.json pins the version this was checked on)
-  const XSalsa20 = createRequire(import.meta.url)('xsalsa20') as { prototype: XSalsa20 }
+  const XSalsa20 = XSalsa20Module as { prototype: XSalsa20 }
   const wasmUpdate = XSalsa20.prototype.update
   const streams = new WeakMap<XSalsa20, Stream>()
   /** the newest view of the WebAssembly memory (the cipher that grew it holds it too) */

@@ -41,4 +41,16 @@ describe('Dockerfile (structural lint; the image is not built in CI)', () => {
     const ignore = (await readFile(`${root}.dockerignore`, 'utf8')).split('\n')
     for (const p of ['.git', 'node_modules', 'dist', 'test']) expect(ignore).toContain(p)
   })
+
+  it('the build stage has every local file the bundle script imports (in the context and copied)', async () => {
+    const text = await readFile(`${root}Dockerfile`, 'utf8')
+    const ignore = (await readFile(`${root}.dockerignore`, 'utf8')).split('\n')
+    const script = await readFile(`${root}scripts/bundle.mjs`, 'utf8')
+    const dirs = new Set([...script.matchAll(/['`]\.\/([\w-]+)\//g)].map((m) => `scripts/${m[1]}`))
+    expect(dirs.size).toBeGreaterThan(0) // the wasm stand-ins in scripts/shims
+    for (const p of ['scripts/bundle.mjs', ...dirs]) {
+      expect(text).toMatch(new RegExp(`^COPY ${p}\\b`, 'm'))
+      if (ignore.includes('scripts')) expect(ignore).toContain(`!${p}`)
+    }
+  })
 })
