@@ -720,7 +720,8 @@ export class KadDhtRouter implements Router {
       // kad-dht ends a query only once its in-flight requests end, which under load took 20-30 s past a
       // 250 ms deadline (the 60-node scale run): each step is raced against our signal, and the query left
       // to finish in the background (its own signal is aborted in `finally`)
-      const events = node.services.dht.findProviders(await keyToCid(key), { signal })[Symbol.asyncIterator]()
+      const cid = await untilAborted(keyToCid(key), signal) // WebCrypto: queued behind the thread pool
+      const events = node.services.dht.findProviders(cid, { signal })[Symbol.asyncIterator]()
       dhtEvents = events
       for (;;) {
         const next = await untilAborted(events.next(), signal)
