@@ -1,6 +1,4 @@
 import { execFile } from 'node:child_process'
-import { createHash } from 'node:crypto'
-import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
@@ -15,11 +13,11 @@ import {
   startCluster,
   startRegistry,
   tempDir,
+  storedDigests,
   waitFor,
 } from '../harness/index.js'
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url))
-const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`
 
 /**
  * What the container image runs is the bundle (scripts/bundle.mjs), not the source the other tests run: V8's
@@ -73,10 +71,7 @@ describe('e2e: the bundled daemon (dist/kagami.mjs)', () => {
       { timeoutMs: 15_000, what: "B's mirror to find the tag on A" },
     )
     await b.containerd.pull(ref, { hostsDir: b.hostsDir })
-    for (const d of digests) {
-      const bytes = await readFile(join(b.containerd.contentDir, 'blobs', 'sha256', d.slice(7)))
-      expect(sha(bytes)).toBe(d)
-    }
+    expect(await storedDigests(b.containerd, digests)).toEqual(digests)
     expect((await b.kagami.status()).requests.peer).toBeGreaterThan(0)
   }, 120_000)
 })

@@ -1,5 +1,4 @@
-import { createHash } from 'node:crypto'
-import { copyFile, readFile } from 'node:fs/promises'
+import { copyFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { elect } from '../../src/registry/herd.js'
@@ -14,10 +13,9 @@ import {
   startCluster,
   startRegistry,
   tempDir,
+  storedDigests,
   waitFor,
 } from '../harness/index.js'
-
-const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`
 
 /** Sum of one counter's samples whose labels include every `match` pair, from a node's /metrics. */
 async function counter(node: ClusterNode, name: string, match: Record<string, string>): Promise<number> {
@@ -32,10 +30,7 @@ async function counter(node: ClusterNode, name: string, match: Record<string, st
 }
 
 async function blobsMatch(node: ClusterNode, digests: string[]): Promise<void> {
-  for (const d of digests) {
-    const bytes = await readFile(join(node.containerd.contentDir, 'blobs', 'sha256', d.slice(7)))
-    expect(sha(bytes)).toBe(d)
-  }
+  expect(await storedDigests(node.containerd, digests)).toEqual(digests)
 }
 
 /**

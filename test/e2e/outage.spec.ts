@@ -1,5 +1,3 @@
-import { createHash } from 'node:crypto'
-import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
@@ -12,10 +10,9 @@ import {
   startCluster,
   startRegistry,
   tempDir,
+  storedDigests,
   waitFor,
 } from '../harness/index.js'
-
-const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`
 
 /**
  * The headline promise, with separate OS processes: docker-registry, 3 containerd, 3 `kagami run`, a real
@@ -31,10 +28,7 @@ describe('e2e: registry outage', () => {
   let ref: string
 
   async function blobsMatch(node: ClusterNode, digests: string[]): Promise<void> {
-    for (const d of digests) {
-      const bytes = await readFile(join(node.containerd.contentDir, 'blobs', 'sha256', d.slice(7)))
-      expect(sha(bytes)).toBe(d)
-    }
+    expect(await storedDigests(node.containerd, digests)).toEqual(digests)
   }
 
   beforeAll(async () => {

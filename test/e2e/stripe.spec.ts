@@ -1,5 +1,3 @@
-import { createHash } from 'node:crypto'
-import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
@@ -12,10 +10,9 @@ import {
   startCluster,
   startRegistry,
   tempDir,
+  storedDigests,
   waitFor,
 } from '../harness/index.js'
-
-const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`
 
 /**
  * Striping end to end: docker-registry, 4 containerd and 4 `kagami run` processes with a low
@@ -91,10 +88,7 @@ describe('e2e: a big layer striped over three peers', () => {
     await registry.stop()
     const before = await Promise.all([a, b, c].map(peerBytes))
     await d.containerd.pull(ref, { hostsDir: d.hostsDir })
-    for (const digest of digests()) {
-      const bytes = await readFile(join(d.containerd.contentDir, 'blobs', 'sha256', digest.slice(7)))
-      expect(sha(bytes)).toBe(digest)
-    }
+    expect(await storedDigests(d.containerd, digests())).toEqual(digests())
     const metrics = await (await fetch(`${d.kagami.mirrorUrl}/metrics`)).text()
     const value = (line: string): number =>
       Number(new RegExp(`^${line.replace(/[{}"]/g, '\\$&')} (\\S+)$`, 'm').exec(metrics)?.[1] ?? 0)

@@ -1,7 +1,21 @@
-import { writeFile } from 'node:fs/promises'
+import { createHash } from 'node:crypto'
+import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { type ManagedProcess, run, startProcess, waitFor } from './process.js'
 import { tempDir } from './tmp.js'
+
+/**
+ * The sha256 of what containerd's content store holds under each digest, read from its blob files: a test
+ * expects them to equal the digests (every byte arrived, none changed).
+ */
+export async function storedDigests(c: ContainerdHandle, digests: string[]): Promise<string[]> {
+  return await Promise.all(
+    digests.map(async (d) => {
+      const bytes = await readFile(join(c.contentDir, 'blobs', 'sha256', d.slice(7)))
+      return `sha256:${createHash('sha256').update(bytes).digest('hex')}`
+    }),
+  )
+}
 
 export interface ContainerdHandle {
   /** Unix socket path. */
