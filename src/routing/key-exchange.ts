@@ -338,8 +338,7 @@ export class KeyExchange {
       this.connected.delete(id)
       // a peer we were connected to is dialled again at once, whatever its id: if it left, the failed
       // dial is what tells us (gone()), and a view waiting 10 s for a departed node is incomplete that long
-      if (this.heardOf.size >= 10_000) this.heardOf.clear()
-      this.heardOf.set(id, -Infinity)
+      this.heardOfAt(id, -Infinity)
       this.membership++
       this.kagamiPeers.delete(id)
       this.identified.delete(id)
@@ -746,11 +745,16 @@ export class KeyExchange {
     if (this.connected.has(id) || id < this.self) return false
     const since = this.heardOf.get(id)
     if (since === undefined) {
-      if (this.heardOf.size >= 10_000) this.heardOf.clear()
-      this.heardOf.set(id, now)
+      this.heardOfAt(id, now)
       return true
     }
     return now - since < this.cfg.dialWaitMs
+  }
+
+  /** Bounded: past 10,000 entries the map starts over (a forgotten peer only waits once more). */
+  private heardOfAt(id: string, at: number): void {
+    if (this.heardOf.size >= 10_000) this.heardOf.clear()
+    this.heardOf.set(id, at)
   }
 
   private async subscribe(id: string, addrs: string[]): Promise<void> {
