@@ -501,18 +501,21 @@ export class KadDhtRouter implements Router {
    * Whether provides wait. While the cluster fits the exchange's peer set, every node holds every list and
    * nobody looks keys up on the DHT: provides wait unless the view stays incomplete for a minute (a node
    * that cannot reach everyone). A larger cluster needs the DHT for keys outside each node's sample; there
-   * provides start once the exchange had `provideSettleMs` to show which keys are popular (a fresh node
-   * would otherwise provide every key, then learn that most were common).
+   * provides start once the sample's lists are in (or after that minute), because only they show which keys
+   * are popular: a node providing before would provide all its ~3,000 keys instead of its few hundred rare
+   * ones, and a DaemonSet rollout of a sampled cluster did exactly that (200 nodes in the scale bench,
+   * 590,000 provides queued at once, bench/results/scale.md).
    */
   private dhtIdle(): boolean {
     const exchange = this.exchange
     if (this.init.dhtProvides === 'always' || exchange === undefined) return false
     const now = Date.now()
     if (now - this.startedAt < (this.init.provideSettleMs ?? 10_000)) return true
-    if (exchange.saturated() || exchange.hasOtherPeers()) return false
-    if (exchange.complete()) {
+    if (exchange.hasOtherPeers()) return false
+    const sampled = exchange.saturated()
+    if (sampled ? exchange.sampleComplete() : exchange.complete()) {
       this.incompleteSince = undefined
-      return true
+      return !sampled
     }
     this.incompleteSince ??= now
     return now - this.incompleteSince < (this.init.incompleteProvideAfterMs ?? 60_000)

@@ -418,6 +418,11 @@ export class KeyExchange {
     return this.saturated_
   }
 
+  /** Sampled, and the complete lists of a full peer set are in (which keys are popular shows only then). */
+  sampleComplete(): boolean {
+    return this.saturated_ && this.peerCount() >= this.cfg.maxPeers
+  }
+
   /**
    * True when a miss may be answered from memory: we are below `maxPeers` and hold the complete list of every
    * kagami peer we are connected to or have heard of, including every member those peers announce (the set

@@ -75,4 +75,21 @@ describe('re-providing', () => {
     for (const r of rs.slice(1))
       await eventually(async () => expect(await urls(r, key)).toEqual(['http://127.0.0.1:41800']), 20_000)
   }, 60_000)
+
+  it('a sampled node provides its rare keys, not the keys its sample holds', async () => {
+    // every node holds `common`; a peer set of 1, and one holder is enough to count as popular
+    const common = digestKey(digestOf('sampled-common'))
+    const rare = digestKey(digestOf('sampled-rare'))
+    const init = { provideSettleMs: 0, popularHolders: 1, keyExchangeInit: { maxPeers: 1 } }
+    const rs = await network(3, init)
+    await Promise.all(rs.map((r) => r.advertise([common])))
+    const [late] = await network(1, { ...init, peerUrl: 'http://127.0.0.1:41803' }).then((all) =>
+      all.slice(3),
+    )
+    await late!.advertise([common, rare])
+    await eventually(async () => expect(late!.routingStats().provided).toBe(1), 20_000)
+    await eventually(async () => expect(await urls(rs[1]!, rare)).toEqual([`http://127.0.0.1:41803`]), 20_000)
+    await sleep(2000)
+    expect(late!.routingStats()).toMatchObject({ provided: 1, pendingProvides: 0 })
+  }, 60_000)
 })
