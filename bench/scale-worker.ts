@@ -12,6 +12,7 @@ import type { KadDHT } from '@libp2p/kad-dht'
 import { AbstractMultiaddrConnection } from '@libp2p/utils'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import pino from 'pino'
+import { DAEMON_BUFFER_POOL_BYTES } from '../src/exec-daemon.js'
 import { KadDhtRouter, type RoutingStats } from '../src/routing/kad-dht.js'
 import { digestOf } from '../src/oci/index.js'
 import { digestKey, keyToCid, keyToString, type RoutingKey } from '../src/routing/keys.js'
@@ -37,6 +38,8 @@ export interface WorkerStats {
 
 /** Absolute milliseconds, comparable across the bench's processes. */
 export const now = (): number => performance.timeOrigin + performance.now()
+
+Buffer.poolSize = DAEMON_BUFFER_POOL_BYTES // as in the daemon (src/main.ts)
 
 const nodes = new Map<number, KadDhtRouter>()
 const logCounts = new Map<string, number>()

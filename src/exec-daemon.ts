@@ -11,6 +11,15 @@ export const RUN_CONFIG_ENV = 'KAGAMI_RUN_CONFIG'
  */
 const MALLOC_ENV = { MALLOC_MMAP_THRESHOLD_: '32768' }
 
+/**
+ * `Buffer.poolSize` in the daemon. Node 24 carves small Buffers out of 64 KiB slabs (8 KiB before), and one
+ * long-lived slice keeps its whole slab: a libp2p connection's remote multiaddr, a DHT distance. With
+ * hundreds of connections, array buffers held per connection end went from 20.5 to 12.7 KiB with 8 KiB slabs
+ * (24 routers in one process, bench/results/scale.md). The daemon's blob path has its own buffers
+ * (src/buffer-pool.ts), so the smaller pool costs it nothing.
+ */
+export const DAEMON_BUFFER_POOL_BYTES = 8 * 1024
+
 /** Set by scripts/bundle.mjs, absent when running from the source (tsx) or the tsc build. */
 declare const __KAGAMI_BUNDLE_V8_FLAGS__: string[] | undefined
 
