@@ -156,6 +156,11 @@ const ops = {
         },
         // (a 200-node full view takes ~15 min to settle here; the fallback must not start in the middle)
         incompleteProvideAfterMs: 3_600_000,
+        // SCALE_PROVIDE_CONCURRENCY: fewer provides at once per node (see ScaleResult.provideConcurrency)
+        advertiseConcurrency:
+          process.env.SCALE_PROVIDE_CONCURRENCY !== undefined
+            ? Number(process.env.SCALE_PROVIDE_CONCURRENCY)
+            : undefined,
         keyExchangeInit: {
           maxPeers: a.maxPeers,
           maxSubscribers: Math.ceil(a.maxPeers * 1.25),

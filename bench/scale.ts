@@ -103,6 +103,12 @@ export interface ScaleResult {
    * idle traffic and CPU of such a run leave that upkeep out (the model does not fit them).
    */
   relaxedUpkeep?: { pingIntervalMs?: number; heartbeatMs?: number }
+  /**
+   * DHT provides each node runs at once, when lowered from the daemon's 12 (`SCALE_PROVIDE_CONCURRENCY`):
+   * in a sampled cluster every node provides its rare keys after joining, and 200 nodes × 12 walks on two
+   * shared cores starved every event loop (a real node walks on its own CPU). Same provides, spread out.
+   */
+  provideConcurrency?: number
   /** lookups that returned a node that had left, after the querying node's connection to it closed */
   deadReturned: number
   /** ... before it saw the connection close (allowed: the node has not learnt of the departure yet) */
@@ -566,6 +572,9 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
             },
           }
         : {}),
+      ...(process.env.SCALE_PROVIDE_CONCURRENCY !== undefined
+        ? { provideConcurrency: Number(process.env.SCALE_PROVIDE_CONCURRENCY) }
+        : {}),
       deadReturned,
       deadReturnedWhileConnected,
       lookupsChecked,
@@ -599,6 +608,8 @@ if (import.meta.url === `file://${process.argv[1]}`) {
           ? Number(process.env.SETTLE_TIMEOUT_SECONDS)
           : undefined,
       samples: Number(process.env.SAMPLES ?? 400),
+      // the rarer keys per node (default 700; recorded as keysPerNode): each one a DHT provide when sampled
+      rarePerNode: process.env.RARE_PER_NODE !== undefined ? Number(process.env.RARE_PER_NODE) : undefined,
       // 10 nodes join every JOIN_EVERY_MS (default 1 s): slower joins keep the harness's event loops from
       // lagging so far that handshakes and snapshots time out and are redone (the work is the same)
       joinEveryMs: process.env.JOIN_EVERY_MS !== undefined ? Number(process.env.JOIN_EVERY_MS) : undefined,

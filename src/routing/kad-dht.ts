@@ -113,6 +113,8 @@ export interface KadDhtRouterInit {
   popularHolders?: number
   /** Provider records stored for other nodes: per provider and in total. */
   providerLimits?: Partial<ProviderLimits>
+  /** In a sampled view, a connection seen without streams this long is closed (default 2 min; see closeIdle). */
+  idleConnectionMs?: number
   /**
    * Accepts a peer's announced endpoint URL given its connection's IP (default: src/trust/peer-url.ts, same
    * IP only). The scale bench's memory transport has no IP and passes its own.
@@ -134,6 +136,8 @@ export interface RoutingStats {
   reprovideEveryMs: number
   /** keys queued again for a provide by the re-provide sweeps */
   reprovideQueued: number
+  /** connections closed for carrying no stream in a sampled view (closeIdle) */
+  idleClosed: number
 }
 
 /** Every A and AAAA record of name (IPv6-primary clusters publish the headless Service as AAAA only). */
@@ -480,6 +484,7 @@ export class KadDhtRouter implements Router {
       provided: this.provided.size,
       reprovideEveryMs: this.reprovideEveryMs(),
       reprovideQueued: this.reprovideQueued,
+      idleClosed: this.idleClosed,
     }
   }
 
@@ -526,6 +531,7 @@ export class KadDhtRouter implements Router {
 
   private sweep(): void {
     this.reidentify()
+    this.closeIdle()
     if (Date.now() - this.lastSweep >= this.reprovideEveryMs()) {
       this.lastSweep = Date.now()
       this.reprovideAll() // popular keys that became rare, and keys that waited
@@ -565,6 +571,35 @@ export class KadDhtRouter implements Router {
       this.reprovideQueued++
     }
   }
+
+  /**
+   * In a sampled view, closes connections that carried no stream for `idleConnectionMs`. kad-dht keeps
+   * every connection a walk or a provide opened, and libp2p prunes only past `maxConnections` (1024): in a
+   * large cluster every node would end up holding ~1,000 connections (~100 KiB and a ping a minute each) to
+   * peers it asked once. The exchange's connections carry its long-lived streams and stay; so does every
+   * connection of a full view. A connection used between two sweeps may still be closed: the next walk
+   * that needs that peer dials it again.
+   */
+  private closeIdle(): void {
+    const node = this.node
+    if (node === undefined || this.exchange?.saturated() !== true) return
+    const now = Date.now()
+    for (const conn of node.getConnections()) {
+      if (conn.streams.length > 0 || conn.status !== 'open') {
+        this.idleSince.delete(conn)
+        continue
+      }
+      const since = this.idleSince.get(conn)
+      if (since === undefined) this.idleSince.set(conn, now)
+      else if (now - since >= (this.init.idleConnectionMs ?? 120_000)) {
+        this.idleClosed++
+        void conn.close().catch((err: Error) => conn.abort(err))
+      }
+    }
+  }
+
+  private readonly idleSince = new WeakMap<Connection, number>()
+  private idleClosed = 0
 
   /** Keys queued again by the sweeps (for the scale bench and tests). */
   private reprovideQueued = 0

@@ -1,0 +1,67 @@
+/**
+ * In a sampled view, connections that carry no stream (a DHT walk's, kept by kad-dht until libp2p's 1,024
+ * limit) are closed; the exchange's connections, and every connection of a full view, stay.
+ */
+import pino from 'pino'
+import { afterEach, describe, expect, it } from 'vitest'
+import { digestOf } from '../../src/oci/index.js'
+import { KadDhtRouter, type KadDhtRouterInit } from '../../src/routing/kad-dht.js'
+import { digestKey } from '../../src/routing/keys.js'
+import { eventually } from '../harness/index.js'
+
+const routers: KadDhtRouter[] = []
+afterEach(async () => {
+  await Promise.all(routers.splice(0).map((r) => r.stop()))
+})
+
+async function network(n: number, init: Partial<KadDhtRouterInit>): Promise<KadDhtRouter[]> {
+  const logger = pino({ level: 'silent' })
+  for (let i = 0; i < n; i++) {
+    const r = new KadDhtRouter(
+      { logger },
+      {
+        listen: ['/ip4/127.0.0.1/tcp/0'],
+        peerUrl: `http://127.0.0.1:${41900 + i}`,
+        bootstrap: routers[0]?.multiaddrs().map(String) ?? [],
+        rebootstrapIntervalMs: 1000,
+        provideSettleMs: 0,
+        idleConnectionMs: 1000,
+        ...init,
+      },
+    )
+    await r.start()
+    routers.push(r)
+  }
+  return routers
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
+
+describe('idle connections', () => {
+  it('a sampled node closes connections without streams and still finds keys over the DHT', async () => {
+    const rs = await network(5, { keyExchangeInit: { maxPeers: 1 } })
+    const key = digestKey(digestOf('idle-connections'))
+    await rs[0]!.advertise([key])
+    await eventually(async () => {
+      const closed = rs.reduce((n, r) => n + r.routingStats().idleClosed, 0)
+      expect(closed).toBeGreaterThan(0)
+    }, 30_000)
+    // what a node still holds after the sweep carries streams (its exchange peers), and a lookup redials
+    const last = rs[4]!
+    expect(last.routingStats().connections).toBeLessThan(4)
+    await eventually(async () => {
+      const urls: string[] = []
+      for await (const p of last.resolve(key, { signal: AbortSignal.timeout(3000) })) urls.push(p.url)
+      expect(urls).toEqual(['http://127.0.0.1:41900'])
+    }, 20_000)
+  }, 60_000)
+
+  it('a full view keeps every connection', async () => {
+    const rs = await network(4, {})
+    await eventually(async () => {
+      for (const r of rs) expect(r.routingStats().exchange?.peers).toBe(3)
+    }, 20_000)
+    await sleep(3000)
+    for (const r of rs) expect(r.routingStats()).toMatchObject({ connections: 3, idleClosed: 0 })
+  }, 60_000)
+})
