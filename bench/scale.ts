@@ -22,6 +22,7 @@ import { randomBytes } from 'node:crypto'
 import { writeFile } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
 import type { RoutingStats } from '../src/routing/kad-dht.js'
+import { DEFAULT_SAMPLE_PEERS } from '../src/routing/key-exchange.js'
 import { digestOf } from '../src/oci/index.js'
 import { digestKey, type RoutingKey } from '../src/routing/keys.js'
 import { log, stats, type Stats } from './lib.js'
@@ -278,9 +279,9 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
     const keysPerNode = nodes.reduce((a, n) => a + n.keys.length, 0) / N
     const distinct = new Set(nodes.flatMap((n) => n.keys.map((k) => JSON.stringify(k)))).size
 
-    // -- settle: every node holds the lists of min(N - 1, maxPeers) peers
+    // -- settle: every node holds the lists of all N - 1 peers (a full view) or of its sample
     const sampled = N - 1 > init.maxPeers
-    const want = Math.min(N - 1, init.maxPeers)
+    const want = sampled ? Math.min(init.maxPeers, DEFAULT_SAMPLE_PEERS) : N - 1
     let settled = false
     let settleLoop = 0
     const settleDeadline = Date.now() + init.settleTimeoutSeconds * 1000

@@ -9,8 +9,8 @@
  * - the subscriber opens one long-lived stream per peer; the publisher writes a snapshot (its keys and its
  *   own subscriptions, the "members"), an END frame, then only deltas (added/removed keys, members that
  *   joined/left) as they happen. Nothing is re-sent while nothing changes.
- * - a node subscribes to at most `maxPeers` peers (all of them in clusters up to that size: a full view;
- *   above it the XOR-closest half and a random half) and serves at most `maxSubscribers`.
+ * - a node subscribes to every peer in clusters of up to `maxPeers` + 1 nodes (a full view); above that to a
+ *   sample of `samplePeers`, the XOR-closest half and a random half, and it serves at most `maxSubscribers`.
  * - a peer's list is held as a sorted Float64Array of 48-bit key hashes (8 bytes a key, not ~150), and it is
  *   sent as those hashes (6 bytes a key; 2.0.0 sent the 72-byte key strings, which the subscriber only hashed):
  *   a node joining a 200-node full view received 200 × 3,000 × 72 B = 43 MB, and the cluster's settling was
@@ -36,6 +36,9 @@ import type { Logger } from 'pino'
 
 export const KEYS_PROTOCOL = '/kagami/keys/3.0.0'
 
+/** Lists a node holds in a cluster larger than its full view (see `KeyExchange.sample`). */
+export const DEFAULT_SAMPLE_PEERS = 64
+
 export const FRAME = { keys: 1, end: 2, add: 3, del: 4, join: 5, leave: 6, view: 7 } as const
 const MAX_ADDRS_PER_MEMBER = 4
 /** bytes of one key hash on the wire */
@@ -48,6 +51,8 @@ export interface KeyExchangeInit {
   sendTimeoutMs?: number
   /** Peers whose lists we hold (default 256: a full view of clusters up to 257 nodes). */
   maxPeers?: number
+  /** Peers whose lists we hold in a larger cluster (default 64; see `sample`). */
+  samplePeers?: number
   /** Peers we send our list to (default 320). */
   maxSubscribers?: number
   /** Keys one peer may announce (default 50,000: ~3.7 MB on the wire, 400 KB held). */
@@ -283,6 +288,7 @@ export class KeyExchange {
       debounceMs: init.debounceMs ?? 100,
       sendTimeoutMs: init.sendTimeoutMs ?? 10_000,
       maxPeers: init.maxPeers ?? 256,
+      samplePeers: Math.min(init.samplePeers ?? DEFAULT_SAMPLE_PEERS, init.maxPeers ?? 256),
       maxSubscribers: init.maxSubscribers ?? 320,
       maxKeysPerPeer: init.maxKeysPerPeer ?? 50_000,
       maxMembersPerPeer: init.maxMembersPerPeer ?? 1024,
@@ -418,9 +424,9 @@ export class KeyExchange {
     return this.saturated_
   }
 
-  /** Sampled, and the complete lists of a full peer set are in (which keys are popular shows only then). */
+  /** Sampled, and the complete lists of a full sample are in (which keys are popular shows only then). */
   sampleComplete(): boolean {
-    return this.saturated_ && this.peerCount() >= this.cfg.maxPeers
+    return this.saturated_ && this.peerCount() >= this.cfg.samplePeers
   }
 
   /**
@@ -707,31 +713,51 @@ export class KeyExchange {
       const backoff = f === undefined ? 0 : Math.min(30_000, 1000 * 2 ** (f.count - 1))
       if (this.isBanned(id) || (f !== undefined && now - f.at < backoff)) candidates.delete(id)
     }
-    this.saturated_ = candidates.size > this.cfg.maxPeers
+    // a sample turns back into a full view only 10 % below the peer set: a cluster of ~maxPeers nodes would
+    // otherwise switch between every list and a sample at each join and leave
+    const limit = this.saturated_ ? Math.floor(this.cfg.maxPeers * 0.9) : this.cfg.maxPeers
+    this.saturated_ = candidates.size > limit
     let targets: string[]
     if (!this.saturated_) {
       targets = [...candidates.keys()]
     } else {
-      // keep what we have (stable lists), fill half of the free slots with the XOR-closest, half at random
-      const kept = [...candidates.keys()].filter((id) => this.subs.has(id))
-      const rest = [...candidates.keys()].filter((id) => !this.subs.has(id))
-      const free = Math.max(0, this.cfg.maxPeers - kept.length)
-      const byDistance = [...rest].sort(
-        (a, b) => ((hash32(a) ^ this.selfHash) >>> 0) - ((hash32(b) ^ this.selfHash) >>> 0),
-      )
-      const closest = byDistance.slice(0, Math.ceil(free / 2))
-      const others = byDistance.slice(closest.length)
-      for (let i = others.length - 1; i > 0; i--) {
-        const j = Math.floor(Math.random() * (i + 1))
-        ;[others[i], others[j]] = [others[j]!, others[i]!]
-      }
-      targets = [...kept, ...closest, ...others.slice(0, free - closest.length)]
+      targets = this.sample([...candidates.keys()])
+      // a full view that became a sample lets go of the other lists: their memory is what sampling saves
+      const keep = new Set(targets)
+      for (const sub of [...this.subs.values()]) if (!keep.has(sub.id)) this.drop(sub)
     }
     for (const id of targets) {
       if (this.subs.has(id) || this.dialing >= 4) continue
       if (this.waitForDial(id, now)) continue
       void this.subscribe(id, candidates.get(id) ?? [])
     }
+  }
+
+  /**
+   * The peers a node holds lists of in a cluster larger than its full view: the XOR-closest half (so the
+   * members spread and every node is someone's closest) and a random half that prefers the lists we hold
+   * (stable) and then peers that hold ours, so one connection serves both directions.
+   *
+   * Why `samplePeers` (64) and not the full view's 256: a sample answers only for what its peers hold. A
+   * key that 8 of 64 random peers hold (12.5 % of the cluster) is in any other node's sample with
+   * probability 1 − e⁻⁸; rarer content is provided on the DHT. With 256, keys on 3 % of the nodes would
+   * count as popular too (fewer provides), at ~4× the memory: ~110 KiB per connection in libp2p and 8 B per
+   * key held, 45 MiB a node at 5,000 nodes against the 20 MiB goal (bench/results/scale.md).
+   */
+  private sample(candidates: string[]): string[] {
+    const size = this.cfg.samplePeers
+    const byDistance = candidates.sort(
+      (a, b) => ((hash32(a) ^ this.selfHash) >>> 0) - ((hash32(b) ^ this.selfHash) >>> 0),
+    )
+    const closest = byDistance.slice(0, Math.ceil(size / 2))
+    const others = byDistance.slice(closest.length)
+    for (let i = others.length - 1; i > 0; i--) {
+      const j = Math.floor(Math.random() * (i + 1))
+      ;[others[i], others[j]] = [others[j]!, others[i]!]
+    }
+    const rank = (id: string): number => (this.subs.has(id) ? 0 : this.subscribers.has(id) ? 1 : 2)
+    others.sort((a, b) => rank(a) - rank(b)) // stable: random within each rank
+    return [...closest, ...others.slice(0, size - closest.length)]
   }
 
   /** peer id → when we first wanted to subscribe to it while not connected (see waitForDial) */
