@@ -7,10 +7,11 @@
  *
  * Workload of the modelled rows (the issue's): K = 3,000 keys per node, one image pull per node per minute
  * adding d = 5 new keys (and deleting as many a few minutes later), each node restarting once a day, the
- * default peer set P = 256.
+ * default peer sets: a full view up to P = 256 peers, a sample of S = 64 above.
  */
 import { readdir, readFile, writeFile } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
+import { DEFAULT_SAMPLE_PEERS } from '../src/routing/key-exchange.js'
 import type { ScaleResult } from './scale.js'
 
 const RESULTS = fileURLToPath(new URL('./results/', import.meta.url))
@@ -21,6 +22,8 @@ export interface Workload {
   nodes: number
   keys: number
   maxPeers: number
+  /** lists held above the full view */
+  samplePeers: number
   /** image pulls per node per second, and new keys per pull */
   pullRate: number
   newKeysPerPull: number
@@ -39,6 +42,11 @@ export interface Constants {
   deltaOverheadBytes: number
   /** libp2p connections per exchange peer (subscriptions both ways share one; simultaneous dials add some) */
   connectionsPerPeer: number
+  /**
+   * the same in a sampled view, where the peers that hold our list are not all peers whose list we hold, and
+   * DHT walks open connections (fitted on the sampled runs; 2 when none settled: no two sets overlap)
+   */
+  sampledConnectionsPerPeer: number
   /** idle routing traffic received per node per second = base + per connection (pings, heartbeats, DHT upkeep) */
   idleBytesBase: number
   idleBytesPerConnection: number
@@ -64,8 +72,8 @@ export interface Constants {
   deltaVisibilityP99S: number
 }
 
-const view = (w: Workload): number => Math.min(w.nodes - 1, w.maxPeers)
 const sampled = (w: Workload): boolean => w.nodes - 1 > w.maxPeers
+const view = (w: Workload): number => (sampled(w) ? w.samplePeers : w.nodes - 1)
 const lin = ([a, b]: [number, number], n: number): number => a + b * Math.log2(n)
 
 /**
@@ -91,7 +99,7 @@ export interface Modelled {
 
 export function model(w: Workload, c: Constants): Modelled {
   const v = view(w)
-  const connections = v * c.connectionsPerPeer
+  const connections = v * (sampled(w) ? c.sampledConnectionsPerPeer : c.connectionsPerPeer)
   // received from V publishers: each pull's keys as an add, later a delete
   const deltas = w.pullRate * 2 * (w.newKeysPerPull * c.wireBytesPerKey + c.deltaOverheadBytes) * v
   // a restart: V connections set up and V snapshots each way (fitted per peer, cluster-wide)
@@ -146,6 +154,7 @@ const benchWorkload = (r: ScaleResult): Workload => ({
   nodes: r.nodes,
   keys: r.keysPerNode,
   maxPeers: r.maxPeers,
+  samplePeers: Math.min(r.maxPeers, DEFAULT_SAMPLE_PEERS),
   pullRate: r.traffic.pulls / r.nodes / r.churnSeconds,
   newKeysPerPull: 5,
   restartRate: r.traffic.replaced / r.nodes / r.churnSeconds,
@@ -157,7 +166,7 @@ const benchWorkload = (r: ScaleResult): Workload => ({
 export function fit(all: ScaleResult[]): Constants {
   const runs = all.filter((r) => r.settled)
   const log = (r: ScaleResult): number => Math.log2(r.nodes)
-  const v = (r: ScaleResult): number => Math.min(r.nodes - 1, r.maxPeers)
+  const v = (r: ScaleResult): number => view(benchWorkload(r))
   const mean = (xs: number[]): number => xs.reduce((a, x) => a + x, 0) / xs.length
   // idle upkeep per connection: only runs with the daemon's ping and heartbeat intervals
   const idle = fitProportional(
@@ -172,7 +181,10 @@ export function fit(all: ScaleResult[]): Constants {
     ]),
   )
   const full = runs.filter((r) => r.nodes - 1 <= r.maxPeers)
-  const connectionsPerPeer = mean(runs.map((r) => r.memory.connectionsPerNode / v(r)))
+  const sampledRuns = runs.filter((r) => r.nodes - 1 > r.maxPeers)
+  const connectionsPerPeer = mean(full.map((r) => r.memory.connectionsPerNode / v(r)))
+  const sampledConnectionsPerPeer =
+    sampledRuns.length > 0 ? mean(sampledRuns.map((r) => r.memory.connectionsPerNode / v(r))) : 2
   // churn traffic minus idle and deltas, per join per peer
   const joinBytesPerPeer = mean(
     runs.map((r) => {
@@ -187,6 +199,7 @@ export function fit(all: ScaleResult[]): Constants {
     wireBytesPerKey: 6,
     deltaOverheadBytes: 33,
     connectionsPerPeer,
+    sampledConnectionsPerPeer,
     joinBytesPerPeer,
     idleBytesBase: Math.max(0, idle[0]),
     idleBytesPerConnection: idle[1],
@@ -217,12 +230,14 @@ export function defaultReprovideSeconds(nodes: number, maxPeers = 256): number {
 
 export const production = (
   nodes: number,
+  samplePeers = DEFAULT_SAMPLE_PEERS,
+  reprovideSeconds = defaultReprovideSeconds(nodes),
   maxPeers = 256,
-  reprovideSeconds = defaultReprovideSeconds(nodes, maxPeers),
 ): Workload => ({
   nodes,
   keys: 3000,
   maxPeers,
+  samplePeers,
   pullRate: 1 / 60,
   newKeysPerPull: 5,
   restartRate: 1 / 86_400,
@@ -246,7 +261,7 @@ export async function render(): Promise<string> {
   for (const r of runs) {
     const m = model(benchWorkload(r), c)
     lines.push(
-      `| ${r.nodes} | ${Math.min(r.nodes - 1, r.maxPeers)} | ${r.settled ? 'yes' : `no (${f(r.settleSeconds, 0)} s)`} | ${f(m.stateMiB, 2)} / ${f(r.memory.routingStatePerNodeMiB, 2)} | ${f(m.heapMiB)} / ${f(r.memory.heapPerNodeMiB)} | ${f(m.trafficKiBs)} / ${f(r.traffic.churnBytesPerNodePerSecond / KiB)} | ${f(m.joinCpuSeconds, 2)} / ${f(r.settleCpuSecondsPerNode, 2)} |`,
+      `| ${r.nodes} | ${view(benchWorkload(r))} | ${r.settled ? 'yes' : `no (${f(r.settleSeconds, 0)} s)`} | ${f(m.stateMiB, 2)} / ${f(r.memory.routingStatePerNodeMiB, 2)} | ${f(m.heapMiB)} / ${f(r.memory.heapPerNodeMiB)} | ${f(m.trafficKiBs)} / ${f(r.traffic.churnBytesPerNodePerSecond / KiB)} | ${f(m.joinCpuSeconds, 2)} / ${f(r.settleCpuSecondsPerNode, 2)} |`,
     )
   }
   lines.push(
@@ -254,30 +269,31 @@ export async function render(): Promise<string> {
     '## The table (issue #17)',
     '',
     'Measured rows: the bench workload (below). Modelled rows: K = 3,000 keys per node, one image pull per node per',
-    'minute (5 new keys, deleted later), one restart per node per day, default peer set P = 256 (a full view up to',
-    '257 nodes, a sample above).',
+    'minute (5 new keys, deleted later), one restart per node per day; a full view up to 257 nodes, above it the',
+    `default sample of S = ${DEFAULT_SAMPLE_PEERS} peers (256 before this change: the row marked so).`,
     '',
     '| nodes | how | routing memory per node | routing traffic per node | lookup p99 hit / miss | cluster-wide visibility p99 | dead node returned after its connection closed |',
     '|---|---|---|---|---|---|---|',
   )
   for (const r of runs) {
     lines.push(
-      `| ${r.nodes} | measured${r.maxPeers < r.nodes - 1 ? ` (P = ${r.maxPeers}, sampled)` : ' (full view)'}${r.settled ? '' : ', **did not settle**'} | ${f(r.memory.routingStatePerNodeMiB, 2)} MiB state, ${f(r.memory.heapPerNodeMiB)} MiB heap incl. libp2p (${f(r.memory.connectionsPerNode, 0)} connections) | ${f(r.traffic.churnBytesPerNodePerSecond / KiB)} KiB/s under churn (idle ${f(r.traffic.idleBytesPerNodePerSecond / KiB)}) | ${f(r.lookup.hit.p99, 2)} / ${f(r.lookup.miss.p99, 2)} ms (n = ${r.lookup.hit.n}/${r.lookup.miss.n}; hits not found ${r.lookup.hitNotFound}) | ${f(r.visibility.seconds.p99, 2)} s (n = ${r.visibility.seconds.n}; ${r.visibility.incomplete} not within 15 s) | ${r.deadReturned} of ${r.lookupsChecked} (${r.deadReturnedWhileConnected ?? 'n/a'} before the close was seen) |`,
+      `| ${r.nodes} | measured${r.maxPeers < r.nodes - 1 ? ` (sampled: S = ${view(benchWorkload(r))})` : ' (full view)'}${r.settled ? '' : ', **did not settle**'} | ${f(r.memory.routingStatePerNodeMiB, 2)} MiB state, ${f(r.memory.heapPerNodeMiB)} MiB heap incl. libp2p (${f(r.memory.connectionsPerNode, 0)} connections) | ${f(r.traffic.churnBytesPerNodePerSecond / KiB)} KiB/s under churn (idle ${f(r.traffic.idleBytesPerNodePerSecond / KiB)}) | ${f(r.lookup.hit.p99, 2)} / ${f(r.lookup.miss.p99, 2)} ms (n = ${r.lookup.hit.n}/${r.lookup.miss.n}; hits not found ${r.lookup.hitNotFound}) | ${f(r.visibility.seconds.p99, 2)} s (n = ${r.visibility.seconds.n}; ${r.visibility.incomplete} not within 15 s) | ${r.deadReturned} of ${r.lookupsChecked} (${r.deadReturnedWhileConnected ?? 'n/a'} before the close was seen) |`,
     )
   }
+  const S = DEFAULT_SAMPLE_PEERS
   const rows: [number, number, number, string][] = [
-    [200, 256, defaultReprovideSeconds(200), ''],
-    [1000, 256, defaultReprovideSeconds(1000), ''],
-    [5000, 256, defaultReprovideSeconds(5000), ''],
-    [5000, 256, 900, ', re-provides every 15 min: the old default'],
-    [5000, 128, defaultReprovideSeconds(5000, 128), ''],
+    [200, S, defaultReprovideSeconds(200), ''],
+    [1000, S, defaultReprovideSeconds(1000), ''],
+    [5000, S, defaultReprovideSeconds(5000), ''],
+    [5000, 256, defaultReprovideSeconds(5000), ', a sample of 256: the old default'],
+    [5000, S, 900, ', re-provides every 15 min: the old default'],
   ]
-  for (const [n, p, reprovide, given] of rows) {
-    const note =
-      given !== '' ? given : n > p + 1 ? `, re-provides every ${f(reprovide / 60, 0)} min by default` : ''
-    const m = model(production(n, p, reprovide), c)
+  for (const [n, sample, reprovide, given] of rows) {
+    const w = production(n, sample, reprovide)
+    const note = given !== '' ? given : `, re-provides every ${f(reprovide / 60, 0)} min by default`
+    const m = model(w, c)
     lines.push(
-      `| ${n} | modelled${n > p + 1 ? ` (P = ${p}, sampled${note})` : ' (full view)'} | ${f(m.stateMiB, 1)} MiB state, ${f(m.heapMiB)} MiB heap incl. libp2p | ${f(m.trafficKiBs)} KiB/s | ${f(m.hitP99Ms, 2)} / ${f(m.missP99Ms, 2)} ms${n > p + 1 ? ` (a DHT walk; content on one of the ${p} sampled peers: local; the mirror answers a miss at its 20 ms resolve timeout)` : ''} | ${f(m.visibilityS, 2)} s | 0 (a list is dropped when its connection closes) |`,
+      `| ${n} | modelled${sampled(w) ? ` (sampled: S = ${sample}${note})` : ' (full view)'} | ${f(m.stateMiB, 1)} MiB state, ${f(m.heapMiB)} MiB heap incl. libp2p | ${f(m.trafficKiBs)} KiB/s | ${f(m.hitP99Ms, 2)} / ${f(m.missP99Ms, 2)} ms${sampled(w) ? ` (a DHT walk; content on one of the ${sample} sampled peers: local; the mirror answers a miss at its 20 ms resolve timeout)` : ''} | ${f(m.visibilityS, 2)} s | 0 (a list is dropped when its connection closes) |`,
     )
   }
   lines.push('', '## Fitted constants', '', '```json', JSON.stringify(c, null, 2), '```', '')

@@ -171,6 +171,15 @@ interface Node {
   images: RoutingKey[][]
 }
 
+/** Lists held by the nodes not settled yet (min / median) and subscribers per node: where a settle is stuck. */
+function lagging(s: RoutingStats[], ready: RoutingStats[]): string {
+  const rest = s.filter((x) => !ready.includes(x)).map((x) => x.exchange?.peers ?? 0)
+  const subscribers = s.reduce((a, x) => a + (x.exchange?.subscribers ?? 0), 0) / s.length
+  rest.sort((a, b) => a - b)
+  const lists = rest.length > 0 ? `${rest[0]}/${rest[rest.length >> 1]}` : 'n/a'
+  return `unsettled hold ${lists} lists (min/median), subscribers/node ${subscribers.toFixed(0)}`
+}
+
 export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
   const init: Required<ScaleInit> = {
     commonKeys: 2500,
@@ -300,7 +309,7 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
         `scale ${N}: settling: ${ready.length}/${s.length} hold ${want} lists, ${complete} complete; ` +
           `loop p99 ${loopP99(ws).toFixed(0)} ms, conns/node ${(sum((x) => x.connections) / s.length).toFixed(0)}, ` +
           `exchange ${(sum((x) => x.exchange?.bytesSent ?? 0) / 2 ** 20).toFixed(0)} MiB, pending provides ${sum((x) => x.pendingProvides)}, ` +
-          `violations ${sum((x) => x.exchange?.violations ?? 0)}; ${s.find((x) => x.exchange?.incomplete !== undefined)?.exchange?.incomplete ?? ''}`,
+          `violations ${sum((x) => x.exchange?.violations ?? 0)}, ${lagging(s, ready)}; ${s.find((x) => x.exchange?.incomplete !== undefined)?.exchange?.incomplete ?? ''}`,
       )
       await sleep(3000)
     }
