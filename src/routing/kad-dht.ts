@@ -35,6 +35,9 @@ import type { Peer, ResolveOptions, Router } from './router.js'
 export const DHT_PROTOCOL = '/kagami/kad/1.0.0'
 export const DEFAULT_REPROVIDE_INTERVAL_MS = 15 * 60_000
 export const DEFAULT_RECORD_VALIDITY_MS = 75 * 60_000
+/** Bootstrap entries dialled per round while the DHT routing table is nearly empty (see bootstrapPicks). */
+const BOOTSTRAP_PEERS = 3
+
 /** How far the re-provide interval stretches in a sampled view (15 min → 60 min). */
 const MAX_REPROVIDE_STRETCH = 4
 const AGENT_PREFIX = 'kagami/'
@@ -67,7 +70,7 @@ export interface KadDhtRouterInit {
    * re-provided.
    */
   recordValidityMs?: number
-  /** How often bootstrap entries are dialled again while they are not connected (default 5 s). */
+  /** How often a bootstrap round runs (default 5 s; see `dialBootstrap` for what one dials). */
   rebootstrapIntervalMs?: number
   /** Parallel provides when advertising many keys (default 12; 64 breaks kad-dht, see design.md). */
   advertiseConcurrency?: number
@@ -350,7 +353,7 @@ export class KadDhtRouter implements Router {
     this.bootstrapTimer.unref()
   }
 
-  /** Dials every bootstrap entry we are not connected to; runs at start and then periodically. */
+  /** One bootstrap round (`dialBootstrap`); runs at start and then every `rebootstrapIntervalMs`. */
   private async bootstrap(): Promise<void> {
     try {
       await this.dialBootstrap()
@@ -387,25 +390,48 @@ export class KadDhtRouter implements Router {
       }
     }
     const connected = new Set(node.getConnections().map((c) => c.remoteAddr.decapsulateCode(421).toString()))
+    const open = targets
+      .filter(
+        (t) =>
+          !own.has(t.decapsulateCode(421).toString()) && !connected.has(t.decapsulateCode(421).toString()),
+      )
+      .filter((t) => t.getComponents().find((c) => c.name === 'p2p')?.value !== node.peerId.toString())
     await Promise.all(
-      targets
-        .filter(
-          (t) =>
-            !own.has(t.decapsulateCode(421).toString()) && !connected.has(t.decapsulateCode(421).toString()),
-        )
-        .filter((t) => t.getComponents().find((c) => c.name === 'p2p')?.value !== node.peerId.toString())
-        .map(async (t) => {
-          const signal = anySignal([AbortSignal.timeout(3000), this.stopController.signal])
-          try {
-            await node.dial(t, { signal })
-          } catch (err) {
-            this.log.debug({ err: (err as Error).message, addr: t.toString() }, 'bootstrap dial failed')
-          } finally {
-            signal.clear()
-          }
-        }),
+      this.bootstrapPicks(open).map(async (t) => {
+        const signal = anySignal([AbortSignal.timeout(3000), this.stopController.signal])
+        try {
+          await node.dial(t, { signal })
+        } catch (err) {
+          this.log.debug({ err: (err as Error).message, addr: t.toString() }, 'bootstrap dial failed')
+        } finally {
+          signal.clear()
+        }
+      }),
     )
   }
+
+  /**
+   * Which bootstrap entries a round dials: up to 3 at random while our DHT routing table holds fewer than 3
+   * peers, then one a minute (two halves of a cluster that started apart still find each other). Not every
+   * entry: a `dns:` entry resolves to every kagami pod (the chart's headless Service), and dialling them all
+   * each round made every node of an N-node cluster open N connections as it started, and dial again each
+   * one the connection manager pruned. The DHT and the key exchange's member lists find the rest.
+   */
+  private bootstrapPicks(open: Multiaddr[]): Multiaddr[] {
+    let n = 0
+    if (this.routingTableSize() < BOOTSTRAP_PEERS) n = BOOTSTRAP_PEERS
+    else if (Date.now() - this.lastBootstrapHeal >= 60_000) n = 1
+    if (n === 0 || open.length === 0) return []
+    if (n === 1) this.lastBootstrapHeal = Date.now()
+    const picks = [...open]
+    for (let i = 0; i < Math.min(n, picks.length); i++) {
+      const j = i + Math.floor(Math.random() * (picks.length - i))
+      ;[picks[i], picks[j]] = [picks[j]!, picks[i]!]
+    }
+    return picks.slice(0, n)
+  }
+
+  private lastBootstrapHeal = 0
 
   async stop(): Promise<void> {
     this.stopController.abort()

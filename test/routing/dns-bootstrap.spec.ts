@@ -1,4 +1,5 @@
 import { createSocket, type Socket } from 'node:dgram'
+import { createServer, type Server } from 'node:net'
 import { Resolver } from 'node:dns/promises'
 import pino from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -108,4 +109,44 @@ describe('bootstrap through DNS (the chart’s headless Service), with a real DN
       })
     }
   }, 60_000)
+})
+
+describe('bootstrap through a name that lists many nodes', () => {
+  it('a round dials 3 of them, not all (the headless Service of a large cluster lists every pod)', async () => {
+    const port = await freePort()
+    const ips = Array.from({ length: 20 }, (_, i) => `127.0.0.${21 + i}`)
+    // plain TCP listeners that count who dialled them (the handshake then fails, which is fine here)
+    const dialled = new Set<string>()
+    const servers = await Promise.all(
+      ips.map(
+        (ip) =>
+          new Promise<Server>((resolve) => {
+            const s = createServer((socket) => {
+              dialled.add(ip)
+              socket.destroy()
+            })
+            s.listen(port, ip, () => resolve(s))
+          }),
+      ),
+    )
+    const r = new KadDhtRouter(
+      { logger: pino({ level: 'silent' }) },
+      {
+        listen: ['/ip4/127.0.0.1/tcp/0'],
+        peerUrl: 'http://127.0.0.1:30021',
+        bootstrap: [`dns:many.example:${port}`],
+        rebootstrapIntervalMs: 600_000, // one round: the one at start
+        resolveHost: async () => ips,
+      },
+    )
+    try {
+      await r.start()
+      await eventually(async () => expect(dialled.size).toBe(3))
+      await new Promise((resolve) => setTimeout(resolve, 1000))
+      expect(dialled.size).toBe(3)
+    } finally {
+      await r.stop()
+      for (const s of servers) s.close()
+    }
+  }, 30_000)
 })
