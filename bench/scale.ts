@@ -230,7 +230,6 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
   const nodes: Node[] = []
   const dead = new Set<string>()
   let nextIndex = 0
-  let bootstrap: string[] = []
   // the whole run, whatever happens: settling, then ≤ 15 min for churn, lookups and the DHT calibration
   const deadline = Date.now() + init.settleTimeoutSeconds * 1000 + 15 * 60_000
 
@@ -240,7 +239,8 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
     const { keys, rare: rareIds } = nodeKeys(workload, index)
     const started = await worker.call('start', {
       index,
-      bootstrap,
+      // every node started so far, as the chart's headless Service lists every pod (the node dials 3 of them)
+      bootstrap: live().flatMap((n) => n.addrs),
       maxPeers: init.maxPeers,
       workload,
       pskHex,
@@ -273,10 +273,9 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
     const heap0 = base.reduce((a, w) => a + w.heapBytes, 0)
     const cpu0 = cpuMs(base)
 
-    // -- start: three bootstrap nodes (a headless Service), then the rest in batches, as a rollout would
+    // -- start: three nodes, then the rest in batches, as a rollout would
     const t0 = performance.now()
     for (let i = 0; i < Math.min(3, N); i++) await startNode()
-    bootstrap = nodes.flatMap((n) => n.addrs)
     while (nodes.length < N) {
       const t = performance.now()
       await Promise.all(Array.from({ length: Math.min(init.joinBatch, N - nodes.length) }, () => startNode()))
