@@ -734,9 +734,10 @@ export class KeyExchange {
   }
 
   /**
-   * The peers a node holds lists of in a cluster larger than its full view: the XOR-closest half (so the
-   * members spread and every node is someone's closest) and a random half that prefers the lists we hold
-   * (stable) and then peers that hold ours, so one connection serves both directions.
+   * The peers a node holds lists of in a cluster larger than its full view: the lists it holds (a list
+   * is dropped only when the sample is over its size: every drop costs a snapshot again later), and free
+   * places filled half with the XOR-closest (so members spread and every node is someone's closest) and half
+   * at random, preferring peers that hold our list, so one connection serves both directions.
    *
    * Why `samplePeers` (64) and not the full view's 256: a sample answers only for what its peers hold. A
    * key that 8 of 64 random peers hold (12.5 % of the cluster) is in any other node's sample with
@@ -746,18 +747,27 @@ export class KeyExchange {
    */
   private sample(candidates: string[]): string[] {
     const size = this.cfg.samplePeers
-    const byDistance = candidates.sort(
-      (a, b) => ((hash32(a) ^ this.selfHash) >>> 0) - ((hash32(b) ^ this.selfHash) >>> 0),
-    )
-    const closest = byDistance.slice(0, Math.ceil(size / 2))
-    const others = byDistance.slice(closest.length)
-    for (let i = others.length - 1; i > 0; i--) {
-      const j = Math.floor(Math.random() * (i + 1))
-      ;[others[i], others[j]] = [others[j]!, others[i]!]
+    const byDistance = (ids: string[]): string[] =>
+      ids.sort((a, b) => ((hash32(a) ^ this.selfHash) >>> 0) - ((hash32(b) ^ this.selfHash) >>> 0))
+    const shuffled = (ids: string[]): string[] => {
+      for (let i = ids.length - 1; i > 0; i--) {
+        const j = Math.floor(Math.random() * (i + 1))
+        ;[ids[i], ids[j]] = [ids[j]!, ids[i]!]
+      }
+      return ids
     }
-    const rank = (id: string): number => (this.subs.has(id) ? 0 : this.subscribers.has(id) ? 1 : 2)
-    others.sort((a, b) => rank(a) - rank(b)) // stable: random within each rank
-    return [...closest, ...others.slice(0, size - closest.length)]
+    const kept = candidates.filter((id) => this.subs.has(id))
+    if (kept.length >= size) {
+      // over the size (a full view that became a sample): the closest half and a random half of what we hold
+      const near = byDistance(kept).slice(0, Math.ceil(size / 2))
+      return [...near, ...shuffled(kept.slice(near.length)).slice(0, size - near.length)]
+    }
+    const rest = byDistance(candidates.filter((id) => !this.subs.has(id)))
+    const free = size - kept.length
+    const near = rest.slice(0, Math.ceil(free / 2))
+    const others = shuffled(rest.slice(near.length))
+    others.sort((a, b) => Number(!this.subscribers.has(a)) - Number(!this.subscribers.has(b))) // stable
+    return [...kept, ...near, ...others.slice(0, free - near.length)]
   }
 
   /** peer id → when we first wanted to subscribe to it while not connected (see waitForDial) */
