@@ -163,7 +163,8 @@ const ops = {
             : undefined,
         keyExchangeInit: {
           maxPeers: a.maxPeers,
-          maxSubscribers: Math.ceil(a.maxPeers * 1.25),
+          // the daemon's subscriber cap (320), not 1.25 × P: with P = 64 a sample's in-degree varies around
+          // 64 (the XOR-closest half is uneven), and 80 refused enough subscriptions to stall the settle
           sendTimeoutMs: 60_000,
           snapshotTimeoutMs: 120_000,
           // SCALE_HEARTBEAT_MS: the exchange's heartbeat less often (upkeep relaxed, see scale.ts)
