@@ -44,7 +44,7 @@ export interface Constants {
   connectionsPerPeer: number
   /**
    * the same in a sampled view, where the peers that hold our list are not all peers whose list we hold, and
-   * DHT walks open connections (fitted on the sampled runs; 2 when none settled: no two sets overlap)
+   * DHT walks open connections: per list held, over every sampled run (2 without one: no overlap at all)
    */
   sampledConnectionsPerPeer: number
   /** idle routing traffic received per node per second = base + per connection (pings, heartbeats, DHT upkeep) */
@@ -181,10 +181,13 @@ export function fit(all: ScaleResult[]): Constants {
     ]),
   )
   const full = runs.filter((r) => r.nodes - 1 <= r.maxPeers)
-  const sampledRuns = runs.filter((r) => r.nodes - 1 > r.maxPeers)
   const connectionsPerPeer = mean(full.map((r) => r.memory.connectionsPerNode / v(r)))
+  // sampled runs, settled or not: connections per list actually held (subscribers and DHT peers included)
+  const sampledRuns = all.filter((r) => r.nodes - 1 > r.maxPeers)
   const sampledConnectionsPerPeer =
-    sampledRuns.length > 0 ? mean(sampledRuns.map((r) => r.memory.connectionsPerNode / v(r))) : 2
+    sampledRuns.length > 0
+      ? mean(sampledRuns.map((r) => r.memory.connectionsPerNode / (r.memory.heldKeysPerNode / r.keysPerNode)))
+      : 2
   // churn traffic minus idle and deltas, per join per peer
   const joinBytesPerPeer = mean(
     runs.map((r) => {
