@@ -3,38 +3,19 @@
  * limit) are closed; the exchange's connections, and every connection of a full view, stay.
  */
 import type { Connection } from '@libp2p/interface'
-import pino from 'pino'
 import { afterEach, describe, expect, it } from 'vitest'
 import { digestOf } from '../../src/oci/index.js'
-import { KadDhtRouter, type KadDhtRouterInit } from '../../src/routing/kad-dht.js'
+import type { KadDhtRouter } from '../../src/routing/kad-dht.js'
 import { digestKey } from '../../src/routing/keys.js'
 import { eventually } from '../harness/index.js'
+import { joinRouters } from './kad-dht-fixture.js'
 
 const routers: KadDhtRouter[] = []
 afterEach(async () => {
   await Promise.all(routers.splice(0).map((r) => r.stop()))
 })
 
-async function network(n: number, init: Partial<KadDhtRouterInit>): Promise<KadDhtRouter[]> {
-  const logger = pino({ level: 'silent' })
-  for (let i = 0; i < n; i++) {
-    const r = new KadDhtRouter(
-      { logger },
-      {
-        listen: ['/ip4/127.0.0.1/tcp/0'],
-        peerUrl: `http://127.0.0.1:${41900 + i}`,
-        bootstrap: routers[0]?.multiaddrs().map(String) ?? [],
-        rebootstrapIntervalMs: 1000,
-        provideSettleMs: 0,
-        idleConnectionMs: 1000,
-        ...init,
-      },
-    )
-    await r.start()
-    routers.push(r)
-  }
-  return routers
-}
+const fast = { provideSettleMs: 0, idleConnectionMs: 1000 }
 
 const connections = (r: KadDhtRouter): Connection[] =>
   (r as unknown as { node: { getConnections(): Connection[] } }).node.getConnections()
@@ -44,7 +25,11 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 describe('idle connections', () => {
   it('a sampled node closes connections without streams and still finds keys over the DHT', async () => {
     // no re-bootstrap every second here: it would dial the closed connections again at once
-    const rs = await network(5, { keyExchangeInit: { maxPeers: 1 }, rebootstrapIntervalMs: 600_000 })
+    const rs = await joinRouters(routers, 5, 41900, {
+      ...fast,
+      keyExchangeInit: { maxPeers: 1 },
+      rebootstrapIntervalMs: 600_000,
+    })
     const key = digestKey(digestOf('idle-connections'))
     await rs[0]!.advertise([key])
     // what a node still holds after the sweeps carries streams (its exchange peers)
@@ -62,7 +47,7 @@ describe('idle connections', () => {
   }, 60_000)
 
   it('a full view keeps every connection', async () => {
-    const rs = await network(4, {})
+    const rs = await joinRouters(routers, 4, 41900, fast)
     await eventually(async () => {
       for (const r of rs) expect(r.routingStats().exchange?.peers).toBe(3)
     }, 20_000)

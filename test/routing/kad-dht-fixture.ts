@@ -1,5 +1,5 @@
 import pino from 'pino'
-import { KadDhtRouter } from '../../src/routing/kad-dht.js'
+import { KadDhtRouter, type KadDhtRouterInit } from '../../src/routing/kad-dht.js'
 import type { RouterFixture } from '../conformance/router.js'
 
 /** N real kad-dht nodes on 127.0.0.1, each bootstrapping from the first (short record validity for tests). */
@@ -51,4 +51,34 @@ export async function kadDhtNetwork(
       await Promise.all(routers.map((r, i) => (stopped.has(i) ? undefined : r.stop())))
     },
   }
+}
+
+/**
+ * Starts `n` more routers on 127.0.0.1 that bootstrap from `routers[0]`, appends them to `routers` and returns
+ * them. Each announces the peer URL http://127.0.0.1:<portBase + its index in `routers`>.
+ */
+export async function joinRouters(
+  routers: KadDhtRouter[],
+  n: number,
+  portBase: number,
+  init: Partial<KadDhtRouterInit> = {},
+): Promise<KadDhtRouter[]> {
+  const logger = pino({ level: process.env.KAGAMI_TEST_LOG ?? 'silent' })
+  const added: KadDhtRouter[] = []
+  for (let i = 0; i < n; i++) {
+    const r = new KadDhtRouter(
+      { logger },
+      {
+        listen: ['/ip4/127.0.0.1/tcp/0'],
+        peerUrl: `http://127.0.0.1:${portBase + routers.length}`,
+        bootstrap: routers[0]?.multiaddrs().map(String) ?? [],
+        rebootstrapIntervalMs: 1000,
+        ...init,
+      },
+    )
+    await r.start()
+    routers.push(r)
+    added.push(r)
+  }
+  return added
 }

@@ -3,36 +3,17 @@
  * that follows the cluster size once the key exchange holds a sample (re-provides were ~74 % of a node's
  * modelled routing traffic at 5,000 nodes; bench/results/scale.md).
  */
-import pino from 'pino'
 import { afterEach, describe, expect, it } from 'vitest'
 import { digestOf } from '../../src/oci/index.js'
-import { KadDhtRouter, type KadDhtRouterInit } from '../../src/routing/kad-dht.js'
+import type { KadDhtRouter } from '../../src/routing/kad-dht.js'
 import { digestKey } from '../../src/routing/keys.js'
 import { eventually } from '../harness/index.js'
+import { joinRouters } from './kad-dht-fixture.js'
 
 const routers: KadDhtRouter[] = []
 afterEach(async () => {
   await Promise.all(routers.splice(0).map((r) => r.stop()))
 })
-
-async function network(n: number, init: Partial<KadDhtRouterInit>): Promise<KadDhtRouter[]> {
-  const logger = pino({ level: 'silent' })
-  for (let i = 0; i < n; i++) {
-    const r = new KadDhtRouter(
-      { logger },
-      {
-        listen: ['/ip4/127.0.0.1/tcp/0'],
-        peerUrl: `http://127.0.0.1:${41800 + i}`,
-        bootstrap: routers[0]?.multiaddrs().map(String) ?? [],
-        rebootstrapIntervalMs: 1000,
-        ...init,
-      },
-    )
-    await r.start()
-    routers.push(r)
-  }
-  return routers
-}
 
 async function urls(r: KadDhtRouter, key: ReturnType<typeof digestKey>): Promise<string[]> {
   const out: string[] = []
@@ -44,7 +25,7 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 
 describe('re-providing', () => {
   it('a record outlives three validity periods: it is provided again before the storers drop it', async () => {
-    const [a, , c] = await network(3, {
+    const [a, , c] = await joinRouters(routers, 3, 41800, {
       keyExchange: false,
       recordValidityMs: 3000,
       reprovideIntervalMs: 1000,
@@ -60,7 +41,7 @@ describe('re-providing', () => {
 
   it('in a sampled view the interval stretches with the nodes the exchange knows, below the validity', async () => {
     // a peer set of 1 in a 4-node cluster: every node holds a sample
-    const rs = await network(4, {
+    const rs = await joinRouters(routers, 4, 41800, {
       recordValidityMs: 10_000,
       reprovideIntervalMs: 1000,
       provideSettleMs: 0,
@@ -81,11 +62,9 @@ describe('re-providing', () => {
     const common = digestKey(digestOf('sampled-common'))
     const rare = digestKey(digestOf('sampled-rare'))
     const init = { provideSettleMs: 0, popularHolders: 1, keyExchangeInit: { maxPeers: 1 } }
-    const rs = await network(3, init)
+    const rs = await joinRouters(routers, 3, 41800, init)
     await Promise.all(rs.map((r) => r.advertise([common])))
-    const [late] = await network(1, { ...init, peerUrl: 'http://127.0.0.1:41803' }).then((all) =>
-      all.slice(3),
-    )
+    const [late] = await joinRouters(routers, 1, 41800, init) // http://127.0.0.1:41803
     await late!.advertise([common, rare])
     await eventually(async () => expect(late!.routingStats().provided).toBe(1), 20_000)
     await eventually(async () => expect(await urls(rs[1]!, rare)).toEqual([`http://127.0.0.1:41803`]), 20_000)

@@ -2,39 +2,17 @@
  * Above its full view (maxPeers + 1 nodes) a node holds the lists of a sample of `samplePeers`; a full view
  * that becomes a sample lets go of the other lists; content outside the sample is found on the DHT.
  */
-import pino from 'pino'
 import { afterEach, describe, expect, it } from 'vitest'
 import { digestOf } from '../../src/oci/index.js'
-import { KadDhtRouter, type KadDhtRouterInit } from '../../src/routing/kad-dht.js'
+import type { KadDhtRouter } from '../../src/routing/kad-dht.js'
 import { digestKey } from '../../src/routing/keys.js'
 import { eventually } from '../harness/index.js'
+import { joinRouters } from './kad-dht-fixture.js'
 
 const routers: KadDhtRouter[] = []
 afterEach(async () => {
   await Promise.all(routers.splice(0).map((r) => r.stop()))
 })
-
-async function join(n: number, init: Partial<KadDhtRouterInit>): Promise<KadDhtRouter[]> {
-  const logger = pino({ level: 'silent' })
-  const added: KadDhtRouter[] = []
-  for (let i = 0; i < n; i++) {
-    const r = new KadDhtRouter(
-      { logger },
-      {
-        listen: ['/ip4/127.0.0.1/tcp/0'],
-        peerUrl: `http://127.0.0.1:${42000 + routers.length}`,
-        bootstrap: routers[0]?.multiaddrs().map(String) ?? [],
-        rebootstrapIntervalMs: 1000,
-        provideSettleMs: 0,
-        ...init,
-      },
-    )
-    await r.start()
-    routers.push(r)
-    added.push(r)
-  }
-  return added
-}
 
 async function urls(r: KadDhtRouter, key: ReturnType<typeof digestKey>): Promise<string[]> {
   const out: string[] = []
@@ -42,16 +20,16 @@ async function urls(r: KadDhtRouter, key: ReturnType<typeof digestKey>): Promise
   return out.sort()
 }
 
-const init = { keyExchangeInit: { maxPeers: 3, samplePeers: 2 } }
+const init = { provideSettleMs: 0, keyExchangeInit: { maxPeers: 3, samplePeers: 2 } }
 
 describe('sampled view', () => {
   it('a full view that becomes a sample keeps samplePeers lists, and every key is still found', async () => {
-    const first = await join(4, init)
+    const first = await joinRouters(routers, 4, 42000, init)
     await eventually(async () => {
       for (const r of first) expect(r.routingStats().exchange?.peers).toBe(3)
     }, 20_000)
     // two more nodes: 5 peers known over a peer set of 3
-    await join(2, init)
+    await joinRouters(routers, 2, 42000, init)
     await eventually(async () => {
       for (const r of routers) expect(r.routingStats().exchange).toMatchObject({ peers: 2, complete: false })
     }, 30_000)
