@@ -743,7 +743,7 @@ export class KeyExchange {
    * key that 8 of 64 random peers hold (12.5 % of the cluster) is in any other node's sample with
    * probability 1 − e⁻⁸; rarer content is provided on the DHT. With 256, keys on 3 % of the nodes would
    * count as popular too (fewer provides), at ~4× the memory: ~110 KiB per connection in libp2p and 8 B per
-   * key held, 45 MiB a node at 5,000 nodes against the 20 MiB goal (bench/results/scale.md).
+   * key held, 69 MiB a node modelled at 5,000 nodes against the 20 MiB goal (bench/results/scale.md).
    */
   private sample(candidates: string[]): string[] {
     const size = this.cfg.samplePeers
