@@ -259,7 +259,7 @@ export function fields(schema: z.ZodObject): FieldInfo[] {
   })
 }
 
-// in its own file so the daemon can name it without loading zod (src/run-main.ts)
+// in its own file so the daemon can name it without loading zod (src/run-parsed.ts)
 export { ConfigError } from './config-error.js'
 
 /** Reads `KAGAMI_*` variables for a schema. Arrays are comma-separated. */

@@ -42,6 +42,7 @@ export const DAEMON_V8_FLAGS: readonly string[] =
 export async function execDaemon(config: RunConfig): Promise<number> {
   const script = process.argv[1]
   if (typeof process.execve !== 'function' || script === undefined) {
+    Buffer.poolSize = DAEMON_BUFFER_POOL_BYTES // as src/main.ts does for the re-executed daemon
     const { runDaemon } = await import('./daemon.js')
     return await runDaemon(config)
   }

@@ -1,4 +1,4 @@
-import { DAEMON_BUFFER_POOL_BYTES, RUN_CONFIG_ENV } from './exec-daemon.js'
+import { DAEMON_BUFFER_POOL_BYTES, execDaemon, RUN_CONFIG_ENV } from './exec-daemon.js'
 
 // Two ways in: the CLI, or the daemon that `kagami run` re-executed with its parsed config
 // (src/exec-daemon.ts). Both are imported only here, so the daemon's process never loads the CLI.
@@ -9,6 +9,6 @@ if (runConfig !== undefined) {
   const { runParsed } = await import('./run-parsed.js')
   process.exitCode = await runParsed(runConfig)
 } else {
-  const [{ main }, { execDaemon }] = await Promise.all([import('./cli.js'), import('./exec-daemon.js')])
+  const { main } = await import('./cli.js')
   process.exitCode = await main(process.argv, { runDaemon: execDaemon })
 }

@@ -35,7 +35,7 @@ import type { Peer, ResolveOptions, Router } from './router.js'
 export const DHT_PROTOCOL = '/kagami/kad/1.0.0'
 export const DEFAULT_REPROVIDE_INTERVAL_MS = 15 * 60_000
 export const DEFAULT_RECORD_VALIDITY_MS = 75 * 60_000
-/** Bootstrap entries dialled per round while the DHT routing table is nearly empty (see bootstrapPicks). */
+/** Bootstrap entries dialled per round while the DHT routing table is nearly empty (see bootstrapDials). */
 const BOOTSTRAP_PEERS = 3
 
 /** How far the re-provide interval stretches in a sampled view (15 min → 60 min). */
@@ -369,6 +369,8 @@ export class KadDhtRouter implements Router {
   private async dialBootstrap(): Promise<void> {
     const node = this.node
     if (node === undefined || (this.init.bootstrap ?? []).length === 0) return
+    const dials = this.bootstrapDials()
+    if (dials === 0) return // nothing to dial this round: no DNS lookup either
     const own = new Set(node.getMultiaddrs().map((m) => m.decapsulateCode(421).toString()))
     const targets: Multiaddr[] = []
     for (const entry of this.init.bootstrap ?? []) {
@@ -396,8 +398,13 @@ export class KadDhtRouter implements Router {
           !own.has(t.decapsulateCode(421).toString()) && !connected.has(t.decapsulateCode(421).toString()),
       )
       .filter((t) => t.getComponents().find((c) => c.name === 'p2p')?.value !== node.peerId.toString())
+    if (dials === 1 && open.length > 0) this.lastBootstrapHeal = Date.now()
+    for (let i = 0; i < Math.min(dials, open.length); i++) {
+      const j = i + Math.floor(Math.random() * (open.length - i))
+      ;[open[i], open[j]] = [open[j]!, open[i]!]
+    }
     await Promise.all(
-      this.bootstrapPicks(open).map(async (t) => {
+      open.slice(0, dials).map(async (t) => {
         const signal = anySignal([AbortSignal.timeout(3000), this.stopController.signal])
         try {
           await node.dial(t, { signal })
@@ -411,24 +418,16 @@ export class KadDhtRouter implements Router {
   }
 
   /**
-   * Which bootstrap entries a round dials: up to 3 at random while our DHT routing table holds fewer than 3
-   * peers, then one a minute (two halves of a cluster that started apart still find each other). Not every
-   * entry: a `dns:` entry resolves to every kagami pod (the chart's headless Service), and dialling them all
-   * each round made every node of an N-node cluster open N connections as it started, and dial again each
-   * one the connection manager pruned. The DHT and the key exchange's member lists find the rest.
+   * How many bootstrap entries a round dials, at random among those not connected: 3 while our DHT routing
+   * table holds fewer than 3 peers, then one a minute (two halves of a cluster that started apart still find
+   * each other). Not every entry: a `dns:` entry resolves to every kagami pod (the chart's headless Service),
+   * and dialling them all each round made every node of an N-node cluster open N connections as it started,
+   * and dial again each one the connection manager pruned. The DHT and the key exchange's member lists find
+   * the rest.
    */
-  private bootstrapPicks(open: Multiaddr[]): Multiaddr[] {
-    let n = 0
-    if (this.routingTableSize() < BOOTSTRAP_PEERS) n = BOOTSTRAP_PEERS
-    else if (Date.now() - this.lastBootstrapHeal >= 60_000) n = 1
-    if (n === 0 || open.length === 0) return []
-    if (n === 1) this.lastBootstrapHeal = Date.now()
-    const picks = [...open]
-    for (let i = 0; i < Math.min(n, picks.length); i++) {
-      const j = i + Math.floor(Math.random() * (picks.length - i))
-      ;[picks[i], picks[j]] = [picks[j]!, picks[i]!]
-    }
-    return picks.slice(0, n)
+  private bootstrapDials(): number {
+    if (this.routingTableSize() < BOOTSTRAP_PEERS) return BOOTSTRAP_PEERS
+    return Date.now() - this.lastBootstrapHeal >= 60_000 ? 1 : 0
   }
 
   private lastBootstrapHeal = 0
