@@ -138,6 +138,11 @@ export const runSchema = z
     resolveTimeout: duration
       .prefault('20ms')
       .describe('how long the mirror looks for a peer before answering 404'),
+    outageResolveTimeout: duration
+      .prefault('2s')
+      .describe(
+        'how long it looks while the upstream registry does not answer tag lookups (a 404 then fails the pull: a peer found on the DHT is worth the wait)',
+      ),
     peerHeadersTimeout: duration.prefault('1s').describe('deadline for a peer to send response headers'),
     bodyIdleTimeout: duration
       .prefault('5s')

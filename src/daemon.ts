@@ -262,9 +262,17 @@ export async function startDaemon(config: RunConfig, components: { logger: Logge
     )
     const tags = new TagResolver({ upstream, logger, metrics }, { policy: config.resolveTagsFromPeers })
     const peers = new PeerFetcher(
-      { router, store, signer: peerAuth, logger, metrics: registryMetrics },
+      {
+        router,
+        store,
+        signer: peerAuth,
+        logger,
+        metrics: registryMetrics,
+        upstreamDown: (r) => upstream.isDown(r),
+      },
       {
         resolveTimeoutMs: config.resolveTimeout,
+        outageResolveTimeoutMs: config.outageResolveTimeout,
         peerHeadersTimeoutMs: config.peerHeadersTimeout,
         bodyIdleTimeoutMs: config.bodyIdleTimeout,
         stripe: { thresholdBytes: config.stripeThreshold, minSingleBytesPerSecond: config.stripeBelowRate },

@@ -28,11 +28,15 @@ export interface MirrorComponents {
   peers?: PeerFetcher
   /** One upstream fetch per blob, cluster-wide (herd.ts). */
   herd?: ResolverComponents['herd']
+  /** For the fetcher made here: whether a registry is down (see PeerFetcherInit.outageResolveTimeoutMs). */
+  upstreamDown?: (registry: string) => boolean
 }
 
 export interface MirrorInit {
   /** Look for a first peer this long before answering 404 (containerd then asks the next host). */
   resolveTimeoutMs: number
+  /** ... while the request's registry is down (PeerFetcherInit.outageResolveTimeoutMs). */
+  outageResolveTimeoutMs?: number
   peerHeadersTimeoutMs: number
   bodyIdleTimeoutMs: number
   hedgeDelayMs?: number
@@ -53,6 +57,7 @@ export function createMirror(components: MirrorComponents, init: MirrorInit): Fa
         signer: components.signer,
         logger: components.logger,
         metrics: components.metrics,
+        upstreamDown: components.upstreamDown,
       },
       init,
     )

@@ -50,6 +50,8 @@ export interface PeerFetcherComponents {
   metrics: RegistryMetrics
   /** Buffers blob bodies are read into (default: its own; the response recycles them). */
   pool?: BufferPool
+  /** Whether a registry is down (its last tag lookup failed): a miss then waits `outageResolveTimeoutMs`. */
+  upstreamDown?: (registry: string) => boolean
 }
 
 // Socket reads from peers: one pool buffer each (a read returns what has arrived, often far less than
@@ -59,6 +61,12 @@ const PEER_READ_BYTES = 1024 * 1024
 export interface PeerFetcherInit {
   /** How long to look for a first peer before answering a miss. */
   resolveTimeoutMs: number
+  /**
+   * ... while the request's registry is down (default: resolveTimeoutMs). The 404 that sends containerd
+   * upstream then fails the pull, and content outside a sampled node's key lists needs a DHT walk (~100-250
+   * ms, bench/results/scale.md), which the fast miss deadline cuts short.
+   */
+  outageResolveTimeoutMs?: number
   peerHeadersTimeoutMs: number
   bodyIdleTimeoutMs: number
   /** Hedge delay before the first latency is observed; later it follows observed header latencies. */
@@ -152,7 +160,11 @@ export class PeerFetcher {
       skip: digest === undefined ? undefined : (p) => this.suspects.has(digest, p.id),
     })
     const started = performance.now()
-    const firstDeadline = anySignal([AbortSignal.timeout(this.init.resolveTimeoutMs), client.signal])
+    const outage = this.components.upstreamDown?.(req.registry) === true
+    const budgetMs = outage
+      ? (this.init.outageResolveTimeoutMs ?? this.init.resolveTimeoutMs)
+      : this.init.resolveTimeoutMs
+    const firstDeadline = anySignal([AbortSignal.timeout(budgetMs), client.signal])
     let first: Peer | undefined
     try {
       first = await lookup.next(firstDeadline)

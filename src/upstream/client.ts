@@ -144,6 +144,11 @@ export class UpstreamClient {
     this.tokens = new TokenCache({ now: this.now })
   }
 
+  /** The last tag lookup at `registry` failed, and none has answered since. */
+  isDown(registry: string): boolean {
+    return this.failing.has(registry)
+  }
+
   async resolveTag(query: TagQuery): Promise<TagAnswer> {
     const until = this.backoffUntil.get(query.registry)
     if (until !== undefined && until > this.now()) {

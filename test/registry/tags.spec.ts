@@ -80,12 +80,16 @@ describe('mirror: tag policy against a real registry', () => {
   /** A mirror with the policy; `peerHas` controls what the peer advertises, `local` what this node holds. */
   async function mirror(
     policy: TagPolicy,
-    init: { peerHas: BuiltImage[]; local?: BuiltImage },
+    // lookupDelayMs: the peer is found this late (a DHT walk), past the mirror's 100 ms miss deadline
+    init: { peerHas: BuiltImage[]; local?: BuiltImage; lookupDelayMs?: number },
   ): Promise<{ url: string; metrics: Registry; close(): Promise<void> }> {
     const network = memoryNetwork()
     const store = new MemoryStore()
     if (init.local !== undefined) await seed(store, init.local, `${registry.host}/team/app:main`)
-    const router = memoryRouter({ network }, { id: 'self', url: 'http://127.0.0.1:1' })
+    const router = memoryRouter(
+      { network },
+      { id: 'self', url: 'http://127.0.0.1:1', lookupDelayMs: init.lookupDelayMs },
+    )
     const other: MemoryRouter = memoryRouter({ network }, { id: 'peer', url: peerUrl })
     await router.start()
     await other.start()
@@ -104,8 +108,14 @@ describe('mirror: tag policy against a real registry', () => {
         logger,
         metrics: new RegistryMetrics(metrics),
         tags: new TagResolver({ upstream, logger, metrics }, { policy }),
+        upstreamDown: (r) => upstream.isDown(r),
       },
-      { resolveTimeoutMs: 100, peerHeadersTimeoutMs: 1000, bodyIdleTimeoutMs: 1000 },
+      {
+        resolveTimeoutMs: 100,
+        outageResolveTimeoutMs: 3000,
+        peerHeadersTimeoutMs: 1000,
+        bodyIdleTimeoutMs: 1000,
+      },
     )
     const url = await listen(app)
     return {
@@ -135,6 +145,17 @@ describe('mirror: tag policy against a real registry', () => {
       body: Buffer.from(await res.arrayBuffer()),
     }
   }
+
+  /** A blob by digest, as containerd asks for it after the manifest. */
+  async function getBlob(url: string, digest: string): Promise<{ status: number; body: Buffer }> {
+    const res = await fetch(`${url}/v2/team/app/blobs/${digest}?ns=${encodeURIComponent(registry.host)}`, {
+      signal: AbortSignal.timeout(10_000),
+    })
+    return { status: res.status, body: Buffer.from(await res.arrayBuffer()) }
+  }
+
+  const layerOf = (image: BuiltImage): string =>
+    [...image.blobs.keys()].find((d) => d !== image.root.digest) as string
 
   async function upstreamCalls(metrics: Registry): Promise<number> {
     const m = await metrics.getSingleMetric('kagami_upstream_tag_requests_total')?.get()
@@ -178,9 +199,34 @@ describe('mirror: tag policy against a real registry', () => {
     }
   })
 
+  it('registry up: a peer found only after the miss deadline is a 404 (containerd asks the registry)', async () => {
+    const m = await mirror('fallback', { peerHas: [current], lookupDelayMs: 400 })
+    try {
+      expect((await getBlob(m.url, layerOf(current))).status).toBe(404)
+    } finally {
+      await m.close()
+    }
+  })
+
   describe('registry stopped', () => {
     beforeAll(() => registry.stop())
     afterAll(() => registry.start())
+
+    it('a peer found only after the miss deadline serves: a 404 would fail the pull', async () => {
+      const m = await mirror('fallback', { peerHas: [stale], lookupDelayMs: 400 })
+      try {
+        // the tag lookup fails upstream: from then on a miss waits for the DHT
+        expect(await get(m.url, 'HEAD')).toMatchObject({ status: 200, digest: stale.root.digest })
+        const layer = layerOf(stale)
+        const r = await getBlob(m.url, layer)
+        expect(r.status).toBe(200)
+        expect(sha(r.body)).toBe(layer)
+        // what nobody has is still a 404 (the lookup ends when the router has nothing more)
+        expect((await getBlob(m.url, `sha256:${'0'.repeat(64)}`)).status).toBe(404)
+      } finally {
+        await m.close()
+      }
+    })
 
     it('fallback: the peer’s tag serves, and the fallback is counted', async () => {
       const m = await mirror('fallback', { peerHas: [stale] })
