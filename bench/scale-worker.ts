@@ -154,6 +154,9 @@ const ops = {
               ? Number(process.env.SCALE_PING_INTERVAL_MS)
               : undefined,
         },
+        // a dial or an upgrade here takes ~8 event-loop turns on two lagging processes: at libp2p's 10 s,
+        // 60 % of a sampled 120-node run's subscription dials timed out (each a wasted handshake, retried)
+        connectionTimeoutMs: 60_000,
         // (a 200-node full view takes ~15 min to settle here; the fallback must not start in the middle)
         incompleteProvideAfterMs: 3_600_000,
         // SCALE_PROVIDE_CONCURRENCY: fewer provides at once per node (see ScaleResult.provideConcurrency)
@@ -167,6 +170,7 @@ const ops = {
           // 64 (the XOR-closest half is uneven), and 80 refused enough subscriptions to stall the settle
           sendTimeoutMs: 60_000,
           snapshotTimeoutMs: 120_000,
+          dialTimeoutMs: 60_000, // as connectionTimeoutMs
           // SCALE_HEARTBEAT_MS: the exchange's heartbeat less often (upkeep relaxed, see scale.ts)
           heartbeatMs:
             process.env.SCALE_HEARTBEAT_MS !== undefined ? Number(process.env.SCALE_HEARTBEAT_MS) : undefined,
@@ -207,14 +211,22 @@ const ops = {
   logs(): Record<string, number> {
     return Object.fromEntries(logCounts)
   },
-  /** Lookups one after another (never two at once in this process): first provider, or the end of a miss. */
-  async lookups(a: { items: { index: number; key: RoutingKey }[]; timeoutMs: number }): Promise<{
+  /**
+   * Lookups one after another (never two at once in this process): first provider, or the end of a miss.
+   * Stops before a lookup that could end after `untilMs`.
+   */
+  async lookups(a: {
+    items: { index: number; key: RoutingKey }[]
+    timeoutMs: number
+    untilMs: number
+  }): Promise<{
     results: { ms: number; id?: string }[]
     loopP99Ms: number
   }> {
     loop.reset()
     const results: { ms: number; id?: string }[] = []
     for (const { index, key } of a.items) {
+      if (now() + a.timeoutMs > a.untilMs) break // the phase's budget: what is measured by then is the sample
       const r = nodes.get(index)
       results.push(r === undefined ? { ms: NaN } : await firstPeer(r, key, a.timeoutMs))
       await new Promise((r) => setImmediate(r)) // let the nodes' own work run between lookups

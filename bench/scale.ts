@@ -54,6 +54,8 @@ export interface ScaleInit {
   /** One node leaves and a new one joins this often during churn (default 15 s). */
   replaceEverySeconds?: number
   samples?: number
+  /** Wall-clock budget of the lookup phase (default 180 s): a sampled miss is a DHT walk of up to 2 s. */
+  lookupSeconds?: number
   seed?: number
 }
 
@@ -173,11 +175,19 @@ interface Node {
 
 /** Lists held by the nodes not settled yet (min / median) and subscribers per node: where a settle is stuck. */
 function lagging(s: RoutingStats[], ready: RoutingStats[]): string {
-  const rest = s.filter((x) => !ready.includes(x)).map((x) => x.exchange?.peers ?? 0)
+  const unsettled = s.filter((x) => !ready.includes(x))
   const subscribers = s.reduce((a, x) => a + (x.exchange?.subscribers ?? 0), 0) / s.length
-  rest.sort((a, b) => a - b)
-  const lists = rest.length > 0 ? `${rest[0]}/${rest[rest.length >> 1]}` : 'n/a'
-  return `unsettled hold ${lists} lists (min/median), subscribers/node ${subscribers.toFixed(0)}`
+  // min/median over the nodes not settled yet
+  const spread = (f: (x: RoutingStats) => number): string => {
+    const v = unsettled.map(f).sort((a, b) => a - b)
+    return v.length > 0 ? `${v[0]}/${v[v.length >> 1]}` : 'n/a'
+  }
+  return (
+    `unsettled hold ${spread((x) => x.exchange?.peers ?? 0)} lists (min/median) of ` +
+    `${spread((x) => x.exchange?.subscriptions ?? 0)} subscriptions, dialling ${spread((x) => x.exchange?.dialing ?? 0)}, ` +
+    `know ${spread((x) => x.exchange?.knownNodes ?? 0)} nodes, failed ${spread((x) => x.exchange?.failedPeers ?? 0)}, ` +
+    `connections ${spread((x) => x.connections)}; subscribers/node ${subscribers.toFixed(0)}`
+  )
 }
 
 export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
@@ -195,6 +205,7 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
     pullsPerNodePerMinute: 1,
     replaceEverySeconds: 15,
     samples: 400,
+    lookupSeconds: 180,
     seed: 1,
     ...(Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as ScaleInit),
   }
@@ -293,6 +304,7 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
     let settled = false
     let settleLoop = 0
     const settleDeadline = Date.now() + init.settleTimeoutSeconds * 1000
+    let lastLogs = Date.now()
     while (Date.now() < settleDeadline) {
       const ws = await all(false, true)
       settleLoop = Math.max(settleLoop, loopP99(ws))
@@ -307,9 +319,16 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
       log(
         `scale ${N}: settling: ${ready.length}/${s.length} hold ${want} lists, ${complete} complete; ` +
           `loop p99 ${loopP99(ws).toFixed(0)} ms, conns/node ${(sum((x) => x.connections) / s.length).toFixed(0)}, ` +
-          `exchange ${(sum((x) => x.exchange?.bytesSent ?? 0) / 2 ** 20).toFixed(0)} MiB, pending provides ${sum((x) => x.pendingProvides)}, ` +
+          `exchange ${(sum((x) => x.exchange?.bytesSent ?? 0) / 2 ** 20).toFixed(0)} MiB, pending provides ${sum((x) => x.pendingProvides)} ` +
+          `(held back on ${s.filter((x) => x.providesWaiting).length} nodes, ${sum((x) => x.provided)} provided, ` +
+          `${sum((x) => x.popularSkipped)} popular skipped, ${s.filter((x) => x.exchange?.incomplete === 'saturated').length} sampled), ` +
           `violations ${sum((x) => x.exchange?.violations ?? 0)}, ${lagging(s, ready)}; ${s.find((x) => x.exchange?.incomplete !== undefined)?.exchange?.incomplete ?? ''}`,
       )
+      // KAGAMI_BENCH_LOG=debug: what the first worker's nodes logged so far, every minute
+      if (process.env.KAGAMI_BENCH_LOG !== undefined && Date.now() - lastLogs >= 60_000) {
+        lastLogs = Date.now()
+        log(JSON.stringify(await workers[0]!.call('logs', undefined)))
+      }
       await sleep(3000)
     }
     const settleSeconds = (performance.now() - t0) / 1000
@@ -484,9 +503,16 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
       replaced,
     }
     log(`scale ${N}: churn ${JSON.stringify(traffic)}, loop p99 ${churnLoop.toFixed(0)} ms`)
-    await Promise.all(probes)
+    // each probe watches for 15 s; one whose answer has not come back a minute after churn (workers lagging)
+    // counts as not seen
+    const answered = await Promise.race([
+      Promise.all(probes).then(() => true),
+      sleep(60_000).then(() => false),
+    ])
+    if (!answered) visibilityIncomplete += probes.length - visibility.length - visibilityIncomplete
+    const visibilitySeconds = stats(visibility)
     log(
-      `scale ${N}: visibility ${JSON.stringify(stats(visibility))}, incomplete ${visibilityIncomplete}, ` +
+      `scale ${N}: visibility ${JSON.stringify(visibilitySeconds)}, incomplete ${visibilityIncomplete}, ` +
         `${visibilitySkipped} node-probes skipped (still joining)`,
     )
 
@@ -502,9 +528,12 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
     const miss: number[] = []
     let hitNotFound = 0
     let lookupLoop = 0
-    for (const w of workers) {
+    const lookupsEnd = Math.min(deadline, now() + init.lookupSeconds * 1000)
+    for (const [i, w] of workers.entries()) {
       const mine = live().filter((n) => n.worker === w)
       if (mine.length === 0) continue
+      // this worker's share of what is left of the budget, half for hits and half for misses
+      const share = (lookupsEnd - now()) / (workers.length - i) / 2
       const hits: { index: number; key: RoutingKey }[] = []
       const misses: { index: number; key: RoutingKey }[] = []
       for (let i = 0; i < Math.ceil(init.samples / workers.length); i++) {
@@ -513,9 +542,8 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
         hits.push({ index: from.index, key: i % 2 === 0 ? rare(pick(holder.rare)) : pick(holder.keys) })
         misses.push({ index: from.index, key: digestKey(digestOf(`scale-miss-${run}-${w.child.pid}-${i}`)) })
       }
-      if (Date.now() > deadline) break
-      const h = await w.call('lookups', { items: hits, timeoutMs: 2000 })
-      const m = await w.call('lookups', { items: misses, timeoutMs: 2000 })
+      const h = await w.call('lookups', { items: hits, timeoutMs: 2000, untilMs: now() + share })
+      const m = await w.call('lookups', { items: misses, timeoutMs: 2000, untilMs: now() + share })
       lookupLoop = Math.max(lookupLoop, h.loopP99Ms, m.loopP99Ms)
       for (const x of h.results) {
         if (x.id === undefined) hitNotFound++
@@ -569,7 +597,7 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
       traffic,
       lookup,
       visibility: {
-        seconds: stats(visibility),
+        seconds: visibilitySeconds,
         incomplete: visibilityIncomplete,
         skipped: visibilitySkipped,
       },
@@ -617,6 +645,8 @@ if (import.meta.url === `file://${process.argv[1]}`) {
           ? Number(process.env.SETTLE_TIMEOUT_SECONDS)
           : undefined,
       samples: Number(process.env.SAMPLES ?? 400),
+      lookupSeconds:
+        process.env.LOOKUP_SECONDS !== undefined ? Number(process.env.LOOKUP_SECONDS) : undefined,
       // the rarer keys per node (default 700; recorded as keysPerNode): each one a DHT provide when sampled
       rarePerNode: process.env.RARE_PER_NODE !== undefined ? Number(process.env.RARE_PER_NODE) : undefined,
       // 10 nodes join every JOIN_EVERY_MS (default 1 s): slower joins keep the harness's event loops from

@@ -107,6 +107,11 @@ export interface KadDhtRouterInit {
    * which a node on its own CPU does not.
    */
   connectionMonitor?: { pingIntervalMs?: number; abortConnectionOnPingFailure?: boolean }
+  /**
+   * libp2p's deadlines for a dial and for an inbound connection's upgrade (PSK, noise, yamux): default
+   * libp2p's 10 s. The scale bench stretches them: its processes carry dozens of nodes each and lag by seconds.
+   */
+  connectionTimeoutMs?: number
   /** Limits of the key exchange (peer set, list sizes, deadlines, rates). */
   keyExchangeInit?: KeyExchangeInit
   /**
@@ -134,7 +139,11 @@ export interface RoutingStats {
   routingTable: number
   connections: number
   pendingProvides: number
+  /** provides held back: the view is full, or a sample's lists are not in yet (dhtIdle) */
+  providesWaiting: boolean
   provided: number
+  /** queued keys not provided because enough exchange peers announce them */
+  popularSkipped: number
   /** the current re-provide interval (it follows the cluster size in a sampled view) */
   reprovideEveryMs: number
   /** keys queued again for a provide by the re-provide sweeps */
@@ -251,6 +260,13 @@ export class KadDhtRouter implements Router {
         // resets bootstrap dials (design.md §4).
         inboundConnectionThreshold: 1000,
         maxIncomingPendingConnections: 100,
+        ...(this.init.connectionTimeoutMs !== undefined
+          ? {
+              dialTimeout: this.init.connectionTimeoutMs,
+              addressDialTimeout: this.init.connectionTimeoutMs,
+              inboundUpgradeTimeout: this.init.connectionTimeoutMs,
+            }
+          : {}),
         // the key exchange alone may hold 256 subscriptions and 320 subscribers (mostly the same peers)
         maxConnections: 1024,
       },
@@ -506,7 +522,9 @@ export class KadDhtRouter implements Router {
       routingTable: this.routingTableSize(),
       connections: this.node?.getConnections().length ?? 0,
       pendingProvides: this.pendingProvides(),
+      providesWaiting: this.dhtIdle(),
       provided: this.provided.size,
+      popularSkipped: this.popularSkipped,
       reprovideEveryMs: this.reprovideEveryMs(),
       reprovideQueued: this.reprovideQueued,
       idleClosed: this.idleClosed,
@@ -675,6 +693,7 @@ export class KadDhtRouter implements Router {
     }
   }
 
+  private popularSkipped = 0
   private readonly provideQueue = new Map<string, { key: RoutingKey; signal?: AbortSignal }>()
   /** Keys whose provide reached peers → when; provideDue() provides them again one interval later. */
   private readonly provided = new Map<string, number>()
@@ -690,7 +709,10 @@ export class KadDhtRouter implements Router {
         if (signal?.aborted === true || this.stopController.signal.aborted) continue
         if (!this.advertised.has(name) || this.provided.has(name)) continue // withdrawn or done meanwhile
         if (this.init.dhtProvides !== 'always' && this.exchange !== undefined) {
-          if (this.exchange.holders(name).length >= (this.init.popularHolders ?? 8)) continue
+          if (this.exchange.holders(name).length >= (this.init.popularHolders ?? 8)) {
+            this.popularSkipped++
+            continue
+          }
         }
         const s = anySignal([signal, this.stopController.signal])
         try {

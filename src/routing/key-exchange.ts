@@ -65,6 +65,8 @@ export interface KeyExchangeInit {
   frameTimeoutMs?: number
   /** The snapshot must arrive whole within this long after subscribing (default 30 s). */
   snapshotTimeoutMs?: number
+  /** A subscription's dial and protocol negotiation must end within this long (default 10 s, at most the snapshot's). */
+  dialTimeoutMs?: number
   /** Per-peer token bucket: sustained bytes/s and burst (defaults 1 MiB/s, 8 MiB). */
   bytesPerSecond?: number
   burstBytes?: number
@@ -104,6 +106,12 @@ export interface KeyExchangeStats {
   violations: number
   /** subscriptions restarted because a heartbeat showed our copy out of step */
   resyncs: number
+  /** subscriptions held, lists still arriving included, and how many are dialling */
+  subscriptions: number
+  dialing: number
+  /** nodes known (us included), and peers whose last subscription failed (backing off) */
+  knownNodes: number
+  failedPeers: number
 }
 
 class Violation extends Error {
@@ -295,6 +303,7 @@ export class KeyExchange {
       maxFrameBytes: init.maxFrameBytes ?? 256 * 1024,
       frameTimeoutMs: init.frameTimeoutMs ?? 5_000,
       snapshotTimeoutMs: init.snapshotTimeoutMs ?? 30_000,
+      dialTimeoutMs: Math.min(init.dialTimeoutMs ?? 10_000, init.snapshotTimeoutMs ?? 30_000),
       bytesPerSecond: init.bytesPerSecond ?? 1024 * 1024,
       burstBytes: init.burstBytes ?? 8 * 1024 * 1024,
       framesPerSecond: init.framesPerSecond ?? 200,
@@ -536,6 +545,10 @@ export class KeyExchange {
       incomplete: this.incompleteReason(),
       violations: this.violations,
       resyncs: this.resyncs,
+      subscriptions: this.subs.size,
+      dialing: this.dialing,
+      knownNodes: this.known,
+      failedPeers: this.failed.size,
     }
   }
 
@@ -850,7 +863,7 @@ export class KeyExchange {
         }
         await this.node.peerStore.merge(peer, { multiaddrs })
       }
-      const signal = AbortSignal.timeout(Math.min(this.cfg.snapshotTimeoutMs, 10_000))
+      const signal = AbortSignal.timeout(this.cfg.dialTimeoutMs)
       const dialled = this.node.dialProtocol(peer, KEYS_PROTOCOL, { signal })
       // a stream that opens after our deadline is closed at once
       dialled.then(
