@@ -108,8 +108,9 @@ export interface KadDhtRouterInit {
    */
   connectionMonitor?: { pingIntervalMs?: number; abortConnectionOnPingFailure?: boolean }
   /**
-   * libp2p's deadlines for a dial and for an inbound connection's upgrade (PSK, noise, yamux): default
-   * libp2p's 10 s. The scale bench stretches them: its processes carry dozens of nodes each and lag by seconds.
+   * libp2p's deadlines for a dial and for an inbound connection's upgrade (PSK, noise, yamux), default
+   * libp2p's 10 s, and a bootstrap dial's (default 3 s, retried every round). The scale bench stretches them:
+   * its processes carry dozens of nodes each and lag by seconds.
    */
   connectionTimeoutMs?: number
   /** Limits of the key exchange (peer set, list sizes, deadlines, rates). */
@@ -371,13 +372,18 @@ export class KadDhtRouter implements Router {
 
   /** One bootstrap round (`dialBootstrap`); runs at start and then every `rebootstrapIntervalMs`. */
   private async bootstrap(): Promise<void> {
+    // one round at a time: a round waits for its dials (and a `dns:` lookup), which may outlast the interval
+    if (this.bootstrapping) return
+    this.bootstrapping = true
     try {
       await this.dialBootstrap()
     } finally {
+      this.bootstrapping = false
       this.bootstrapped = true
     }
   }
 
+  private bootstrapping = false
   private bootstrapped = false
   /** `dns:` bootstrap names whose last lookup failed (logged once when they fail, once when they recover). */
   private readonly unresolved = new Set<string>()
@@ -421,7 +427,10 @@ export class KadDhtRouter implements Router {
     }
     await Promise.all(
       open.slice(0, dials).map(async (t) => {
-        const signal = anySignal([AbortSignal.timeout(3000), this.stopController.signal])
+        const signal = anySignal([
+          AbortSignal.timeout(this.init.connectionTimeoutMs ?? 3000),
+          this.stopController.signal,
+        ])
         try {
           await node.dial(t, { signal })
         } catch (err) {
