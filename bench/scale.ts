@@ -66,7 +66,10 @@ export interface ScaleResult {
   keysPerNode: number
   distinctKeys: number
   settleSeconds: number
-  /** every node's exchange was a full view (or, when sampled, full) at the end of settling */
+  /**
+   * every node's exchange was a full view (or, when sampled, held ≥ 90 % of its sample) at the end of settling,
+   * and no node had DHT provides left to run
+   */
   settled: boolean
   /** CPU the worker processes spent settling, per node (s): what one node's join costs */
   settleCpuSecondsPerNode: number
@@ -311,13 +314,16 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
       const s = statsOf(ws)
       const ready = s.filter((x) => (x.exchange?.peers ?? 0) >= want * (sampled ? 0.9 : 1))
       const complete = s.filter((x) => x.exchange?.complete === true).length
-      if (ready.length === s.length && (sampled || complete === s.length)) {
+      // a join's DHT provides are part of its work (a sampled node provides its rare keys once its sample is
+      // in): churn measured while they still ran measured them, with every event loop lagging for seconds
+      const providing = s.filter((x) => x.pendingProvides > 0 && !x.providesWaiting).length
+      if (ready.length === s.length && (sampled || complete === s.length) && providing === 0) {
         settled = true
         break
       }
       const sum = (f: (x: RoutingStats) => number): number => s.reduce((a, x) => a + f(x), 0)
       log(
-        `scale ${N}: settling: ${ready.length}/${s.length} hold ${want} lists, ${complete} complete; ` +
+        `scale ${N}: settling: ${ready.length}/${s.length} hold ${want} lists, ${complete} complete, ${providing} providing; ` +
           `loop p99 ${loopP99(ws).toFixed(0)} ms, conns/node ${(sum((x) => x.connections) / s.length).toFixed(0)}, ` +
           `exchange ${(sum((x) => x.exchange?.bytesSent ?? 0) / 2 ** 20).toFixed(0)} MiB, pending provides ${sum((x) => x.pendingProvides)} ` +
           `(held back on ${s.filter((x) => x.providesWaiting).length} nodes, ${sum((x) => x.provided)} provided, ` +
