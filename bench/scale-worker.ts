@@ -170,7 +170,6 @@ const ops = {
           // 64 (the XOR-closest half is uneven), and 80 refused enough subscriptions to stall the settle
           sendTimeoutMs: 60_000,
           snapshotTimeoutMs: 120_000,
-          dialTimeoutMs: 60_000, // as connectionTimeoutMs
           // SCALE_HEARTBEAT_MS: the exchange's heartbeat less often (upkeep relaxed, see scale.ts)
           heartbeatMs:
             process.env.SCALE_HEARTBEAT_MS !== undefined ? Number(process.env.SCALE_HEARTBEAT_MS) : undefined,

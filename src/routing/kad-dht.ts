@@ -109,7 +109,8 @@ export interface KadDhtRouterInit {
   connectionMonitor?: { pingIntervalMs?: number; abortConnectionOnPingFailure?: boolean }
   /**
    * libp2p's deadlines for a dial and for an inbound connection's upgrade (PSK, noise, yamux), default
-   * libp2p's 10 s, and a bootstrap dial's (default 3 s, retried every round). The scale bench stretches them:
+   * libp2p's 10 s, a bootstrap dial's (default 3 s, retried every round) and a key subscription's (default
+   * 10 s, KeyExchangeInit.dialTimeoutMs). The scale bench stretches them:
    * its processes carry dozens of nodes each and lag by seconds.
    */
   connectionTimeoutMs?: number
@@ -303,7 +304,8 @@ export class KadDhtRouter implements Router {
         this.node,
         () => this.advertised.keys(),
         this.log,
-        this.init.keyExchangeInit,
+        // a subscription's dial is a dial: the same deadline as libp2p's own, unless set apart
+        { dialTimeoutMs: this.init.connectionTimeoutMs, ...this.init.keyExchangeInit },
         () => this.routingTablePeers(),
       )
       await this.exchange.start()
