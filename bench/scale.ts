@@ -97,10 +97,21 @@ export interface ScaleResult {
     pulls: number
     deletes: number
     replaced: number
+    /** the workers' CPU during churn, in cores (this machine has 2): near 2, every latency above is queueing */
+    churnCpuCores?: number
   }
   lookup: { hit: Stats; hitNotFound: number; miss: Stats }
-  /** seconds until every node that held the puller's list resolves its new image; skipped: nodes still joining */
-  visibility: { seconds: Stats; incomplete: number; skipped?: number }
+  /**
+   * Seconds until every node that held the puller's list resolves its new image; skipped: nodes still
+   * joining. `quiet`: the same, one new image at a time after churn, nothing else running (not in results
+   * before session 15): the protocol's delay with the harness's CPU free, beside the figure under churn.
+   */
+  visibility: {
+    seconds: Stats
+    incomplete: number
+    skipped?: number
+    quiet?: { seconds: Stats; incomplete: number }
+  }
   /**
    * Upkeep relaxed for this run (SCALE_PING_INTERVAL_MS, SCALE_HEARTBEAT_MS): libp2p's connection pings and
    * the exchange's heartbeats less often. A 200-node full view holds ~44,000 connection ends; their upkeep
@@ -109,6 +120,11 @@ export interface ScaleResult {
    * idle traffic and CPU of such a run leave that upkeep out (the model does not fit them).
    */
   relaxedUpkeep?: { pingIntervalMs?: number; heartbeatMs?: number }
+  /**
+   * Wire bytes counted once, on the TCP connection. Results without it (before session 15) also counted the
+   * PSK layer's copy of every byte, i.e. twice; bench/scale-model.ts halves them.
+   */
+  wireBytesCountedOnce?: true
   /**
    * DHT provides each node runs at once, when lowered from the daemon's 12 (`SCALE_PROVIDE_CONCURRENCY`):
    * in a sampled cluster every node provides its rare keys after joining, and 200 nodes × 12 walks on two
@@ -124,9 +140,13 @@ export interface ScaleResult {
     /** one provide measured alone: bytes cluster-wide, and its time */
     bytesPerProvide: number
     provideMs: Stats
+    /** peers that answered one provide's walk and its ADD_PROVIDER messages (not in results before session 15) */
+    peersPerProvide?: Stats
     /** one DHT lookup for a key nobody provides (a full walk) */
     bytesPerLookup: number
     lookupMs: Stats
+    /** peers that answered one walk */
+    peersPerLookup?: Stats
   }
 }
 
@@ -134,7 +154,7 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 const now = (): number => performance.timeOrigin + performance.now()
 
 /** A worker process and a typed call into it. */
-class Worker {
+export class Worker {
   private next = 0
   private readonly pending = new Map<number, { resolve(v: unknown): void; reject(e: Error): void }>()
   readonly ready: Promise<void>
@@ -162,6 +182,43 @@ class Worker {
       this.child.send({ id, op, args })
     })
   }
+}
+
+/** Worker processes (bench/scale-worker.ts), each ready for calls once `ready` resolves. */
+export function forkWorkers(count: number): Worker[] {
+  return Array.from(
+    { length: count },
+    () =>
+      new Worker(
+        fork(WORKER, [], {
+          execArgv: [
+            ...process.execArgv,
+            '--expose-gc',
+            // SCALE_CPU_PROF=<dir>: a CPU profile of every worker (why a run is slow)
+            ...(process.env.SCALE_CPU_PROF !== undefined
+              ? ['--cpu-prof', `--cpu-prof-dir=${process.env.SCALE_CPU_PROF}`]
+              : []),
+          ],
+          env: { ...process.env },
+          stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+        }),
+      ),
+  )
+}
+
+/** Stops every node, then every worker: a disconnected worker exits by itself, one that does not is killed. */
+export async function stopWorkers(workers: Worker[]): Promise<void> {
+  await Promise.all(workers.map((w) => w.call('shutdown', undefined).catch(() => undefined)))
+  // (a worker writes its CPU profile, when asked, as it exits)
+  await Promise.all(
+    workers.map(async (w) => {
+      if (w.child.exitCode !== null) return
+      const exited = new Promise((r) => w.child.once('exit', r))
+      if (w.child.connected) w.child.disconnect()
+      await Promise.race([exited, sleep(10_000)])
+      w.child.kill()
+    }),
+  )
 }
 
 interface Node {
@@ -223,24 +280,7 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
   const run = `${process.pid}-${Date.now()}`
   // a fresh private network per run; never printed
   const pskHex = randomBytes(32).toString('hex')
-  const workers = Array.from(
-    { length: init.workers },
-    () =>
-      new Worker(
-        fork(WORKER, [], {
-          execArgv: [
-            ...process.execArgv,
-            '--expose-gc',
-            // SCALE_CPU_PROF=<dir>: a CPU profile of every worker (why a run is slow)
-            ...(process.env.SCALE_CPU_PROF !== undefined
-              ? ['--cpu-prof', `--cpu-prof-dir=${process.env.SCALE_CPU_PROF}`]
-              : []),
-          ],
-          env: { ...process.env },
-          stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-        }),
-      ),
-  )
+  const workers = forkWorkers(init.workers)
   const nodes: Node[] = []
   const dead = new Set<string>()
   let nextIndex = 0
@@ -507,6 +547,7 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
       pulls,
       deletes,
       replaced,
+      churnCpuCores: (cpuMs(c1) - cpuMs(c0)) / 1000 / churnSeconds,
     }
     log(`scale ${N}: churn ${JSON.stringify(traffic)}, loop p99 ${churnLoop.toFixed(0)} ms`)
     // each probe watches for 15 s; one whose answer has not come back a minute after churn (workers lagging)
@@ -567,29 +608,66 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
         `${incomplete.length} nodes incomplete after (${incomplete[0] ?? ''})`,
     )
 
+    // -- visibility, quiet: one new image at a time, nothing else running. Under churn, 200 nodes on two cores
+    // queue behind each other (churnCpuCores); here a delta's own path shows: the 100-ms debounce, one hop,
+    // the receivers' decoding. Conservative: each watcher starts after the advertise call returned.
+    const quietSeconds: number[] = []
+    let quietIncomplete = 0
+    for (let i = 0; i < 10 && Date.now() < deadline; i++) {
+      const alive = live()
+      const n = pick(alive)
+      const image = [tag(`quiet-${run}-${i}`), digestKey(digestOf(`scale-quiet-${run}-${i}`))]
+      const t = now()
+      await n.worker.call('advertise', { index: n.index, keys: image })
+      const seen = await Promise.all(
+        workers.map((w) =>
+          w.call('watch', {
+            indices: alive.filter((m) => m !== n && m.worker === w).map((m) => m.index),
+            key: image[0]!,
+            want: n.peerId,
+            untilMs: t + 15_000,
+          }),
+        ),
+      )
+      const at = seen.flatMap((x) => x.at).filter((x) => x !== -1)
+      if (at.includes(null)) quietIncomplete++
+      else quietSeconds.push((Math.max(t, ...(at as number[])) - t) / 1000)
+      await sleep(1000)
+    }
+    const quietVisibility = { seconds: stats(quietSeconds), incomplete: quietIncomplete }
+    log(`scale ${N}: visibility, quiet ${JSON.stringify(quietVisibility)}`)
+
     // -- DHT calibration for the model: one provide / one full walk at a time, bytes cluster-wide
     const probe = live()[3]!
     let w = wire(await all())
-    const provideMs = await probe.worker.call('calibrate', {
+    const seeds = (kind: string): string[] =>
+      Array.from({ length: 10 }, (_, i) => `scale-calibrate-${kind}-${run}-${i}`)
+    const provides = await probe.worker.call('calibrate', {
       index: probe.index,
-      n: 10,
-      run,
       kind: 'provide',
+      seeds: seeds('provide'),
     })
-    const bytesPerProvide = (wire(await all()) - w) / provideMs.length
+    const bytesPerProvide = (wire(await all()) - w) / provides.length
     w = wire(await all())
-    const lookupMs = await probe.worker.call('calibrate', { index: probe.index, n: 10, run, kind: 'walk' })
-    const bytesPerLookup = (wire(await all()) - w) / lookupMs.length
+    const walks = await probe.worker.call('calibrate', {
+      index: probe.index,
+      kind: 'walk',
+      seeds: seeds('walk'),
+    })
+    const bytesPerLookup = (wire(await all()) - w) / walks.length
     const dhtCost = {
       bytesPerProvide,
-      provideMs: stats(provideMs),
+      provideMs: stats(provides.map((x) => x.ms)),
+      peersPerProvide: stats(provides.map((x) => x.queried)),
       bytesPerLookup,
-      lookupMs: stats(lookupMs),
+      lookupMs: stats(walks.map((x) => x.ms)),
+      peersPerLookup: stats(walks.map((x) => x.queried)),
     }
     log(`scale ${N}: dht ${JSON.stringify(dhtCost)}`)
 
     return {
       nodes: N,
+      wireBytesCountedOnce: true,
       maxPeers: init.maxPeers,
       workers: init.workers,
       keysPerNode,
@@ -606,6 +684,7 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
         seconds: visibilitySeconds,
         incomplete: visibilityIncomplete,
         skipped: visibilitySkipped,
+        quiet: quietVisibility,
       },
       ...(process.env.SCALE_PING_INTERVAL_MS !== undefined || process.env.SCALE_HEARTBEAT_MS !== undefined
         ? {
@@ -624,17 +703,7 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
       dht: dhtCost,
     }
   } finally {
-    await Promise.all(workers.map((w) => w.call('shutdown', undefined).catch(() => undefined)))
-    // a disconnected worker exits by itself (writing its CPU profile when asked); one that does not is killed
-    await Promise.all(
-      workers.map(async (w) => {
-        if (w.child.exitCode !== null) return
-        const exited = new Promise((r) => w.child.once('exit', r))
-        if (w.child.connected) w.child.disconnect()
-        await Promise.race([exited, sleep(10_000)])
-        w.child.kill()
-      }),
-    )
+    await stopWorkers(workers)
   }
 }
 

@@ -132,6 +132,11 @@ export interface KadDhtRouterInit {
   checkPeerUrl?: (url: string, remoteIp: string | undefined) => string | undefined
   /** libp2p transports (default TCP); the scale bench runs hundreds of nodes over the memory transport. */
   transports?: Libp2pOptions['transports']
+  /**
+   * The shape of a DHT walk: kad-dht's `disjointPaths` independent walks with `alpha` requests in flight each
+   * (kad-dht's defaults: 20 × 10). bench/dht-walk.ts measures what each shape queries and finds.
+   */
+  dhtQuery?: { disjointPaths?: number; alpha?: number }
 }
 
 /** What the routing layer holds and has sent, for the scale bench and metrics. */
@@ -283,6 +288,7 @@ export class KadDhtRouter implements Router {
           // A frozen peer must not hold a lookup or provide for long.
           networkDialTimeout: { minTimeout: 1000, maxTimeout: 2000 },
           allowQueryWithZeroPeers: true,
+          ...this.init.dhtQuery,
           providers: {
             provideValidity: Math.ceil(validityMs / 1000),
             cleanupInterval: Math.max(60, Math.ceil(intervalMs / 1000)),
