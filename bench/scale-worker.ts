@@ -34,7 +34,8 @@ export interface DhtOp {
   queried: number
   errors: number
   firstProviderMs?: number
-  timedOut?: boolean
+  /** why the operation ended early (its 10-s deadline, or kad-dht's error) */
+  failed?: string
 }
 
 export interface WorkerStats {
@@ -368,8 +369,8 @@ const ops = {
             break
           }
         }
-      } catch {
-        op.timedOut = true
+      } catch (err) {
+        op.failed = (err as Error).message
       }
       op.ms = performance.now() - t
       out.push(op)

@@ -25,8 +25,8 @@ import type { RoutingStats } from '../src/routing/kad-dht.js'
 import { DEFAULT_SAMPLE_PEERS } from '../src/routing/key-exchange.js'
 import { digestOf } from '../src/oci/index.js'
 import { digestKey, type RoutingKey } from '../src/routing/keys.js'
-import { log, stats, type Stats } from './lib.js'
-import type { Ops, WorkerStats } from './scale-worker.js'
+import { log, median, stats, type Stats } from './lib.js'
+import type { DhtOp, Ops, WorkerStats } from './scale-worker.js'
 import { common, nodeKeys, rare, rng, tag, type Workload } from './scale-workload.js'
 
 const RESULTS = fileURLToPath(new URL('./results/', import.meta.url))
@@ -137,7 +137,10 @@ export interface ScaleResult {
   deadReturnedWhileConnected: number
   lookupsChecked: number
   dht: {
-    /** one provide measured alone: bytes cluster-wide, and its time */
+    /**
+     * one provide measured alone: bytes cluster-wide (from session 15: the median of 10, less the idle rate
+     * over its time; before, the mean), and its time
+     */
     bytesPerProvide: number
     provideMs: Stats
     /** peers that answered one provide's walk and its ADD_PROVIDER messages (not in results before session 15) */
@@ -622,8 +625,10 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
       const alive = live()
       const n = pick(alive)
       const image = [tag(`quiet-${run}-${i}`), digestKey(digestOf(`scale-quiet-${run}-${i}`))]
+      await all(false, true) // each worker's event-loop delay over this probe alone
       const t = now()
       await n.worker.call('advertise', { index: n.index, keys: image })
+      const advertised = now()
       const seen = await Promise.all(
         workers.map((w) =>
           w.call('watch', {
@@ -637,36 +642,52 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
       const at = seen.flatMap((x) => x.at).filter((x) => x !== -1)
       if (at.includes(null)) quietIncomplete++
       else quietSeconds.push((Math.max(t, ...(at as number[])) - t) / 1000)
+      // where a slow probe's time went: the puller's advertise call, and each worker's last watcher and lag
+      const loops = await all()
+      const last = seen.map((x) => {
+        const ms = x.at.filter((a) => a !== -1).map((a) => (a === null ? Infinity : a - t))
+        return ms.length > 0 ? Math.max(...ms).toFixed(0) : '-'
+      })
+      log(
+        `scale ${N}: quiet probe ${i}: advertise returned after ${(advertised - t).toFixed(0)} ms (worker ` +
+          `${workers.indexOf(n.worker)}); last seen per worker ${last.join(', ')} ms; loop max per worker ` +
+          `${loops.map((x) => x.loopMaxMs.toFixed(0)).join(', ')} ms`,
+      )
       await sleep(1000)
     }
     const quietVisibility = { seconds: stats(quietSeconds), incomplete: quietIncomplete }
     log(`scale ${N}: visibility, quiet ${JSON.stringify(quietVisibility)}`)
 
-    // -- DHT calibration for the model: one provide / one full walk at a time, bytes cluster-wide
+    // -- DHT calibration for the model: one provide / one full walk at a time, bytes cluster-wide per
+    // operation less the cluster's idle rate over its time; the median, since every node's kad-dht table
+    // refresh and self-walk (every 5 min, started together) can land in one operation's window: the mean of
+    // 10 at 100 nodes was 532 KB a provide against 44 KB at 50 and 42 KB at 200
     const probe = live()[3]!
-    let w = wire(await all())
-    const seeds = (kind: string): string[] =>
-      Array.from({ length: 10 }, (_, i) => `scale-calibrate-${kind}-${run}-${i}`)
-    const provides = await probe.worker.call('calibrate', {
-      index: probe.index,
-      kind: 'provide',
-      seeds: seeds('provide'),
-    })
-    const bytesPerProvide = (wire(await all()) - w) / provides.length
-    w = wire(await all())
-    const walks = await probe.worker.call('calibrate', {
-      index: probe.index,
-      kind: 'walk',
-      seeds: seeds('walk'),
-    })
-    const bytesPerLookup = (wire(await all()) - w) / walks.length
+    const idleRate = idleBytesPerNodePerSecond * N
+    const calibrate = async (kind: 'provide' | 'walk'): Promise<{ ops: DhtOp[]; bytes: number[] }> => {
+      const ops: DhtOp[] = []
+      const bytes: number[] = []
+      for (let i = 0; i < 10; i++) {
+        const w = wire(await all())
+        const [op] = await probe.worker.call('calibrate', {
+          index: probe.index,
+          kind,
+          seeds: [`scale-calibrate-${kind}-${run}-${i}`],
+        })
+        ops.push(op!)
+        bytes.push(Math.max(0, wire(await all()) - w - (idleRate * op!.ms) / 1000))
+      }
+      return { ops, bytes }
+    }
+    const provides = await calibrate('provide')
+    const walks = await calibrate('walk')
     const dhtCost = {
-      bytesPerProvide,
-      provideMs: stats(provides.map((x) => x.ms)),
-      peersPerProvide: stats(provides.map((x) => x.queried)),
-      bytesPerLookup,
-      lookupMs: stats(walks.map((x) => x.ms)),
-      peersPerLookup: stats(walks.map((x) => x.queried)),
+      bytesPerProvide: median(provides.bytes),
+      provideMs: stats(provides.ops.map((x) => x.ms)),
+      peersPerProvide: stats(provides.ops.map((x) => x.queried)),
+      bytesPerLookup: median(walks.bytes),
+      lookupMs: stats(walks.ops.map((x) => x.ms)),
+      peersPerLookup: stats(walks.ops.map((x) => x.queried)),
     }
     log(`scale ${N}: dht ${JSON.stringify(dhtCost)}`)
 
