@@ -663,7 +663,11 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
     // refresh and self-walk (every 5 min, started together) can land in one operation's window: the mean of
     // 10 at 100 nodes was 532 KB a provide against 44 KB at 50 and 42 KB at 200
     const probe = live()[3]!
-    const idleRate = idleBytesPerNodePerSecond * N
+    // the idle rate now, not the idle phase's (measured right after settling, it was 1.65 KB/s a node in one
+    // 200-node run, more than one walk's bytes over its time: every operation came out at 0)
+    const r0 = wire(await all())
+    await sleep(5000)
+    const idleRate = (wire(await all()) - r0) / 5
     const calibrate = async (kind: 'provide' | 'walk'): Promise<{ ops: DhtOp[]; bytes: number[] }> => {
       const ops: DhtOp[] = []
       const bytes: number[] = []
