@@ -36,11 +36,20 @@ export interface WalkResult {
   routingTable: Stats
   connections: Stats
   /** walks for keys nobody has: time, peers that answered, requests that failed */
-  walk: { ms: Stats; queried: Stats; errors: number }
+  walk: ReturnType<typeof summary>
   /** provides: the walk to the closest peers and the ADD_PROVIDER messages to them */
-  provide: { ms: Stats; queried: Stats; errors: number }
+  provide: ReturnType<typeof summary>
   /** finds of provided keys from other nodes, stopping at the first provider */
   find: { n: number; found: number; firstProviderMs: Stats; queried: Stats }
+}
+
+/** Time, peers that answered, and failed requests over operations of one kind. */
+function summary(ops: DhtOp[]): { ms: Stats; queried: Stats; errors: number } {
+  return {
+    ms: stats(ops.map((x) => x.ms)),
+    queried: stats(ops.map((x) => x.queried)),
+    errors: ops.reduce((a, x) => a + x.errors, 0),
+  }
 }
 
 async function cluster(N: number, shape: Shape, seed: number): Promise<WalkResult> {
@@ -147,16 +156,8 @@ async function cluster(N: number, shape: Shape, seed: number): Promise<WalkResul
       settleSeconds,
       routingTable: stats(tables),
       connections: stats(conns),
-      walk: {
-        ms: stats(walks.map((x) => x.ms)),
-        queried: stats(walks.map((x) => x.queried)),
-        errors: walks.reduce((a, x) => a + x.errors, 0),
-      },
-      provide: {
-        ms: stats(provides.map((x) => x.ms)),
-        queried: stats(provides.map((x) => x.queried)),
-        errors: provides.reduce((a, x) => a + x.errors, 0),
-      },
+      walk: summary(walks),
+      provide: summary(provides),
       find: {
         n: finds.length,
         found: found.length,

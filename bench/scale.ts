@@ -317,6 +317,29 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
   }
   const live = (): Node[] => nodes.filter((n) => n.alive)
   const pick = <T>(xs: T[]): T => xs[Math.floor(r() * xs.length)]!
+  /**
+   * Every other live node watches for `key` from `puller` until 15 s after `t` (the churn's probes and the
+   * quiet ones): each worker's answer, and the seconds until the last of them resolved it (null: one did not).
+   */
+  const watchFrom = async (
+    puller: Node,
+    alive: Node[],
+    key: RoutingKey,
+    t: number,
+  ): Promise<{ seen: Awaited<ReturnType<Ops['watch']>>[]; seconds: number | null }> => {
+    const seen = await Promise.all(
+      workers.map((w) =>
+        w.call('watch', {
+          indices: alive.filter((m) => m !== puller && m.worker === w).map((m) => m.index),
+          key,
+          want: puller.peerId,
+          untilMs: t + 15_000,
+        }),
+      ),
+    )
+    const at = seen.flatMap((x) => x.at).filter((x) => x !== -1)
+    return { seen, seconds: at.includes(null) ? null : (Math.max(t, ...(at as number[])) - t) / 1000 }
+  }
   const all = async (gc = false, resetLoop = false): Promise<WorkerStats[]> =>
     Promise.all(workers.map((w) => w.call('stats', { gc, resetLoop })))
   const statsOf = (ws: WorkerStats[]): RoutingStats[] => ws.flatMap((w) => w.nodes.map((n) => n.stats))
@@ -458,22 +481,11 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
         if (performance.now() - lastProbe >= 5000) {
           // how long until every other live node resolves the new tag to its puller
           lastProbe = performance.now()
-          const others = alive.filter((m) => m !== n)
           probing.add(n)
           probes.push(
             (async () => {
-              const seen = await Promise.all(
-                workers.map((w) =>
-                  w.call('watch', {
-                    indices: others.filter((m) => m.worker === w).map((m) => m.index),
-                    key: image[0]!,
-                    want: n.peerId,
-                    untilMs: t + 15_000,
-                  }),
-                ),
-              )
+              const { seen, seconds } = await watchFrom(n, alive, image[0]!, t)
               probing.delete(n)
-              const at = seen.flatMap((x) => x.at).filter((x) => x !== -1)
               visibilitySkipped += seen.reduce((a, x) => a + x.skipped, 0)
               const why = seen.flatMap((x) => x.why)
               if (why.length > 0) {
@@ -489,8 +501,8 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
               }
               if (seen.some((x) => x.slowest !== ''))
                 log(`scale ${N}: probe slowest lookups: ${seen.map((x) => x.slowest).join('; ')}`)
-              if (at.includes(null)) visibilityIncomplete++
-              else visibility.push((Math.max(t, ...(at as number[])) - t) / 1000)
+              if (seconds === null) visibilityIncomplete++
+              else visibility.push(seconds)
             })(),
           )
         }
@@ -629,19 +641,9 @@ export async function benchScale(options: ScaleInit): Promise<ScaleResult> {
       const t = now()
       await n.worker.call('advertise', { index: n.index, keys: image })
       const advertised = now()
-      const seen = await Promise.all(
-        workers.map((w) =>
-          w.call('watch', {
-            indices: alive.filter((m) => m !== n && m.worker === w).map((m) => m.index),
-            key: image[0]!,
-            want: n.peerId,
-            untilMs: t + 15_000,
-          }),
-        ),
-      )
-      const at = seen.flatMap((x) => x.at).filter((x) => x !== -1)
-      if (at.includes(null)) quietIncomplete++
-      else quietSeconds.push((Math.max(t, ...(at as number[])) - t) / 1000)
+      const { seen, seconds } = await watchFrom(n, alive, image[0]!, t)
+      if (seconds === null) quietIncomplete++
+      else quietSeconds.push(seconds)
       // where a slow probe's time went: the puller's advertise call, and each worker's last watcher and lag
       const loops = await all()
       const last = seen.map((x) => {
